@@ -1,0 +1,55 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong on the policy side. Messages say what, where and how to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("{path}: file not found. {hint}")]
+    MissingFile { path: PathBuf, hint: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("{path}: unsupported architecture {found:?}; ponder supports {supported}")]
+    UnsupportedArchitecture { path: PathBuf, found: String, supported: String },
+    #[error("{path}: missing tensor `{name}` (expected shape {expected:?}). The checkpoint does not match config.json; check the model folder is complete")]
+    MissingTensor { path: PathBuf, name: String, expected: Vec<i64> },
+    #[error("{path}: tensor `{name}` has shape {found:?} but config.json implies {expected:?}")]
+    ShapeMismatch { path: PathBuf, name: String, expected: Vec<i64>, found: Vec<i64> },
+    #[error("{path}: cannot read safetensors: {msg}. The file may be truncated; re-copy or re-save it")]
+    Safetensors { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Device(String),
+    #[error("unknown dtype {0:?}; use one of f32, bf16, f16 (or float32, bfloat16, float16)")]
+    Dtype(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("generation: {0}")]
+    Generation(String),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = RolloutError> = std::result::Result<T, E>;
+
+impl RolloutError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            RolloutError::MissingFile { path, hint: String::new() }
+        } else {
+            RolloutError::Io { path, source }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The policy model: a pre-norm decoder with RMSNorm, rotary embeddings, grouped-query
+//! attention and a SwiGLU MLP. Qwen2 and Llama differ only in biases and rope scaling,
+//! which [`ModelConfig`] carries, so both families share these modules. Variables are
+//! named exactly like the Hugging Face checkpoint tensors (`model.layers.0.self_attn.q_proj.weight`),
+//! so loading and saving need no renaming table.
+
+pub mod rope;
+pub mod weights;
+
+use crate::config::ModelConfig;
+use rope::Rope;
+use tch::{nn, Device, Kind, Tensor};
+
+/// How fresh variables are filled before (optionally) loading a checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// Zeros (cheap): weights come from a checkpoint right after.
+    Empty,
+    /// Hugging Face's init: normal(0, std) matrices, unit norms, zero biases.
+    Random { std: f64 },
+}
+
+fn matrix(p: &nn::Path, name: &str, dims: &[i64], init: Init) -> Tensor {
+    match init {
+        Init::Empty => p.var(name, dims, nn::Init::Const(0.0)),
+        Init::Random { std } => p.var(name, dims, nn::Init::Randn { mean: 0.0, stdev: std }),
+    }
+}
+
+/// `y = x W^T + b`, as torch.nn.Linear.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool, init: Init) -> Self {
+        let weight = matrix(&p, "weight", &[out_dim, in_dim], init);
+        let bias = bias.then(|| p.var("bias", &[out_dim], nn::Init::Const(0.0)));
+        Linear { weight, bias }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// RMSNorm computed in f32 and cast back before the weight multiply, as transformers does.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+        RmsNorm { weight: p.var("weight", &[dim], nn::Init::Const(1.0)), eps }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.square().mean_dim(-1, true, Kind::Float);
+        let normed = (xf * (var + self.eps).rsqrt()).to_kind(kind);
+        &self.weight * normed
+    }
+}
+
+/// Per-layer key/value cache, preallocated for the whole generation.
+#[derive(Debug)]
+pub struct KvCache {
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    /// Number of positions already written.
+    pub len: i64,
+    pub capacity: i64,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig, batch: i64, capacity: i64, kind: Kind, device: Device) -> Self {
+        let shape = [batch, cfg.num_key_value_heads, capacity, cfg.head_dim];
+        let n = cfg.num_hidden_layers as usize;
+        KvCache {
+            k: (0..n).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
+            v: (0..n).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
+            len: 0,
+            capacity,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    n_heads: i64,
+    n_kv: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, cfg: &ModelConfig, init: Init) -> Self {
+        let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads);
+        Attention {
+            q_proj: Linear::new(&p / "q_proj", h, nh * hd, cfg.qkv_bias, init),
+            k_proj: Linear::new(&p / "k_proj", h, nkv * hd, cfg.qkv_bias, init),
+            v_proj: Linear::new(&p / "v_proj", h, nkv * hd, cfg.qkv_bias, init),
+            o_proj: Linear::new(&p / "o_proj", nh * hd, h, cfg.o_bias, init),
+            n_heads: nh,
+            n_kv: nkv,
+            head_dim: hd,
+        }
+    }
+
+    /// `x`: [B, T, H]; `cos`/`sin`: [B, 1, T, head_dim]; `mask`: bool [B, 1, T, S] where
+    /// S = cached + T (true = may attend). With a cache, the new keys/values are written at
+    /// positions `[cache.len, cache.len + T)` of layer `layer`.
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+        let (b, t, _) = x.size3().expect("attention input is [B, T, H]");
+        let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2);
+        let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
+        let v = self.v_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
+        let q = rope::apply(&q, cos, sin);
+        let k = rope::apply(&k, cos, sin);
+        let (k, v) = match cache {
+            Some((cache, layer)) => {
+                let start = cache.len;
+                cache.k[layer].narrow(2, start, t).copy_(&k);
+                cache.v[layer].narrow(2, start, t).copy_(&v);
+                (cache.k[layer].narrow(2, 0, start + t), cache.v[layer].narrow(2, 0, start + t))
+            }
+            None => (k, v),
+        };
+        // Explicit mask: SDPA's is_causal is anchored top-left, wrong once a cache is used.
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, self.n_kv != self.n_heads);
+        let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
+        self.o_proj.forward(&y)
+    }
+}
+
+#[derive(Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(p: nn::Path, cfg: &ModelConfig, init: Init) -> Self {
+        let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Mlp {
+            gate_proj: Linear::new(&p / "gate_proj", h, i, b, init),
+            up_proj: Linear::new(&p / "up_proj", h, i, b, init),
+            down_proj: Linear::new(&p / "down_proj", i, h, b, init),
+        }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    }
+}
+
+#[derive(Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(p: nn::Path, cfg: &ModelConfig, init: Init) -> Self {
+        DecoderLayer {
+            self_attn: Attention::new(&p / "self_attn", cfg, init),
+            mlp: Mlp::new(&p / "mlp", cfg, init),
+            input_layernorm: RmsNorm::new(&p / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+            post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+        }
+    }
+}
+
+/// The causal language model (`*ForCausalLM`).
+#[derive(Debug)]
+pub struct CausalLm {
+    pub cfg: ModelConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `lm_head.weight`; the same tensor as `embed_tokens` when embeddings are tied.
+    pub lm_head: Tensor,
+    rope: Rope,
+}
+
+impl CausalLm {
+    /// Creates the variables under `root` (the VarStore root) with checkpoint names.
+    pub fn new(root: &nn::Path, cfg: &ModelConfig, init: Init) -> Self {
+        let m = root / "model";
+        let embed_tokens = matrix(&(&m / "embed_tokens"), "weight", &[cfg.vocab_size, cfg.hidden_size], init);
+        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(&m / "layers" / i, cfg, init)).collect();
+        let norm = RmsNorm::new(&m / "norm", cfg.hidden_size, cfg.rms_norm_eps);
+        // Tied: one tensor serves both ends (a second variable would be renamed by tch).
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            matrix(&(root / "lm_head"), "weight", &[cfg.vocab_size, cfg.hidden_size], init)
+        };
+        let rope = Rope::new(cfg, root.device());
+        CausalLm { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope }
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+
+    /// Final hidden states [B, T, H] (after the last norm).
+    ///
+    /// `input_ids`: [B, T] i64. `positions`: [B, T] i64 rotary positions. `key_valid`: bool
+    /// [B, S] over all keys (cached + new; false = padding). With a cache, new keys go to
+    /// positions `[cache.len, cache.len + T)` and `cache.len` advances by T.
+    pub fn forward_hidden(&self, input_ids: &Tensor, positions: &Tensor, key_valid: &Tensor, mut cache: Option<&mut KvCache>) -> Tensor {
+        let (_, t) = input_ids.size2().expect("input_ids is [B, T]");
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let mask = attention_mask(key_valid, past, t);
+        let (cos, sin) = self.rope.cos_sin(positions, self.kind());
+        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(&x);
+            let h = layer.self_attn.forward(&h, &cos, &sin, &mask, cache.as_deref_mut().map(|c| (c, i)));
+            x = x + h;
+            let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x));
+            x = x + h;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Logits for hidden states: [.., H] -> [.., V], in the model's dtype.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.matmul(&self.lm_head.tr())
+    }
+
+    /// Full forward with right or left padding: `attention_mask` [B, T] (1 = token).
+    /// Positions follow the cumulative sum of the mask, as transformers does.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let positions = positions_from_mask(attention_mask);
+        let hidden = self.forward_hidden(input_ids, &positions, &attention_mask.to_kind(Kind::Bool), None);
+        self.logits(&hidden)
+    }
+}
+
+/// Position ids of a (left- or right-) padded batch: cumsum(mask) - 1, padding at 0.
+pub fn positions_from_mask(mask: &Tensor) -> Tensor {
+    let m = mask.to_kind(Kind::Int64);
+    (m.cumsum(1, Kind::Int64) - 1).clamp_min(0) * &m
+}
+
+/// Bool mask [B, 1, T, S] for T new queries after `past` cached positions: a query at cache
+/// index `past + i` sees valid keys at indices `<= past + i`. Rows of padding queries would
+/// see nothing (NaN in SDPA, which then leaks into real rows through 0 * NaN); they are let
+/// see every key instead, harmless since their outputs are never used.
+pub fn attention_mask(key_valid: &Tensor, past: i64, t: i64) -> Tensor {
+    let device = key_valid.device();
+    let s = past + t;
+    let q_idx = Tensor::arange_start(past, s, (Kind::Int64, device)).unsqueeze(1);
+    let k_idx = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0);
+    let causal = k_idx.le_tensor(&q_idx); // [T, S]
+    let kv = key_valid.narrow(1, 0, s).unsqueeze(1).unsqueeze(1); // [B, 1, 1, S]
+    let allowed = causal.unsqueeze(0).unsqueeze(0).logical_and(&kv); // [B, 1, T, S]
+    let q_valid = key_valid.narrow(1, past, t).unsqueeze(1).unsqueeze(3); // [B, 1, T, 1]
+    allowed.logical_or(&q_valid.logical_not())
+}

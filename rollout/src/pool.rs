@@ -1,0 +1,195 @@
+//! The rollout pool: worker threads, each owning a device and its own copy of the policy,
+//! turning a batch of prompts x G into completions grouped per prompt.
+//!
+//! Tensors are `Send` but not `Sync`, so each worker's model lives on its own thread and
+//! receives jobs over a channel. Samples are seeded per (step seed, prompt, sample index),
+//! so results do not depend on how rows were split across workers.
+
+use crate::error::{Result, RolloutError};
+use crate::folder::Policy;
+use crate::generate::{generate, Completion, SamplingParams};
+use crate::tokenizer::Tokenizer;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tch::{Device, Kind, Tensor};
+
+enum Job {
+    Generate { prompts: Vec<Vec<i64>>, seeds: Vec<u64>, params: SamplingParams, reply: mpsc::Sender<Result<Vec<Completion>>> },
+    Sync { tensors: BTreeMap<String, Tensor>, reply: mpsc::Sender<Result<()>> },
+    /// Returns a copy of the worker's weights (used by tests to check the copies differ).
+    Snapshot { reply: mpsc::Sender<BTreeMap<String, Tensor>> },
+}
+
+struct Worker {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    device: Device,
+}
+
+pub struct RolloutPool {
+    workers: Vec<Worker>,
+    tokenizer: Arc<Tokenizer>,
+    eos_ids: Vec<i64>,
+    /// Rows per forward pass on one worker (bounds KV-cache memory).
+    pub max_batch: usize,
+}
+
+/// A 64-bit mix (splitmix64) so nearby seeds give unrelated streams.
+pub fn mix_seed(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The seed of sample `j` of prompt `i` in a generation call seeded with `seed`.
+pub fn sample_seed(seed: u64, prompt: usize, sample: usize) -> u64 {
+    mix_seed(mix_seed(seed, prompt as u64 + 1), sample as u64 + 1)
+}
+
+impl RolloutPool {
+    /// Starts one worker per device, each loading the model folder `dir` itself.
+    pub fn from_dir(dir: &Path, devices: &[Device], kind: Kind, tokenizer: Arc<Tokenizer>) -> Result<Self> {
+        let mut workers = vec![];
+        let mut eos_ids = vec![];
+        let (ready_tx, ready_rx) = mpsc::channel();
+        for (w, &device) in devices.iter().enumerate() {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let dir = dir.to_path_buf();
+            let tk = tokenizer.clone();
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("rollout-{w}"))
+                .spawn(move || match Policy::load(&dir, kind, device) {
+                    Ok(policy) => {
+                        let _ = ready.send((w, Ok(policy.eos_token_ids())));
+                        worker_loop(policy, tk, rx)
+                    }
+                    Err(e) => {
+                        let _ = ready.send((w, Err(e)));
+                    }
+                })
+                .map_err(|e| RolloutError::Generation(format!("cannot start rollout worker: {e}")))?;
+            workers.push(Worker { tx: Some(tx), thread: Some(thread), device });
+        }
+        drop(ready_tx);
+        for _ in 0..devices.len() {
+            let (_, r) = ready_rx.recv().map_err(|_| RolloutError::Generation("a rollout worker died while loading".into()))?;
+            eos_ids = r?;
+        }
+        Ok(RolloutPool { workers, tokenizer, eos_ids, max_batch: 256 })
+    }
+
+    pub fn num_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn devices(&self) -> Vec<Device> {
+        self.workers.iter().map(|w| w.device).collect()
+    }
+
+    pub fn eos_ids(&self) -> &[i64] {
+        &self.eos_ids
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// `group_size` samples for each prompt, grouped per prompt in order.
+    pub fn generate_groups(&self, prompts: &[Vec<i64>], group_size: usize, params: &SamplingParams, seed: u64) -> Result<Vec<Vec<Completion>>> {
+        let rows: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|i| (0..group_size).map(move |j| (i, j))).collect();
+        let n = self.workers.len().max(1);
+        let per = rows.len().div_ceil(n).max(1);
+        let mut pending = vec![];
+        for (w, chunk) in rows.chunks(per).enumerate() {
+            for sub in chunk.chunks(self.max_batch.max(1)) {
+                let (reply, rx) = mpsc::channel();
+                let job = Job::Generate {
+                    prompts: sub.iter().map(|&(i, _)| prompts[i].clone()).collect(),
+                    seeds: sub.iter().map(|&(i, j)| sample_seed(seed, i, j)).collect(),
+                    params: params.clone(),
+                    reply,
+                };
+                self.send(w, job)?;
+                pending.push((sub.to_vec(), rx));
+            }
+        }
+        let mut groups: Vec<Vec<Option<Completion>>> = (0..prompts.len()).map(|_| vec![None; group_size]).collect();
+        for (sub, rx) in pending {
+            let got = rx.recv().map_err(|_| RolloutError::Generation("a rollout worker died".into()))??;
+            for ((i, j), c) in sub.into_iter().zip(got) {
+                groups[i][j] = Some(c);
+            }
+        }
+        Ok(groups.into_iter().map(|g| g.into_iter().map(|c| c.expect("every row answered")).collect()).collect())
+    }
+
+    /// Pushes new weights (by checkpoint name) to every worker and waits until all have them.
+    pub fn sync_weights(&self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        let mut replies = vec![];
+        for (w, worker) in self.workers.iter().enumerate() {
+            // Each worker gets its own copy on its device; copies happen on this thread.
+            let copy: BTreeMap<String, Tensor> =
+                tch::no_grad(|| tensors.iter().map(|(k, t)| (k.clone(), t.to_device(worker.device).copy())).collect());
+            let (reply, rx) = mpsc::channel();
+            self.send(w, Job::Sync { tensors: copy, reply })?;
+            replies.push(rx);
+        }
+        for rx in replies {
+            rx.recv().map_err(|_| RolloutError::Generation("a rollout worker died".into()))??;
+        }
+        Ok(())
+    }
+
+    /// A CPU copy of worker `w`'s weights.
+    pub fn snapshot(&self, w: usize) -> Result<BTreeMap<String, Tensor>> {
+        let (reply, rx) = mpsc::channel();
+        self.send(w, Job::Snapshot { reply })?;
+        rx.recv().map_err(|_| RolloutError::Generation("a rollout worker died".into()))
+    }
+
+    fn send(&self, w: usize, job: Job) -> Result<()> {
+        self.workers[w]
+            .tx
+            .as_ref()
+            .expect("live worker")
+            .send(job)
+            .map_err(|_| RolloutError::Generation(format!("rollout worker {w} has stopped")))
+    }
+}
+
+fn worker_loop(policy: Policy, tokenizer: Arc<Tokenizer>, rx: mpsc::Receiver<Job>) {
+    let eos = policy.eos_token_ids();
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Generate { prompts, seeds, params, reply } => {
+                let r = generate(&policy.model, Some(&tokenizer), &prompts, &seeds, &eos, &params);
+                let _ = reply.send(r);
+            }
+            Job::Sync { tensors, reply } => {
+                let _ = reply.send(policy.copy_from(&tensors));
+            }
+            Job::Snapshot { reply } => {
+                let snap = tch::no_grad(|| policy.named_tensors().into_iter().map(|(k, t)| (k, t.to_device(Device::Cpu).copy())).collect());
+                let _ = reply.send(snap);
+            }
+        }
+    }
+}
+
+impl Drop for RolloutPool {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            w.tx.take();
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Parity with Hugging Face transformers on tiny random models, plus generation behaviour.
+//!
+//! Fixtures (`tests/fixtures/<model>/`) come from `scripts/make_fixtures.py`; regenerate with
+//!     python3 -m venv .venv && .venv/bin/pip install -r scripts/requirements-fixtures.txt
+//!     .venv/bin/python scripts/make_fixtures.py
+
+use rollout::folder::{parse_device, parse_kind, Policy};
+use rollout::generate::{generate, FinishReason, SamplingParams};
+use rollout::tokenizer::Tokenizer;
+use rollout::RolloutError;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+const MODELS: [&str; 4] = ["qwen2-tied", "qwen2-untied", "llama3-sharded", "llama-bias"];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+struct Reference {
+    prompts: Vec<Vec<i64>>,
+    logits: Vec<Vec<Vec<f32>>>,
+    greedy: Vec<Vec<i64>>,
+    greedy_logprobs: Vec<Vec<f32>>,
+}
+
+fn reference(name: &str) -> Reference {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap();
+    let ints = |v: &Value| -> Vec<Vec<i64>> { serde_json::from_value(v.clone()).unwrap() };
+    Reference {
+        prompts: ints(&v["prompts"]),
+        logits: serde_json::from_value(v["logits"].clone()).unwrap(),
+        greedy: ints(&v["greedy"]),
+        greedy_logprobs: serde_json::from_value(v["greedy_logprobs"].clone()).unwrap(),
+    }
+}
+
+fn load(name: &str) -> Policy {
+    Policy::load(&fixture(name), Kind::Float, Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    f64::try_from((a - b).abs().max()).unwrap()
+}
+
+#[test]
+fn logits_match_transformers_fp32() {
+    for name in MODELS {
+        let p = load(name);
+        let r = reference(name);
+        for (ids, want) in r.prompts.iter().zip(&r.logits) {
+            let input = Tensor::from_slice(ids).unsqueeze(0);
+            let mask = Tensor::ones_like(&input);
+            let got = tch::no_grad(|| p.model.forward(&input, &mask)).squeeze_dim(0);
+            let want = Tensor::from_slice2(want);
+            assert_eq!(got.size(), want.size(), "{name}");
+            let d = max_abs_diff(&got, &want);
+            assert!(d < 1e-4, "{name}: logits differ from transformers by {d}");
+        }
+    }
+}
+
+#[test]
+fn left_padded_batch_forward_matches_reference() {
+    for name in MODELS {
+        let p = load(name);
+        let r = reference(name);
+        let t = r.prompts.iter().map(Vec::len).max().unwrap();
+        let mut ids = vec![];
+        let mut mask = vec![];
+        for pr in &r.prompts {
+            ids.extend(std::iter::repeat(0).take(t - pr.len()).chain(pr.iter().copied()));
+            mask.extend(std::iter::repeat(0i64).take(t - pr.len()).chain(std::iter::repeat(1).take(pr.len())));
+        }
+        let n = r.prompts.len() as i64;
+        let input = Tensor::from_slice(&ids).view([n, t as i64]);
+        let mask = Tensor::from_slice(&mask).view([n, t as i64]);
+        let logits = tch::no_grad(|| p.model.forward(&input, &mask));
+        for (i, (pr, want)) in r.prompts.iter().zip(&r.logits).enumerate() {
+            let got = logits.get(i as i64).narrow(0, (t - pr.len()) as i64, pr.len() as i64);
+            let d = max_abs_diff(&got, &Tensor::from_slice2(want));
+            assert!(d < 1e-4, "{name} row {i}: padded logits differ by {d}");
+        }
+    }
+}
+
+fn greedy_params(n: usize) -> SamplingParams {
+    SamplingParams { temperature: 0.0, max_new_tokens: n, min_new_tokens: n, ..Default::default() }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    for name in MODELS {
+        let p = load(name);
+        let r = reference(name);
+        let eos = p.eos_token_ids();
+        for (i, pr) in r.prompts.iter().enumerate() {
+            let out = generate(&p.model, None, &[pr.clone()], &[0], &eos, &greedy_params(r.greedy[i].len())).unwrap();
+            assert_eq!(out[0].token_ids, r.greedy[i], "{name} prompt {i}: greedy tokens differ");
+            for (a, b) in out[0].logprobs.iter().zip(&r.greedy_logprobs[i]) {
+                assert!((a - b).abs() < 1e-4, "{name} prompt {i}: logprob {a} vs transformers {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn batched_generation_equals_one_by_one() {
+    for name in MODELS {
+        let p = load(name);
+        let r = reference(name);
+        let eos = p.eos_token_ids();
+        let params = greedy_params(12);
+        let seeds = vec![0; r.prompts.len()];
+        let batch = generate(&p.model, None, &r.prompts, &seeds, &eos, &params).unwrap();
+        for (i, pr) in r.prompts.iter().enumerate() {
+            let one = generate(&p.model, None, &[pr.clone()], &[0], &eos, &params).unwrap();
+            assert_eq!(batch[i].token_ids, one[0].token_ids, "{name} row {i}");
+            for (a, b) in batch[i].logprobs.iter().zip(&one[0].logprobs) {
+                assert!((a - b).abs() < 1e-5, "{name} row {i}: batched logprob {a} vs alone {b}");
+            }
+        }
+        // Sampling too: a row's sample depends on its seed, not on its batch.
+        let sp = SamplingParams { temperature: 1.0, top_p: 0.9, max_new_tokens: 10, ..Default::default() };
+        let seeds: Vec<u64> = (0..r.prompts.len() as u64).map(|s| s + 100).collect();
+        let batch = generate(&p.model, None, &r.prompts, &seeds, &eos, &sp).unwrap();
+        for (i, pr) in r.prompts.iter().enumerate() {
+            let one = generate(&p.model, None, &[pr.clone()], &[seeds[i]], &eos, &sp).unwrap();
+            assert_eq!(batch[i].token_ids, one[0].token_ids, "{name} sampled row {i}");
+        }
+    }
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_seed_dependent() {
+    let p = load("qwen2-tied");
+    let r = reference("qwen2-tied");
+    let eos = p.eos_token_ids();
+    let sp = SamplingParams { temperature: 1.0, max_new_tokens: 16, ..Default::default() };
+    let prompts = vec![r.prompts[0].clone(); 4];
+    let a = generate(&p.model, None, &prompts, &[1, 2, 3, 4], &eos, &sp).unwrap();
+    let b = generate(&p.model, None, &prompts, &[1, 2, 3, 4], &eos, &sp).unwrap();
+    let c = generate(&p.model, None, &prompts, &[5, 6, 7, 8], &eos, &sp).unwrap();
+    for i in 0..4 {
+        assert_eq!(a[i].token_ids, b[i].token_ids);
+    }
+    assert!((0..4).any(|i| a[i].token_ids != c[i].token_ids), "other seeds should give other samples");
+    assert!((1..4).any(|i| a[i].token_ids != a[0].token_ids), "rows with different seeds should differ");
+}
+
+#[test]
+fn sampling_follows_the_filtered_distribution() {
+    // Empirical frequencies of the first sampled token match softmax(logits / T) after top-k.
+    let p = load("qwen2-tied");
+    let r = reference("qwen2-tied");
+    let eos = p.eos_token_ids();
+    let sp = SamplingParams { temperature: 0.7, top_k: 5, max_new_tokens: 1, ..Default::default() };
+    let n = 4000;
+    let prompts = vec![r.prompts[1].clone(); n];
+    let seeds: Vec<u64> = (0..n as u64).collect();
+    let out = generate(&p.model, None, &prompts, &seeds, &eos, &sp).unwrap();
+    let last = r.logits[1].last().unwrap().clone();
+    let mut idx: Vec<usize> = (0..last.len()).collect();
+    idx.sort_by(|&a, &b| last[b].partial_cmp(&last[a]).unwrap());
+    let top: Vec<usize> = idx[..5].to_vec();
+    let w: Vec<f64> = top.iter().map(|&i| (last[i] as f64 / 0.7).exp()).collect();
+    let z: f64 = w.iter().sum();
+    for (k, &tok) in top.iter().enumerate() {
+        let freq = out.iter().filter(|c| c.token_ids[0] == tok as i64).count() as f64 / n as f64;
+        let prob = w[k] / z;
+        assert!((freq - prob).abs() < 0.03, "token {tok}: sampled {freq:.3} vs expected {prob:.3}");
+    }
+    assert!(out.iter().all(|c| top.contains(&(c.token_ids[0] as usize))), "top-k let a token outside the top 5 through");
+    // Reported log-probs are under softmax(logits / T) without the top-k filter.
+    let lse = last.iter().map(|&l| (l as f64 / 0.7).exp()).sum::<f64>().ln();
+    for c in out.iter().take(50) {
+        let want = last[c.token_ids[0] as usize] as f64 / 0.7 - lse;
+        assert!((c.logprobs[0] as f64 - want).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn stop_strings_and_eos() {
+    let dir = fixture("qwen2-tied");
+    let p = load("qwen2-tied");
+    let tk = Tokenizer::from_dir(&dir).unwrap();
+    let r = reference("qwen2-tied");
+    let eos = p.eos_token_ids();
+    // Greedy continuation text; stop on a piece of it.
+    let full = generate(&p.model, Some(&tk), &[r.prompts[2].clone()], &[0], &eos, &greedy_params(12)).unwrap();
+    let text = full[0].text.clone();
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() >= 4, "greedy text too short to test stop strings: {text:?}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let sp = SamplingParams { temperature: 0.0, max_new_tokens: 12, stop: vec![stop.clone()], ..Default::default() };
+    let out = generate(&p.model, Some(&tk), &[r.prompts[2].clone()], &[0], &eos, &sp).unwrap();
+    assert_eq!(out[0].finish_reason, FinishReason::Stop);
+    assert!(!out[0].text.contains(&stop));
+    assert!(text.starts_with(&out[0].text), "{:?} is not a prefix of {text:?}", out[0].text);
+    assert!(out[0].token_ids.len() < 12);
+    // Forcing EOS to be the greedy choice: declare the first greedy token an EOS id.
+    let first = r.greedy[2][0];
+    let out = generate(&p.model, Some(&tk), &[r.prompts[2].clone()], &[0], &[first], &SamplingParams { temperature: 0.0, max_new_tokens: 12, ..Default::default() }).unwrap();
+    assert_eq!(out[0].finish_reason, FinishReason::Eos);
+    assert_eq!(out[0].token_ids, vec![first]);
+    // min_new_tokens suppresses it.
+    let out = generate(&p.model, Some(&tk), &[r.prompts[2].clone()], &[0], &[first], &greedy_params(5)).unwrap();
+    assert_eq!(out[0].token_ids.len(), 5);
+    assert!(!out[0].token_ids.contains(&first));
+    assert_eq!(out[0].finish_reason, FinishReason::Length);
+}
+
+#[test]
+fn bf16_and_f16_run_and_stay_close() {
+    let r = reference("qwen2-untied");
+    for kind in [Kind::BFloat16, Kind::Half] {
+        let p = Policy::load(&fixture("qwen2-untied"), kind, Device::Cpu).unwrap();
+        let input = Tensor::from_slice(&r.prompts[1]).unsqueeze(0);
+        let got = tch::no_grad(|| p.model.forward(&input, &Tensor::ones_like(&input))).squeeze_dim(0).to_kind(Kind::Float);
+        let want = Tensor::from_slice2(&r.logits[1]);
+        let scale = f64::try_from(want.abs().max()).unwrap();
+        let d = max_abs_diff(&got, &want);
+        // bf16 keeps ~3 significant digits; errors grow through the layers.
+        assert!(d < 0.05 * scale, "{kind:?} logits too far from fp32: {d} (max |logit| {scale})");
+    }
+}
+
+#[test]
+fn error_paths_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Not a folder.
+    let e = Policy::load(&tmp.path().join("nope"), Kind::Float, Device::Cpu).err().unwrap();
+    assert!(matches!(e, RolloutError::MissingFile { .. }), "{e}");
+    // No config.json.
+    let e = Policy::load(tmp.path(), Kind::Float, Device::Cpu).err().unwrap();
+    assert!(e.to_string().contains("config.json"), "{e}");
+    // Unsupported architecture lists the supported ones.
+    let src = fixture("qwen2-tied");
+    let d = tmp.path().join("m");
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), d.join(f)).unwrap();
+    }
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut bad = cfg.clone();
+    bad["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    std::fs::write(d.join("config.json"), bad.to_string()).unwrap();
+    let e = Policy::load(&d, Kind::Float, Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("MistralForCausalLM") && e.contains("Qwen2ForCausalLM") && e.contains("LlamaForCausalLM"), "{e}");
+    // Wrong shape: config claims a bigger intermediate size than the tensors have.
+    let mut bad = cfg.clone();
+    bad["intermediate_size"] = serde_json::json!(cfg["intermediate_size"].as_i64().unwrap() * 2);
+    std::fs::write(d.join("config.json"), bad.to_string()).unwrap();
+    let e = Policy::load(&d, Kind::Float, Device::Cpu).err().unwrap();
+    assert!(matches!(e, RolloutError::ShapeMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("mlp"), "{e}");
+    // Missing tensor: one more layer in the config than in the checkpoint.
+    let mut bad = cfg.clone();
+    bad["num_hidden_layers"] = serde_json::json!(cfg["num_hidden_layers"].as_i64().unwrap() + 1);
+    std::fs::write(d.join("config.json"), bad.to_string()).unwrap();
+    let e = Policy::load(&d, Kind::Float, Device::Cpu).err().unwrap();
+    assert!(matches!(e, RolloutError::MissingTensor { .. }), "{e}");
+    assert!(e.to_string().contains("model.layers."), "{e}");
+    // Truncated safetensors file.
+    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = Policy::load(&d, Kind::Float, Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("truncated") && e.contains("model.safetensors"), "{e}");
+    // No weights at all.
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    let e = Policy::load(&d, Kind::Float, Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("index"), "{e}");
+    // Missing shard of a sharded checkpoint.
+    let s = tmp.path().join("sharded");
+    std::fs::create_dir_all(&s).unwrap();
+    for entry in std::fs::read_dir(fixture("llama3-sharded")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), s.join(entry.file_name())).unwrap();
+    }
+    let shard = std::fs::read_dir(&s).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with("-of-00002.safetensors")).unwrap();
+    std::fs::remove_file(&shard).unwrap();
+    let e = Policy::load(&s, Kind::Float, Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("shard"), "{e}");
+    // dtype / device strings.
+    assert!(parse_kind("fp8").err().unwrap().to_string().contains("bf16"));
+    assert!(parse_device("tpu").is_err());
+    if !tch::Cuda::is_available() {
+        let e = parse_device("cuda").err().unwrap().to_string();
+        assert!(e.contains("CUDA is not available") && e.contains("--device cpu"), "{e}");
+    }
+}
+
+#[test]
+fn saved_checkpoint_round_trips() {
+    let p = load("llama3-sharded");
+    let tmp = tempfile::tempdir().unwrap();
+    // Shard small to exercise the index writer too.
+    p.save_weights(tmp.path(), Kind::Float, Some(20_000)).unwrap();
+    assert!(tmp.path().join("model.safetensors.index.json").exists());
+    let q = Policy::load(tmp.path(), Kind::Float, Device::Cpu).unwrap();
+    for (k, t) in p.named_tensors() {
+        assert!(t.equal(&q.named_tensors()[&k]), "{k} changed in the round trip");
+    }
+}
