@@ -1,0 +1,352 @@
+//! A weighted set of reward modules and batch scoring.
+
+use crate::config::{self, RewardSpec};
+use crate::modules::{Ctx, Issue, RewardModule};
+use crate::{RewardsError, Sample};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+/// Default per-sample time limit of a module, in milliseconds.
+pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
+
+struct Entry {
+    name: String,
+    weight: f64,
+    timeout: Duration,
+    module: Box<dyn RewardModule>,
+}
+
+/// A weighted set of reward modules, built from `[[rewards]]` tables.
+pub struct RewardSet {
+    entries: Vec<Entry>,
+    specs: Vec<RewardSpec>,
+}
+
+impl std::fmt::Debug for RewardSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RewardSet")
+            .field("specs", &self.specs)
+            .finish()
+    }
+}
+
+/// What went wrong for one module on one sample (counted in [`BatchCounts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The module panicked; it scored 0 for this sample.
+    Panic,
+    /// The module exceeded its `timeout_ms`; it scored 0 for this sample.
+    Timeout,
+    /// The reference answer could not be parsed (the sample scored 0 for the module,
+    /// but this is a data problem, not a wrong answer).
+    UnparseableReference,
+    /// A field the module needs (reference, `numbers`, `target`, ...) is missing or malformed.
+    MissingInput,
+}
+
+/// One failure, for logging.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Failure {
+    pub module: String,
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// An informative note (e.g. why no answer was found), not counted as a failure.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Note {
+    pub module: String,
+    pub message: String,
+}
+
+/// The scores of one sample.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Scores {
+    /// `(module name, unweighted score)` in [`RewardSet::names`] order.
+    pub per_module: Vec<(String, f64)>,
+    /// Weighted sum of the module scores.
+    pub total: f64,
+    pub failures: Vec<Failure>,
+    pub notes: Vec<Note>,
+}
+
+impl Scores {
+    /// The score of the module with this name.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.per_module
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| *s)
+    }
+}
+
+/// Counts over a batch, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BatchCounts {
+    pub panics: usize,
+    pub timeouts: usize,
+    pub unparseable_references: usize,
+    pub missing_inputs: usize,
+    /// Samples where a module found no answer in the completion (a normal 0).
+    pub no_answer: usize,
+}
+
+impl BatchCounts {
+    pub fn add(&mut self, o: &BatchCounts) {
+        self.panics += o.panics;
+        self.timeouts += o.timeouts;
+        self.unparseable_references += o.unparseable_references;
+        self.missing_inputs += o.missing_inputs;
+        self.no_answer += o.no_answer;
+    }
+}
+
+/// The scores of a batch.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BatchScores {
+    pub names: Vec<String>,
+    pub scores: Vec<Scores>,
+    pub counts: BatchCounts,
+}
+
+impl BatchScores {
+    /// The weighted totals, one per sample.
+    pub fn totals(&self) -> Vec<f64> {
+        self.scores.iter().map(|s| s.total).collect()
+    }
+
+    /// Mean unweighted score per module, in `names` order.
+    pub fn means(&self) -> Vec<(String, f64)> {
+        let n = self.scores.len().max(1) as f64;
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                (
+                    name.clone(),
+                    self.scores.iter().map(|s| s.per_module[i].1).sum::<f64>() / n,
+                )
+            })
+            .collect()
+    }
+}
+
+impl RewardSet {
+    /// Parses the `[[rewards]]` tables of a TOML document (a rewards file or a whole
+    /// recipe: other top-level keys are ignored).
+    pub fn from_toml_str(src: &str) -> Result<RewardSet, RewardsError> {
+        RewardSet::from_specs(config::parse_toml(src)?)
+    }
+
+    /// Builds a set from specs, checking every parameter.
+    pub fn from_specs(specs: Vec<RewardSpec>) -> Result<RewardSet, RewardsError> {
+        if specs.is_empty() {
+            return Err(RewardsError::Invalid(
+                "a reward set needs at least one reward".into(),
+            ));
+        }
+        let mut entries = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let name = spec.display_name();
+            if entries.iter().any(|e: &Entry| e.name == name) {
+                return Err(RewardsError::Invalid(format!(
+                    "reward #{i}: duplicate reward name `{name}`; give one of them a distinct `name`"
+                )));
+            }
+            let module = config::build(i, spec)?;
+            entries.push(Entry {
+                name,
+                weight: spec.weight,
+                timeout: Duration::from_millis(spec.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+                module,
+            });
+        }
+        Ok(RewardSet { entries, specs })
+    }
+
+    /// The specs this set was built from.
+    pub fn specs(&self) -> &[RewardSpec] {
+        &self.specs
+    }
+
+    /// Module names in scoring order.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.iter().map(|e| e.name.clone()).collect()
+    }
+
+    /// The weights, in [`names`](Self::names) order.
+    pub fn weights(&self) -> Vec<f64> {
+        self.entries.iter().map(|e| e.weight).collect()
+    }
+
+    /// Scores one sample on the current thread.
+    pub fn score_one(&self, sample: &Sample) -> Scores {
+        let mut per_module = Vec::with_capacity(self.entries.len());
+        let mut failures = Vec::new();
+        let mut notes = Vec::new();
+        let mut total = 0.0;
+        for e in &self.entries {
+            let start = Instant::now();
+            let ctx = Ctx {
+                deadline: start + e.timeout,
+            };
+            let res = catch_unwind(AssertUnwindSafe(|| e.module.score(sample, &ctx)));
+            let elapsed = start.elapsed();
+            let score = match res {
+                Err(payload) => {
+                    let msg = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".to_string());
+                    failures.push(Failure {
+                        module: e.name.clone(),
+                        kind: FailureKind::Panic,
+                        message: msg,
+                    });
+                    0.0
+                }
+                Ok(_) if elapsed > e.timeout || ctx.expired() => {
+                    failures.push(Failure {
+                        module: e.name.clone(),
+                        kind: FailureKind::Timeout,
+                        message: format!("took {:?} (limit {:?})", elapsed, e.timeout),
+                    });
+                    0.0
+                }
+                Ok(out) => {
+                    match out.issue {
+                        None => {}
+                        Some(Issue::NoAnswer(m)) => notes.push(Note {
+                            module: e.name.clone(),
+                            message: m,
+                        }),
+                        Some(Issue::UnparseableReference(m)) => failures.push(Failure {
+                            module: e.name.clone(),
+                            kind: FailureKind::UnparseableReference,
+                            message: m,
+                        }),
+                        Some(Issue::MissingInput(m)) => failures.push(Failure {
+                            module: e.name.clone(),
+                            kind: FailureKind::MissingInput,
+                            message: m,
+                        }),
+                    }
+                    if out.score.is_finite() {
+                        out.score
+                    } else {
+                        0.0
+                    }
+                }
+            };
+            total += e.weight * score;
+            per_module.push((e.name.clone(), score));
+        }
+        Scores {
+            per_module,
+            total,
+            failures,
+            notes,
+        }
+    }
+
+    /// Scores a batch in parallel (rayon's global pool). A module that panics or runs
+    /// past its time limit on one sample gives 0 for that sample; the batch goes on.
+    pub fn score_batch(&self, samples: &[Sample]) -> BatchScores {
+        let scores: Vec<Scores> = samples.par_iter().map(|s| self.score_one(s)).collect();
+        self.finish(scores)
+    }
+
+    /// Scores a batch on the current thread only (for benchmarks and debugging).
+    pub fn score_batch_sequential(&self, samples: &[Sample]) -> BatchScores {
+        let scores: Vec<Scores> = samples.iter().map(|s| self.score_one(s)).collect();
+        self.finish(scores)
+    }
+
+    fn finish(&self, scores: Vec<Scores>) -> BatchScores {
+        let mut counts = BatchCounts::default();
+        for s in &scores {
+            for f in &s.failures {
+                match f.kind {
+                    FailureKind::Panic => counts.panics += 1,
+                    FailureKind::Timeout => counts.timeouts += 1,
+                    FailureKind::UnparseableReference => counts.unparseable_references += 1,
+                    FailureKind::MissingInput => counts.missing_inputs += 1,
+                }
+            }
+            counts.no_answer += s.notes.len();
+        }
+        BatchScores {
+            names: self.names(),
+            scores,
+            counts,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_modules(mods: Vec<(&str, f64, u64, Box<dyn RewardModule>)>) -> RewardSet {
+        RewardSet {
+            entries: mods
+                .into_iter()
+                .map(|(n, w, t, m)| Entry {
+                    name: n.to_string(),
+                    weight: w,
+                    timeout: Duration::from_millis(t),
+                    module: m,
+                })
+                .collect(),
+            specs: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modules::Outcome;
+
+    struct Panicky;
+    impl RewardModule for Panicky {
+        fn score(&self, s: &Sample, _: &Ctx) -> Outcome {
+            if s.completion == "boom" {
+                panic!("kaboom");
+            }
+            Outcome::score(1.0)
+        }
+    }
+    struct Slow;
+    impl RewardModule for Slow {
+        fn score(&self, s: &Sample, _: &Ctx) -> Outcome {
+            if s.completion == "slow" {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            Outcome::score(0.5)
+        }
+    }
+
+    #[test]
+    fn panics_and_timeouts_are_isolated_and_counted() {
+        let set = RewardSet::from_modules(vec![
+            ("p", 1.0, 1000, Box::new(Panicky)),
+            ("s", 2.0, 10, Box::new(Slow)),
+        ]);
+        let samples: Vec<Sample> = ["ok", "boom", "slow", "ok"]
+            .iter()
+            .map(|c| Sample::new("", c, None))
+            .collect();
+        let out = set.score_batch(&samples);
+        assert_eq!(out.names, vec!["p", "s"]);
+        assert_eq!(out.totals(), vec![2.0, 1.0, 1.0, 2.0]);
+        assert_eq!(out.counts.panics, 1);
+        assert_eq!(out.counts.timeouts, 1);
+        assert_eq!(out.scores[1].failures[0].kind, FailureKind::Panic);
+        assert_eq!(out.scores[1].failures[0].message, "kaboom");
+        assert_eq!(out.scores[2].failures[0].kind, FailureKind::Timeout);
+        assert_eq!(out.scores[2].get("s"), Some(0.0));
+        let seq = set.score_batch_sequential(&samples);
+        assert_eq!(seq.totals(), out.totals());
+    }
+}
