@@ -214,15 +214,16 @@ impl Tokenizer {
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
-    /// Text of `ids`; ids outside the vocabulary are an error.
+    /// Text of `ids`. Ids the tokenizer does not know (checkpoints pad their embedding
+    /// matrix past the tokenizer, so a policy can sample them) decode to nothing, as in
+    /// transformers; negative ids are an error.
     pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
-        let n = self.vocab_size() as i64;
         let mut u = Vec::with_capacity(ids.len());
         for &i in ids {
-            if i < 0 || i >= n {
-                return Err(RolloutError::Tokenizer(format!("cannot decode token id {i}: the vocabulary has ids 0..{n}")));
+            let i = u32::try_from(i).map_err(|_| RolloutError::Tokenizer(format!("cannot decode negative token id {i}")))?;
+            if self.inner.id_to_token(i).is_some() {
+                u.push(i);
             }
-            u.push(i as u32);
         }
         self.inner.decode(&u, skip_special_tokens).map_err(|e| RolloutError::Tokenizer(format!("cannot decode: {e}")))
     }

@@ -1,0 +1,398 @@
+//! Recipes: TOML, checked strictly. Unknown keys are errors that name the key path and
+//! suggest the closest valid key; every field has a default documented here and in the
+//! README; `--set a.b=c` overrides; the resolved recipe is saved in the run folder.
+
+use crate::grpo::{LossType, ScaleRewards};
+use anyhow::{anyhow, bail, Context, Result};
+use rewards::RewardSpec;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    #[serde(default)]
+    pub run: RunCfg,
+    pub model: ModelCfg,
+    pub data: DataCfg,
+    #[serde(default)]
+    pub rollout: RolloutCfg,
+    /// `[[rewards]]` tables, as in the rewards crate.
+    #[serde(default)]
+    pub rewards: Vec<RewardSpec>,
+    #[serde(default)]
+    pub grpo: GrpoCfg,
+    #[serde(default)]
+    pub optim: OptimCfg,
+    #[serde(default)]
+    pub train: TrainCfg,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunCfg {
+    /// Run name: the run folder is `<output_dir>/<name>`.
+    pub name: String,
+    /// Drives data order, sampling and initialisation.
+    pub seed: u64,
+    pub output_dir: PathBuf,
+}
+
+impl Default for RunCfg {
+    fn default() -> Self {
+        RunCfg { name: "run".into(), seed: 0, output_dir: "runs".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCfg {
+    /// Hugging Face model folder (relative paths are relative to the recipe file).
+    pub path: PathBuf,
+    /// f32 | bf16 | f16 (default f32).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Learner device: cpu | cuda | cuda:N (default cpu).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataCfg {
+    /// Training prompts, JSONL.
+    pub train: PathBuf,
+    /// Held-out prompts, JSONL (optional; used by `train.eval_every`).
+    #[serde(default)]
+    pub eval: Option<PathBuf>,
+    /// Field holding the prompt text (default "prompt").
+    #[serde(default = "default_prompt_field")]
+    pub prompt_field: String,
+    /// Field holding the reference answer (default "answer"); every other field is passed to
+    /// the reward modules as is (e.g. `numbers`, `target`).
+    #[serde(default = "default_answer_field")]
+    pub answer_field: String,
+    /// `r1_zero` (DeepSeek-R1-Zero's template, built in), `chat` (the model's chat template,
+    /// prompt as the user message) or a custom string containing `{prompt}`.
+    #[serde(default = "default_template")]
+    pub template: String,
+}
+
+fn default_prompt_field() -> String {
+    "prompt".into()
+}
+fn default_answer_field() -> String {
+    "answer".into()
+}
+fn default_template() -> String {
+    "r1_zero".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutCfg {
+    /// G: completions sampled per prompt.
+    pub group_size: usize,
+    pub prompts_per_step: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 = off.
+    pub top_k: i64,
+    /// 0 = off.
+    pub min_p: f64,
+    /// Stop strings (completion text is cut before them).
+    pub stop: Vec<String>,
+    /// Rollout workers, each with its own copy of the policy on `devices[i % len]`.
+    pub workers: usize,
+    /// Devices of the workers (default: the learner's device).
+    pub devices: Vec<String>,
+    /// Rows per generation forward pass on one worker.
+    pub max_batch: usize,
+}
+
+impl Default for RolloutCfg {
+    fn default() -> Self {
+        RolloutCfg {
+            group_size: 8,
+            prompts_per_step: 8,
+            max_new_tokens: 256,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            stop: vec![],
+            workers: 1,
+            devices: vec![],
+            max_batch: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoCfg {
+    /// KL coefficient; 0 = no reference model is loaded. Default 0.001 (R1-Zero).
+    pub beta: f64,
+    /// Lower clip range: ratios below 1 - epsilon are clipped (default 0.2).
+    pub epsilon: f64,
+    /// Upper clip range (default: = epsilon; DAPO's clip-higher uses 0.28).
+    pub epsilon_high: Option<f64>,
+    /// grpo | bnpo | dapo | dr_grpo (default dapo, as TRL).
+    pub loss_type: LossType,
+    /// group | batch | none (default group).
+    pub scale_rewards: ScaleRewards,
+    /// mu: optimisation passes over each rollout batch (default 1: ratio = 1).
+    pub num_iterations: usize,
+    /// Sequences per optimizer step; 0 = the whole rollout batch (default 0).
+    pub minibatch_size: usize,
+    /// Truncated completions (no EOS within max_new_tokens) get no loss (default false).
+    pub mask_truncated_completions: bool,
+    /// Drop groups whose rewards are all equal (DAPO dynamic sampling; default false).
+    pub drop_zero_std_groups: bool,
+    /// Replace the reference model by the current policy every N steps (R1-Zero: 400); 0 = never.
+    pub ref_sync_every: usize,
+    /// Positions per chunk when computing log-probs (bounds the [B, chunk, V] logits).
+    pub logprob_chunk: i64,
+    /// Abort (after saving a checkpoint) after this many consecutive non-finite steps.
+    pub max_bad_steps: usize,
+}
+
+impl Default for GrpoCfg {
+    fn default() -> Self {
+        GrpoCfg {
+            beta: 0.001,
+            epsilon: 0.2,
+            epsilon_high: None,
+            loss_type: LossType::Dapo,
+            scale_rewards: ScaleRewards::Group,
+            num_iterations: 1,
+            minibatch_size: 0,
+            mask_truncated_completions: false,
+            drop_zero_std_groups: false,
+            ref_sync_every: 0,
+            logprob_chunk: 256,
+            max_bad_steps: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimCfg {
+    /// AdamW learning rate (default 1e-6, DeepSeekMath).
+    pub lr: f64,
+    /// Decoupled weight decay, not applied to biases and norms (default 0).
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    /// constant | linear | cosine (decay to 0 at the last step), after warmup.
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    /// Gradient clipping by global norm; 0 = off (default 1.0).
+    pub max_grad_norm: f64,
+    /// Micro-batches per optimizer step (splits each minibatch to bound memory).
+    pub grad_accumulation: usize,
+}
+
+impl Default for OptimCfg {
+    fn default() -> Self {
+        OptimCfg {
+            lr: 1e-6,
+            weight_decay: 0.0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            max_grad_norm: 1.0,
+            grad_accumulation: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainCfg {
+    /// GRPO steps (one rollout batch each).
+    pub steps: usize,
+    /// Evaluate on `data.eval` every N steps (and at the end); 0 = never.
+    pub eval_every: usize,
+    /// Held-out prompts used per evaluation (0 = all).
+    pub eval_limit: usize,
+    /// Checkpoint every N steps (and at the end); 0 = only at the end.
+    pub save_every: usize,
+    /// Checkpoints kept (oldest removed first).
+    pub keep_last: usize,
+    /// Write a few completions to `samples/` every N steps; 0 = never.
+    pub log_samples_every: usize,
+    /// How many completions each time.
+    pub samples_to_log: usize,
+}
+
+impl Default for TrainCfg {
+    fn default() -> Self {
+        TrainCfg { steps: 100, eval_every: 0, eval_limit: 0, save_every: 50, keep_last: 2, log_samples_every: 10, samples_to_log: 4 }
+    }
+}
+
+/// Edit distance, for "did you mean" suggestions.
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + (ca != *cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a message naming the
+/// key path and the closest valid key.
+fn explain(path: &str, msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let bad = rest.split('`').next().unwrap_or("");
+        let valid: Vec<&str> = msg.split("expected").nth(1).map(|e| e.split('`').skip(1).step_by(2).collect()).unwrap_or_default();
+        let full = if path.is_empty() || path == "." { bad.to_string() } else { format!("{}.{bad}", path.trim_end_matches(&format!(".{bad}")[..]).trim_end_matches(bad).trim_end_matches('.')) };
+        let best = valid.iter().map(|v| (levenshtein(bad, v), *v)).min();
+        let hint = match best {
+            Some((d, v)) if d <= 3 || v.starts_with(bad) || bad.starts_with(v) => format!("; did you mean `{v}`?"),
+            _ => String::new(),
+        };
+        let list = if valid.is_empty() { String::new() } else { format!(" Valid keys here: {}.", valid.join(", ")) };
+        return format!("unknown key `{full}`{hint}{list}");
+    }
+    if path.is_empty() || path == "." {
+        msg.to_string()
+    } else {
+        format!("`{path}`: {msg}")
+    }
+}
+
+/// Parses `value` of a `--set key=value` as TOML (number, bool, array, string in quotes),
+/// falling back to a bare string.
+fn parse_set_value(v: &str) -> toml::Value {
+    let doc = format!("x = {v}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("x").unwrap_or(toml::Value::String(v.into())),
+        Err(_) => toml::Value::String(v.into()),
+    }
+}
+
+/// Applies `a.b.c=value` overrides to a parsed TOML table.
+pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<()> {
+    for s in sets {
+        let (key, value) = s.split_once('=').ok_or_else(|| anyhow!("--set {s:?}: expected key.path=value"))?;
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        let mut cur = &mut *table;
+        for p in &parts[..parts.len() - 1] {
+            let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = entry.as_table_mut().ok_or_else(|| anyhow!("--set {s:?}: `{p}` is not a table"))?;
+        }
+        cur.insert(parts[parts.len() - 1].to_string(), parse_set_value(value.trim()));
+    }
+    Ok(())
+}
+
+/// Deserialises any strict config type from a TOML table, with key-path errors.
+pub fn from_table<T: for<'de> Deserialize<'de>>(table: toml::Table, origin: &str) -> Result<T> {
+    let value = toml::Value::Table(table);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.inner().to_string();
+        anyhow!("{origin}: {}", explain(&path, msg.trim()))
+    })
+}
+
+impl Recipe {
+    /// Reads a recipe file with `--set` overrides. Relative paths inside are resolved against
+    /// the recipe's folder.
+    pub fn load(path: &Path, sets: &[String]) -> Result<(Recipe, toml::Table)> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()))?;
+        let mut table: toml::Table = text.parse().map_err(|e| anyhow!("{}: invalid TOML: {e}", path.display()))?;
+        apply_sets(&mut table, sets)?;
+        let mut r: Recipe = from_table(table.clone(), &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        r.resolve_paths(base);
+        r.validate()?;
+        Ok((r, table))
+    }
+
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.exists() && base.join(&*p).exists() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.model.path);
+        fix(&mut self.data.train);
+        if let Some(e) = self.data.eval.as_mut() {
+            fix(e);
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let r = &self.rollout;
+        if r.group_size < 2 {
+            bail!("rollout.group_size must be >= 2 (GRPO compares samples within a group), got {}", r.group_size);
+        }
+        if r.prompts_per_step == 0 {
+            bail!("rollout.prompts_per_step must be >= 1");
+        }
+        if r.max_new_tokens == 0 {
+            bail!("rollout.max_new_tokens must be >= 1");
+        }
+        if r.temperature <= 0.0 {
+            bail!("rollout.temperature must be > 0 for RL (got {}): greedy rollouts give identical samples", r.temperature);
+        }
+        if r.workers == 0 {
+            bail!("rollout.workers must be >= 1");
+        }
+        let g = &self.grpo;
+        if g.epsilon < 0.0 || g.epsilon_high.is_some_and(|e| e < 0.0) {
+            bail!("grpo.epsilon and grpo.epsilon_high must be >= 0");
+        }
+        if g.beta < 0.0 {
+            bail!("grpo.beta must be >= 0");
+        }
+        if g.num_iterations == 0 {
+            bail!("grpo.num_iterations must be >= 1");
+        }
+        if self.optim.grad_accumulation == 0 {
+            bail!("optim.grad_accumulation must be >= 1");
+        }
+        if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
+            bail!("optim.lr must be a positive number");
+        }
+        let t = &self.data.template;
+        if t != "r1_zero" && t != "chat" && !t.contains("{prompt}") {
+            bail!("data.template must be `r1_zero`, `chat`, or a string containing {{prompt}}; got {t:?}");
+        }
+        if self.rewards.is_empty() {
+            bail!("the recipe has no [[rewards]] tables: GRPO needs at least one reward (e.g. [[rewards]] kind = \"accuracy\")");
+        }
+        rewards::RewardSet::from_specs(self.rewards.clone()).map_err(|e| anyhow!("[[rewards]]: {e}"))?;
+        Ok(())
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.output_dir.join(&self.run.name)
+    }
+}

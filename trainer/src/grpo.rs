@@ -1,0 +1,163 @@
+//! The GRPO maths, in small functions that tests hit directly.
+//!
+//! Notation: for completion i with tokens t, `logp` = log pi_theta(o_t | ...), `old` = the
+//! log-prob when the sample was drawn, `ref` = under the frozen reference, A_i its advantage.
+//!
+//! per-token loss  l_t = -min(r_t A_i, clip(r_t, 1 - eps_low, 1 + eps_high) A_i) + beta k3_t
+//! with r_t = exp(logp - old) and k3_t = exp(ref - logp) - (ref - logp) - 1 (DeepSeekMath's
+//! unbiased KL estimator). Aggregation over tokens (m = completion mask) is `LossType`.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// How rewards are scaled into advantages (`[grpo] scale_rewards`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleRewards {
+    /// (r - mean_group) / (std_group + eps): DeepSeekMath / TRL default.
+    Group,
+    /// (r - mean_group) / (std_batch + eps).
+    Batch,
+    /// r - mean_group (Dr. GRPO: no std scaling).
+    None,
+}
+
+/// How per-token losses are reduced to one number (`[grpo] loss_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// mean_i( sum_t m l / sum_t m ): per-sequence mean, then mean over sequences (DeepSeekMath).
+    Grpo,
+    /// sum m l / sum m over the micro-batch's tokens.
+    Bnpo,
+    /// sum m l / sum m over all tokens of the optimizer step's minibatch (DAPO token-level).
+    Dapo,
+    /// sum m l / (sequences x max_new_tokens) (Dr. GRPO: constant normaliser).
+    DrGrpo,
+}
+
+/// Unbiased (N - 1) standard deviation, as torch.std; 0 for fewer than two values.
+pub fn std_unbiased(x: &[f64]) -> f64 {
+    if x.len() < 2 {
+        return 0.0;
+    }
+    let m = x.iter().sum::<f64>() / x.len() as f64;
+    (x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
+}
+
+/// Group-relative advantages for rewards laid out group after group (`group_size` each).
+/// Groups whose rewards are all equal get exactly zero.
+pub fn advantages(rewards: &[f64], group_size: usize, scale: ScaleRewards, eps: f64) -> Vec<f64> {
+    assert!(group_size > 0 && rewards.len() % group_size == 0, "rewards must hold whole groups");
+    let batch_std = std_unbiased(rewards);
+    let mut out = Vec::with_capacity(rewards.len());
+    for g in rewards.chunks(group_size) {
+        let mean = g.iter().sum::<f64>() / g.len() as f64;
+        let std = match scale {
+            ScaleRewards::Group => std_unbiased(g),
+            ScaleRewards::Batch => batch_std,
+            ScaleRewards::None => 0.0,
+        };
+        for &r in g {
+            let centred = r - mean;
+            out.push(match scale {
+                ScaleRewards::None => centred,
+                _ => centred / (std + eps),
+            });
+        }
+    }
+    out
+}
+
+/// True when every reward in the group is the same (no learning signal).
+pub fn zero_std_groups(rewards: &[f64], group_size: usize) -> Vec<bool> {
+    rewards.chunks(group_size).map(|g| g.iter().all(|&r| r == g[0])).collect()
+}
+
+/// Per-token losses and the statistics TRL reports, for one micro-batch.
+pub struct TokenLoss {
+    /// [B, T] per-token loss (not yet masked or reduced).
+    pub per_token: Tensor,
+    /// [B, T] k3 KL per token (zeros when beta = 0).
+    pub kl: Tensor,
+    pub low_clipped: Tensor,
+    pub high_clipped: Tensor,
+}
+
+/// `logp`, `old`, `ref_logp`: [B, T]; `adv`: [B].
+pub fn token_loss(logp: &Tensor, old: &Tensor, ref_logp: Option<&Tensor>, adv: &Tensor, eps_low: f64, eps_high: f64, beta: f64) -> TokenLoss {
+    let ratio = (logp - old).exp();
+    let a = adv.unsqueeze(1);
+    let unclipped = &ratio * &a;
+    let clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * &a;
+    let mut per_token = -unclipped.minimum(&clipped);
+    let kl = match ref_logp {
+        Some(r) if beta != 0.0 => {
+            let d = r - logp;
+            let kl = d.exp() - &d - 1.0;
+            per_token = per_token + &kl * beta;
+            kl
+        }
+        _ => logp.zeros_like(),
+    };
+    let low_clipped = ratio.lt(1.0 - eps_low).logical_and(&a.lt(0.0));
+    let high_clipped = ratio.gt(1.0 + eps_high).logical_and(&a.gt(0.0));
+    TokenLoss { per_token, kl, low_clipped, high_clipped }
+}
+
+/// Reduces masked per-token losses of one micro-batch. `norm_tokens` is the token count of
+/// the optimizer step's minibatch (used by `Dapo`), `micro_batches` how many micro-batches
+/// that minibatch has (their losses are summed into one gradient), `max_new_tokens` the
+/// generation budget (`DrGrpo`).
+pub fn aggregate(per_token: &Tensor, mask: &Tensor, loss_type: LossType, norm_tokens: f64, micro_batches: usize, max_new_tokens: usize) -> Tensor {
+    let m = mask.to_kind(per_token.kind());
+    let masked = per_token * &m;
+    let k = micro_batches as f64;
+    match loss_type {
+        LossType::Grpo => {
+            let per_seq = masked.sum_dim_intlist(&[1i64][..], false, per_token.kind()) / m.sum_dim_intlist(&[1i64][..], false, per_token.kind()).clamp_min(1.0);
+            per_seq.mean(per_token.kind()) / k
+        }
+        LossType::Bnpo => masked.sum(per_token.kind()) / m.sum(per_token.kind()).clamp_min(1.0) / k,
+        LossType::Dapo => masked.sum(per_token.kind()) / norm_tokens.max(1.0),
+        LossType::DrGrpo => masked.sum(per_token.kind()) / (per_token.size()[0] as f64 * max_new_tokens as f64) / k,
+    }
+}
+
+/// Mean of `x` over mask = 1 (0 when the mask is empty), as an f64.
+pub fn masked_mean(x: &Tensor, mask: &Tensor) -> f64 {
+    let m = mask.to_kind(Kind::Float);
+    let n = f64::try_from(m.sum(Kind::Float)).unwrap_or(0.0);
+    if n == 0.0 {
+        return 0.0;
+    }
+    f64::try_from((x.to_kind(Kind::Float) * &m).sum(Kind::Float)).unwrap_or(f64::NAN) / n
+}
+
+/// Log-probabilities of `targets` [B, T] and entropies from hidden states [B, T, H], computing
+/// logits `chunk` positions at a time so a full fp32 [B, T, V] never exists at once (150k
+/// vocabularies fit). Logits are divided by `temperature` (as the sampler did).
+pub fn chunked_logprobs(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor, temperature: f64, chunk: i64, with_entropy: bool) -> (Tensor, Option<Tensor>) {
+    let t = hidden.size()[1];
+    let mut lps = vec![];
+    let mut ents = vec![];
+    let mut start = 0;
+    while start < t {
+        let len = chunk.min(t - start);
+        let h = hidden.narrow(1, start, len);
+        let logits = h.matmul(&lm_head.tr()).to_kind(Kind::Float) / temperature;
+        let logz = logits.logsumexp(&[-1i64][..], true);
+        let tgt = targets.narrow(1, start, len).unsqueeze(-1);
+        lps.push((logits.gather(-1, &tgt, false) - &logz).squeeze_dim(-1));
+        if with_entropy {
+            // Entropy needs no gradient: computed detached to spare memory.
+            let l = logits.detach();
+            let logp = &l - logz.detach();
+            ents.push(-(logp.exp() * &logp).sum_dim_intlist(&[-1i64][..], false, Kind::Float));
+        }
+        start += len;
+    }
+    let lp = Tensor::cat(&lps, 1);
+    let ent = with_entropy.then(|| Tensor::cat(&ents, 1));
+    (lp, ent)
+}

@@ -1,0 +1,18 @@
+//! ponder's learner side: recipes, the GRPO maths and loop, optimizer, checkpoints, metrics
+//! sinks, tiny-model builders, and the pieces of the `ponder` CLI.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod cmd_generate;
+pub mod config;
+pub mod data;
+pub mod grpo;
+pub mod metrics;
+pub mod optim;
+pub mod tiny;
+pub mod train;
+pub mod eval;
+pub mod lm;
+pub mod pipeline;
+pub mod plots;
+pub mod tasks;

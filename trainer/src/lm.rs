@@ -1,0 +1,143 @@
+//! Next-token training: pretraining (loss on every token) and SFT (loss on completion tokens
+//! only), with the same AdamW, schedules and clipping as the GRPO learner.
+
+use crate::config::{OptimCfg, Schedule};
+use crate::grpo;
+use crate::metrics::{Row, Sink};
+use crate::optim::{lr_at, AdamW};
+use anyhow::{bail, Result};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use rollout::folder::Policy;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// One training sequence; the loss covers tokens at index >= `loss_from`.
+#[derive(Debug, Clone)]
+pub struct LmExample {
+    pub ids: Vec<i64>,
+    pub loss_from: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LmCfg {
+    pub steps: usize,
+    /// Sequences per optimizer step.
+    pub batch_size: usize,
+    /// Longer sequences are cut (from the right).
+    pub max_len: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    pub schedule: Schedule,
+    pub max_grad_norm: f64,
+    pub log_every: usize,
+}
+
+impl Default for LmCfg {
+    fn default() -> Self {
+        LmCfg { steps: 500, batch_size: 32, max_len: 512, lr: 1e-3, weight_decay: 0.01, warmup_steps: 20, schedule: Schedule::Cosine, max_grad_norm: 1.0, log_every: 10 }
+    }
+}
+
+impl LmCfg {
+    pub fn optim(&self) -> OptimCfg {
+        OptimCfg {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            schedule: self.schedule,
+            warmup_steps: self.warmup_steps,
+            max_grad_norm: self.max_grad_norm,
+            ..Default::default()
+        }
+    }
+}
+
+/// Mean next-token loss of a right-padded batch (and the number of loss tokens).
+pub fn batch_loss(policy: &Policy, batch: &[&LmExample], max_len: usize) -> (Tensor, f64) {
+    let device = policy.model.device();
+    let t = batch.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(1).max(2) as i64;
+    let n = batch.len() as i64;
+    let mut ids = vec![0i64; (n * t) as usize];
+    let mut attn = vec![0i64; (n * t) as usize];
+    let mut mask = vec![0f32; (n * (t - 1)) as usize];
+    for (r, e) in batch.iter().enumerate() {
+        let len = e.ids.len().min(max_len);
+        for j in 0..len {
+            ids[r * t as usize + j] = e.ids[j];
+            attn[r * t as usize + j] = 1;
+            // Target j (predicted at position j - 1) counts when j >= loss_from.
+            if j >= 1 && j >= e.loss_from {
+                mask[r * (t - 1) as usize + j - 1] = 1.0;
+            }
+        }
+    }
+    let input = Tensor::from_slice(&ids).view([n, t]).to_device(device);
+    let attn = Tensor::from_slice(&attn).view([n, t]).to_device(device);
+    let mask = Tensor::from_slice(&mask).view([n, t - 1]).to_device(device);
+    let positions = rollout::model::positions_from_mask(&attn);
+    let hidden = policy.model.forward_hidden(&input, &positions, &attn.to_kind(Kind::Bool), None);
+    let targets = input.narrow(1, 1, t - 1);
+    let (logp, _) = grpo::chunked_logprobs(&hidden.narrow(1, 0, t - 1), &policy.model.lm_head, &targets, 1.0, 256, false);
+    let ntok = f64::try_from(mask.sum(Kind::Double)).unwrap_or(0.0);
+    (-(logp * &mask).sum(Kind::Float) / ntok.max(1.0), ntok)
+}
+
+/// Trains `policy` on `examples` for `cfg.steps` steps, logging rows to `sinks`.
+pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, sinks: &mut [Box<dyn Sink>], quiet: bool) -> Result<()> {
+    if examples.is_empty() {
+        bail!("no training sequences");
+    }
+    let mut opt = AdamW::new(policy.named_tensors(), &cfg.optim());
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.shuffle(&mut rng);
+    let mut pos = 0;
+    let t0 = Instant::now();
+    let mut bad = 0;
+    for step in 0..cfg.steps {
+        let mut batch = Vec::with_capacity(cfg.batch_size);
+        while batch.len() < cfg.batch_size {
+            if pos == order.len() {
+                order.shuffle(&mut rng);
+                pos = 0;
+            }
+            batch.push(&examples[order[pos]]);
+            pos += 1;
+        }
+        opt.zero_grad();
+        let (loss, ntok) = batch_loss(policy, &batch, cfg.max_len);
+        let lv = f64::try_from(&loss)?;
+        if !lv.is_finite() {
+            bad += 1;
+            if bad >= 3 {
+                bail!("loss is not finite for 3 steps in a row at step {step}; lower the learning rate");
+            }
+            continue;
+        }
+        bad = 0;
+        loss.backward();
+        let gn = opt.grad_norm();
+        opt.clip_grad_norm(gn, cfg.max_grad_norm);
+        let lr = lr_at(&cfg.optim(), step as u64, cfg.steps as u64);
+        opt.step(lr);
+        if (step + 1) % cfg.log_every.max(1) == 0 || step + 1 == cfg.steps {
+            let mut row = Row::new();
+            row.insert("loss".into(), json!(lv));
+            row.insert("grad_norm".into(), json!(gn));
+            row.insert("learning_rate".into(), json!(lr));
+            row.insert("num_tokens".into(), json!(ntok));
+            row.insert("time/elapsed_s".into(), json!(t0.elapsed().as_secs_f64()));
+            for s in sinks.iter_mut() {
+                s.log(step as u64 + 1, &row)?;
+            }
+            if !quiet && (step + 1) % (cfg.log_every.max(1) * 10) == 0 {
+                eprintln!("  step {}/{}: loss {lv:.4}", step + 1, cfg.steps);
+            }
+        }
+    }
+    opt.zero_grad();
+    Ok(())
+}

@@ -1,0 +1,561 @@
+//! The GRPO training loop: rollout -> rewards -> advantages -> clipped-surrogate updates ->
+//! weight sync -> metrics -> checkpoints. Each step reads top to bottom in `step()`.
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::Recipe;
+use crate::data::{self, Cursor, Example};
+use crate::grpo;
+use crate::metrics::{ConsoleSink, JsonlSink, Row, Sink};
+use crate::optim::{lr_at, AdamW};
+use anyhow::{anyhow, bail, Context, Result};
+use rewards::{RewardSet, Sample};
+use rollout::folder::{parse_device, parse_kind, Policy};
+use rollout::generate::{Completion, FinishReason, SamplingParams};
+use rollout::pool::{mix_seed, RolloutPool};
+use rollout::tokenizer::Tokenizer;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// What a finished (or interrupted) run reports.
+#[derive(Debug)]
+pub struct Outcome {
+    pub run_dir: PathBuf,
+    pub steps_done: u64,
+    pub interrupted: bool,
+    pub final_checkpoint: Option<PathBuf>,
+}
+
+pub struct Options {
+    pub quiet: bool,
+    /// Set by Ctrl-C: the current step finishes, a checkpoint is saved, the run exits cleanly.
+    pub stop: Arc<AtomicBool>,
+    /// Extra sinks (e.g. W&B).
+    pub sinks: Vec<Box<dyn Sink>>,
+}
+
+/// A rollout batch ready for the learner.
+struct Batch {
+    /// [N, P + C] prompt (left-padded) + completion (right-padded).
+    input: Tensor,
+    attn: Tensor,
+    /// [N, C] completion ids (0 where padded), mask, rollout log-probs.
+    targets: Tensor,
+    mask: Tensor,
+    old: Tensor,
+    adv: Tensor,
+    prompt_len: i64,
+}
+
+pub struct Trainer {
+    pub recipe: Recipe,
+    pub run_dir: PathBuf,
+    tk: Arc<Tokenizer>,
+    policy: Policy,
+    reference: Option<Policy>,
+    pool: RolloutPool,
+    opt: AdamW,
+    rewards: RewardSet,
+    train_set: Vec<Example>,
+    eval_set: Vec<Example>,
+    state: TrainerState,
+    device: Device,
+    kind: Kind,
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+fn sampling(recipe: &Recipe) -> SamplingParams {
+    let r = &recipe.rollout;
+    SamplingParams {
+        temperature: r.temperature,
+        top_k: r.top_k,
+        top_p: r.top_p,
+        min_p: r.min_p,
+        max_new_tokens: r.max_new_tokens,
+        min_new_tokens: 0,
+        stop: r.stop.clone(),
+    }
+}
+
+impl Trainer {
+    /// Starts a new run (`resume = false`) or continues one from its newest checkpoint.
+    pub fn new(recipe: Recipe, resolved: &toml::Table, resume: bool, opts: &mut Options) -> Result<Trainer> {
+        let run_dir = recipe.run_dir();
+        let latest = checkpoint::latest(&run_dir)?;
+        if !resume && run_dir.join("metrics.jsonl").exists() {
+            bail!(
+                "run folder {} already holds a run; continue it with `ponder train --resume {}`, or pick another run.name (--set run.name=...)",
+                run_dir.display(),
+                run_dir.display()
+            );
+        }
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        if !resume {
+            let _ = resolved;
+            std::fs::write(run_dir.join("config.toml"), toml::to_string_pretty(&recipe)?)?;
+        }
+        let device = parse_device(&recipe.model.device)?;
+        let kind = parse_kind(&recipe.model.dtype)?;
+        let (weights_dir, state) = match (&latest, resume) {
+            (Some((_, dir)), true) => (dir.clone(), checkpoint::read_state(dir)?),
+            _ => (
+                recipe.model.path.clone(),
+                TrainerState { step: 0, cursor: Cursor::start(), optimizer_step: 0, bad_steps: 0, reference_saved: false, wandb_run_id: None },
+            ),
+        };
+        if resume && latest.is_none() {
+            eprintln!("note: {} has no complete checkpoint yet; starting from step 0", run_dir.display());
+        }
+        let tk = Arc::new(Tokenizer::from_dir(&weights_dir).or_else(|_| Tokenizer::from_dir(&recipe.model.path))?);
+        let policy = Policy::load(&weights_dir, kind, device)?;
+        let reference = if recipe.grpo.beta > 0.0 {
+            let r = Policy::load(&recipe.model.path, kind, device)?;
+            if state.reference_saved {
+                let saved = rollout::model::weights::load_file(&weights_dir.join(checkpoint::REFERENCE))?;
+                r.copy_from(&saved)?;
+            }
+            let mut r = r;
+            r.vs.freeze();
+            Some(r)
+        } else {
+            None
+        };
+        let devices: Vec<Device> = if recipe.rollout.devices.is_empty() {
+            vec![device; recipe.rollout.workers]
+        } else {
+            let ds = recipe.rollout.devices.iter().map(|d| parse_device(d)).collect::<Result<Vec<_>, _>>()?;
+            (0..recipe.rollout.workers).map(|i| ds[i % ds.len()]).collect()
+        };
+        let mut pool = RolloutPool::from_dir(&weights_dir, &devices, kind, tk.clone())?;
+        pool.max_batch = recipe.rollout.max_batch;
+        let mut opt = AdamW::new(policy.named_tensors(), &recipe.optim);
+        if state.optimizer_step > 0 {
+            opt.load(&weights_dir.join(checkpoint::OPTIMIZER), state.optimizer_step)?;
+        }
+        let rewards = RewardSet::from_specs(recipe.rewards.clone()).map_err(|e| anyhow!("[[rewards]]: {e}"))?;
+        let train_set = data::load_jsonl(&recipe.data.train, &recipe.data)?;
+        let eval_set = match &recipe.data.eval {
+            Some(p) => data::load_jsonl(p, &recipe.data)?,
+            None => vec![],
+        };
+        let mut sinks: Vec<Box<dyn Sink>> = vec![
+            Box::new(JsonlSink::open(&run_dir, resume.then_some(state.step))?),
+            Box::new(ConsoleSink::new(state.step, recipe.train.steps as u64, opts.quiet)),
+        ];
+        sinks.append(&mut opts.sinks);
+        Ok(Trainer { recipe, run_dir, tk, policy, reference, pool, opt, rewards, train_set, eval_set, state, device, kind, sinks })
+    }
+
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn encode_prompt(&self, ex: &Example) -> Result<Vec<i64>> {
+        let (text, special) = data::render_prompt(&self.recipe.data.template, &ex.prompt, &self.tk)?;
+        Ok(self.tk.encode(&text, special)?)
+    }
+
+    fn reward_sample(&self, ex: &Example, c: &Completion) -> Sample {
+        let mut s = Sample::new(&ex.prompt, &c.text, ex.answer.as_deref());
+        s.extra = ex.extra.clone();
+        s.extra.insert("completion_tokens".into(), c.token_ids.len().into());
+        s.extra.insert("max_tokens".into(), self.recipe.rollout.max_new_tokens.into());
+        s.extra.insert("truncated".into(), (c.finish_reason == FinishReason::Length).into());
+        s
+    }
+
+    /// Runs until `train.steps`, Ctrl-C, or too many bad steps.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<Outcome> {
+        let total = self.recipe.train.steps as u64;
+        let mut last_ckpt = None;
+        let mut interrupted = false;
+        while self.state.step < total {
+            if stop.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
+            let row = self.step()?;
+            let step = self.state.step;
+            for s in &mut self.sinks {
+                s.log(step, &row)?;
+            }
+            if self.state.bad_steps >= self.recipe.grpo.max_bad_steps as u64 {
+                let ck = self.save()?;
+                bail!(
+                    "{} consecutive steps had a non-finite loss or gradient; stopped at step {step} (checkpoint {}). Lower optim.lr, raise grpo.max_bad_steps, or check the data",
+                    self.state.bad_steps,
+                    ck.display()
+                );
+            }
+            let e = self.recipe.train.eval_every as u64;
+            if e > 0 && step % e == 0 && step < total {
+                self.eval_and_log()?;
+            }
+            let s = self.recipe.train.save_every as u64;
+            if s > 0 && step % s == 0 && step < total {
+                last_ckpt = Some(self.save()?);
+            }
+        }
+        if self.state.step == total && !interrupted {
+            if self.recipe.train.eval_every > 0 {
+                self.eval_and_log()?;
+            }
+        }
+        let already = last_ckpt.as_ref().is_some_and(|p: &PathBuf| p.ends_with(format!("step-{}", self.state.step)));
+        if !already && self.state.step > 0 {
+            last_ckpt = Some(self.save()?);
+        }
+        for s in &mut self.sinks {
+            s.finish(0)?;
+        }
+        Ok(Outcome { run_dir: self.run_dir.clone(), steps_done: self.state.step, interrupted, final_checkpoint: last_ckpt })
+    }
+
+    /// One GRPO step. Returns its metrics row.
+    pub fn step(&mut self) -> Result<Row> {
+        let t0 = Instant::now();
+        let cfg = self.recipe.clone();
+        let (g, seed) = (cfg.rollout.group_size, cfg.run.seed);
+        let step = self.state.step;
+
+        // 1. Prompts and rollouts.
+        let idx = self.state.cursor.take(seed, self.train_set.len(), cfg.rollout.prompts_per_step);
+        let examples: Vec<Example> = idx.iter().map(|&i| self.train_set[i].clone()).collect();
+        let prompts: Vec<Vec<i64>> = examples.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
+        let params = sampling(&cfg);
+        let groups = self.pool.generate_groups(&prompts, g, &params, mix_seed(seed, step + 1))?;
+        let rollout_s = t0.elapsed().as_secs_f64();
+
+        // 2. Rewards and advantages.
+        let samples: Vec<Sample> =
+            examples.iter().zip(&groups).flat_map(|(ex, grp)| grp.iter().map(move |c| (ex, c))).map(|(ex, c)| self.reward_sample(ex, c)).collect();
+        let scores = self.rewards.score_batch(&samples);
+        let totals = scores.totals();
+        let adv = grpo::advantages(&totals, g, cfg.grpo.scale_rewards, 1e-4);
+        let zero_std = grpo::zero_std_groups(&totals, g);
+        let keep: Vec<usize> = (0..totals.len()).filter(|&i| !(cfg.grpo.drop_zero_std_groups && zero_std[i / g])).collect();
+
+        let comps: Vec<&Completion> = groups.iter().flatten().collect();
+        let mut row = Row::new();
+        self.rollout_metrics(&mut row, &comps, &totals, &scores, &zero_std, g);
+
+        // 3. Learner updates.
+        let t1 = Instant::now();
+        let lr = lr_at(&cfg.optim, self.opt.step, (cfg.train.steps * self.updates_per_step(keep.len())) as u64);
+        let mut learn = LearnStats::default();
+        if !keep.is_empty() {
+            let batch = self.build_batch(&keep, &idx, &prompts, &comps, &adv)?;
+            learn = self.learn(&batch)?;
+            self.pool.sync_weights(&self.policy.named_tensors())?;
+        }
+        if cfg.grpo.ref_sync_every > 0 && (step + 1) % cfg.grpo.ref_sync_every as u64 == 0 {
+            if let Some(r) = &self.reference {
+                r.copy_from(&self.policy.named_tensors())?;
+                self.state.reference_saved = true;
+            }
+        }
+        let learner_s = t1.elapsed().as_secs_f64();
+        let completion_tokens: usize = comps.iter().map(|c| c.token_ids.len()).sum();
+        let prompt_tokens: usize = prompts.iter().map(|p| p.len() * g).sum();
+        row.insert("loss".into(), json!(learn.loss));
+        row.insert("kl".into(), json!(learn.kl));
+        row.insert("entropy".into(), json!(learn.entropy));
+        row.insert("clip_ratio/low_mean".into(), json!(learn.clip_low));
+        row.insert("clip_ratio/high_mean".into(), json!(learn.clip_high));
+        row.insert("clip_ratio/region_mean".into(), json!(learn.clip_low + learn.clip_high));
+        row.insert("grad_norm".into(), json!(learn.grad_norm));
+        row.insert("learning_rate".into(), json!(lr));
+        row.insert("skipped_updates".into(), json!(learn.skipped));
+        row.insert("num_tokens".into(), json!(completion_tokens + prompt_tokens));
+        row.insert("time/rollout_s".into(), json!(rollout_s));
+        row.insert("time/learner_s".into(), json!(learner_s));
+        row.insert("time/step_s".into(), json!(t0.elapsed().as_secs_f64()));
+        row.insert("throughput/rollout_tokens_per_s".into(), json!(completion_tokens as f64 / rollout_s.max(1e-9)));
+        row.insert(
+            "throughput/learner_tokens_per_s".into(),
+            json!((learn.tokens_processed as f64) / learner_s.max(1e-9)),
+        );
+        row.insert("epoch".into(), json!(self.state.cursor.epoch as f64 + self.state.cursor.pos as f64 / self.train_set.len() as f64));
+
+        let every = cfg.train.log_samples_every as u64;
+        if every > 0 && (step + 1) % every == 0 {
+            let n = cfg.train.samples_to_log.min(comps.len());
+            let names = self.rewards.names();
+            let logged: Vec<Value> = (0..n)
+                .map(|k| {
+                    let i = k * g % comps.len(); // one sample from each of the first groups
+                    let ex = &examples[i / g];
+                    json!({
+                        "step": step + 1,
+                        "prompt": ex.prompt,
+                        "answer": ex.answer,
+                        "completion": comps[i].text,
+                        "finish_reason": comps[i].finish_reason.as_str(),
+                        "reward": totals[i],
+                        "rewards": names.iter().zip(&scores.scores[i].per_module).map(|(n, (_, v))| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                    })
+                })
+                .collect();
+            for s in &mut self.sinks {
+                s.log_samples(step + 1, &logged)?;
+            }
+        }
+        self.state.step += 1;
+        Ok(row)
+    }
+
+    fn updates_per_step(&self, rows: usize) -> usize {
+        let mb = if self.recipe.grpo.minibatch_size == 0 { rows.max(1) } else { self.recipe.grpo.minibatch_size };
+        rows.max(1).div_ceil(mb) * self.recipe.grpo.num_iterations
+    }
+
+    fn rollout_metrics(&self, row: &mut Row, comps: &[&Completion], totals: &[f64], scores: &rewards::BatchScores, zero_std: &[bool], g: usize) {
+        let lens: Vec<f64> = comps.iter().map(|c| c.token_ids.len() as f64).collect();
+        let n = lens.len() as f64;
+        let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let truncated = comps.iter().filter(|c| c.finish_reason == FinishReason::Length).count() as f64;
+        let term: Vec<f64> = comps.iter().filter(|c| c.finish_reason != FinishReason::Length).map(|c| c.token_ids.len() as f64).collect();
+        row.insert("reward".into(), json!(mean(totals)));
+        let group_stds: Vec<f64> = totals.chunks(g).map(grpo::std_unbiased).collect();
+        row.insert("reward_std".into(), json!(mean(&group_stds)));
+        row.insert("frac_reward_zero_std".into(), json!(zero_std.iter().filter(|&&z| z).count() as f64 / zero_std.len() as f64));
+        for (k, name) in self.rewards.names().iter().enumerate() {
+            let vals: Vec<f64> = scores.scores.iter().map(|s| s.per_module[k].1).collect();
+            row.insert(format!("rewards/{name}/mean"), json!(mean(&vals)));
+            row.insert(format!("rewards/{name}/std"), json!(grpo::std_unbiased(&vals)));
+        }
+        row.insert("rewards/failures".into(), json!(scores.counts.panics + scores.counts.timeouts));
+        row.insert("rewards/unparseable_reference".into(), json!(scores.counts.unparseable_references));
+        row.insert("completions/mean_length".into(), json!(mean(&lens)));
+        row.insert("completions/min_length".into(), json!(lens.iter().cloned().fold(f64::INFINITY, f64::min)));
+        row.insert("completions/max_length".into(), json!(lens.iter().cloned().fold(0.0, f64::max)));
+        row.insert("completions/clipped_ratio".into(), json!(truncated / n));
+        row.insert("completions/mean_terminated_length".into(), json!(mean(&term)));
+    }
+
+    fn build_batch(&self, keep: &[usize], _idx: &[usize], prompts: &[Vec<i64>], comps: &[&Completion], adv: &[f64]) -> Result<Batch> {
+        let g = self.recipe.rollout.group_size;
+        let p = keep.iter().map(|&i| prompts[i / g].len()).max().unwrap() as i64;
+        let c = keep.iter().map(|&i| comps[i].token_ids.len()).max().unwrap().max(1) as i64;
+        let n = keep.len() as i64;
+        let (mut ids, mut attn) = (vec![0i64; (n * (p + c)) as usize], vec![0i64; (n * (p + c)) as usize]);
+        let (mut tgt, mut mask, mut old) = (vec![0i64; (n * c) as usize], vec![0f32; (n * c) as usize], vec![0f32; (n * c) as usize]);
+        let mut a = vec![0f32; n as usize];
+        for (r, &i) in keep.iter().enumerate() {
+            let pr = &prompts[i / g];
+            let comp = comps[i];
+            let base = r * (p + c) as usize;
+            let off = p as usize - pr.len();
+            for (j, &t) in pr.iter().enumerate() {
+                ids[base + off + j] = t;
+                attn[base + off + j] = 1;
+            }
+            let masked_out = self.recipe.grpo.mask_truncated_completions && comp.finish_reason == FinishReason::Length;
+            for (j, (&t, &lp)) in comp.token_ids.iter().zip(&comp.logprobs).enumerate() {
+                ids[base + p as usize + j] = t;
+                attn[base + p as usize + j] = 1;
+                tgt[r * c as usize + j] = t;
+                old[r * c as usize + j] = lp;
+                mask[r * c as usize + j] = if masked_out { 0.0 } else { 1.0 };
+            }
+            a[r] = adv[i] as f32;
+        }
+        let d = self.device;
+        Ok(Batch {
+            input: Tensor::from_slice(&ids).view([n, p + c]).to_device(d),
+            attn: Tensor::from_slice(&attn).view([n, p + c]).to_device(d),
+            targets: Tensor::from_slice(&tgt).view([n, c]).to_device(d),
+            mask: Tensor::from_slice(&mask).view([n, c]).to_device(d),
+            old: Tensor::from_slice(&old).view([n, c]).to_device(d),
+            adv: Tensor::from_slice(&a).to_device(d),
+            prompt_len: p,
+        })
+    }
+
+    /// Completion-token log-probs (and entropies) of `model` for rows `rows` of the batch.
+    fn logprobs(&self, model: &rollout::CausalLm, b: &Batch, rows: &Tensor, entropy: bool) -> (Tensor, Option<Tensor>) {
+        let input = b.input.index_select(0, rows);
+        let attn = b.attn.index_select(0, rows);
+        let targets = b.targets.index_select(0, rows);
+        let positions = rollout::model::positions_from_mask(&attn);
+        let hidden = model.forward_hidden(&input, &positions, &attn.to_kind(Kind::Bool), None);
+        let c = targets.size()[1];
+        let h = hidden.narrow(1, b.prompt_len - 1, c);
+        grpo::chunked_logprobs(&h, &model.lm_head, &targets, self.recipe.rollout.temperature, self.recipe.grpo.logprob_chunk, entropy)
+    }
+
+    fn learn(&mut self, b: &Batch) -> Result<LearnStats> {
+        let cfg = self.recipe.grpo.clone();
+        let n = b.input.size()[0];
+        let mb = if cfg.minibatch_size == 0 { n } else { (cfg.minibatch_size as i64).min(n) };
+        let accum = self.recipe.optim.grad_accumulation.max(1) as i64;
+        let eps_high = cfg.epsilon_high.unwrap_or(cfg.epsilon);
+        let d = self.device;
+        let all_rows = |s: i64, len: i64| Tensor::arange_start(s, s + len, (Kind::Int64, d));
+        // Reference log-probs once per batch (no grad), micro-batch by micro-batch.
+        let ref_lp: Option<Tensor> = self.reference.as_ref().map(|r| {
+            tch::no_grad(|| {
+                let micro = (mb + accum - 1) / accum;
+                let parts: Vec<Tensor> = (0..n).step_by(micro as usize).map(|s| self.logprobs(&r.model, b, &all_rows(s, micro.min(n - s)), false).0).collect();
+                Tensor::cat(&parts, 0)
+            })
+        });
+        let mut st = LearnStats::default();
+        let (mut kl_sum, mut ent_sum, mut low_sum, mut high_sum, mut loss_sum, mut tok_sum) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        let mut norms = vec![];
+        let total_updates = (self.recipe.train.steps * self.updates_per_step(n as usize)) as u64;
+        for _ in 0..cfg.num_iterations {
+            for ms in (0..n).step_by(mb as usize) {
+                let mlen = mb.min(n - ms);
+                let norm_tokens = f64::try_from(b.mask.narrow(0, ms, mlen).sum(Kind::Double))?;
+                let micro = (mlen + accum - 1) / accum;
+                let k = (mlen + micro - 1) / micro;
+                self.opt.zero_grad();
+                let mut finite = true;
+                for us in (ms..ms + mlen).step_by(micro as usize) {
+                    let ulen = micro.min(ms + mlen - us);
+                    let rows = all_rows(us, ulen);
+                    let (logp, ent) = self.logprobs(&self.policy.model, b, &rows, true);
+                    let mask = b.mask.narrow(0, us, ulen);
+                    // mu = 1: old = current (ratio 1, no extra forward pass); else the
+                    // rollout's log-probs.
+                    let old = if cfg.num_iterations == 1 { logp.detach() } else { b.old.narrow(0, us, ulen) };
+                    let rl = ref_lp.as_ref().map(|r| r.narrow(0, us, ulen));
+                    let tl = grpo::token_loss(&logp, &old, rl.as_ref(), &b.adv.narrow(0, us, ulen), cfg.epsilon, eps_high, cfg.beta);
+                    let loss = grpo::aggregate(&tl.per_token, &mask, cfg.loss_type, norm_tokens, k as usize, self.recipe.rollout.max_new_tokens);
+                    let lv = f64::try_from(&loss)?;
+                    if !lv.is_finite() {
+                        finite = false;
+                        break;
+                    }
+                    loss.backward();
+                    let ntok = f64::try_from(mask.sum(Kind::Double))?;
+                    loss_sum += lv;
+                    tok_sum += ntok;
+                    kl_sum += grpo::masked_mean(&tl.kl, &mask) * ntok;
+                    ent_sum += grpo::masked_mean(ent.as_ref().unwrap(), &mask) * ntok;
+                    low_sum += grpo::masked_mean(&tl.low_clipped, &mask) * ntok;
+                    high_sum += grpo::masked_mean(&tl.high_clipped, &mask) * ntok;
+                    st.tokens_processed += (ulen * b.input.size()[1]) as usize;
+                }
+                let gn = if finite { self.opt.grad_norm() } else { f64::NAN };
+                if !gn.is_finite() {
+                    // Skip: never apply a non-finite update.
+                    self.opt.zero_grad();
+                    st.skipped += 1;
+                    self.state.bad_steps += 1;
+                    eprintln!("warning: step {}: non-finite loss or gradient; update skipped", self.state.step + 1);
+                    continue;
+                }
+                self.state.bad_steps = 0;
+                norms.push(gn);
+                self.opt.clip_grad_norm(gn, self.recipe.optim.max_grad_norm);
+                let lr = lr_at(&self.recipe.optim, self.opt.step, total_updates);
+                self.opt.step(lr);
+                self.opt.zero_grad();
+            }
+        }
+        self.state.optimizer_step = self.opt.step;
+        let t = tok_sum.max(1.0);
+        st.kl = kl_sum / t;
+        st.entropy = ent_sum / t;
+        st.clip_low = low_sum / t;
+        st.clip_high = high_sum / t;
+        st.loss = loss_sum / (cfg.num_iterations as f64);
+        st.grad_norm = if norms.is_empty() { f64::NAN } else { norms.iter().sum::<f64>() / norms.len() as f64 };
+        Ok(st)
+    }
+
+    /// Writes `checkpoints/step-N/` atomically.
+    pub fn save(&mut self) -> Result<PathBuf> {
+        let keep = self.recipe.train.keep_last;
+        let src = self.recipe.model.path.clone();
+        let state = self.state.clone();
+        let (policy, opt, reference, kind) = (&self.policy, &self.opt, &self.reference, self.kind);
+        checkpoint::write(&self.run_dir, &state, keep, |dir| {
+            policy.save_weights(dir, kind, None)?;
+            checkpoint::copy_side_files(&src, dir)?;
+            opt.save(&dir.join(checkpoint::OPTIMIZER))?;
+            if state.reference_saved {
+                if let Some(r) = reference {
+                    rollout::model::weights::save_file(&r.named_tensors(), &dir.join(checkpoint::REFERENCE))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Scores the policy on the held-out prompts with the recipe's sampling settings.
+    pub fn evaluate(&self) -> Result<Option<Row>> {
+        if self.eval_set.is_empty() {
+            return Ok(None);
+        }
+        let lim = self.recipe.train.eval_limit;
+        let set: Vec<&Example> = self.eval_set.iter().take(if lim == 0 { usize::MAX } else { lim }).collect();
+        let prompts: Vec<Vec<i64>> = set.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
+        let groups = self.pool.generate_groups(&prompts, 1, &sampling(&self.recipe), mix_seed(self.recipe.run.seed, u64::MAX))?;
+        let samples: Vec<Sample> = set.iter().zip(&groups).map(|(e, g)| self.reward_sample(e, &g[0])).collect();
+        let scores = self.rewards.score_batch(&samples);
+        let mut row = Row::new();
+        let n = samples.len() as f64;
+        row.insert("eval/reward".into(), json!(scores.totals().iter().sum::<f64>() / n));
+        for (name, m) in scores.means() {
+            row.insert(format!("eval/rewards/{name}/mean"), json!(m));
+        }
+        let lens: f64 = groups.iter().map(|g| g[0].token_ids.len() as f64).sum();
+        row.insert("eval/completion_length".into(), json!(lens / n));
+        row.insert("eval/num_prompts".into(), json!(n));
+        Ok(Some(row))
+    }
+
+    fn eval_and_log(&mut self) -> Result<()> {
+        if let Some(row) = self.evaluate()? {
+            let step = self.state.step;
+            for s in &mut self.sinks {
+                s.log(step, &row)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default, Debug)]
+struct LearnStats {
+    loss: f64,
+    kl: f64,
+    entropy: f64,
+    clip_low: f64,
+    clip_high: f64,
+    grad_norm: f64,
+    skipped: u64,
+    tokens_processed: usize,
+}
+
+/// `ponder train RECIPE` / `ponder train --resume RUN_DIR`.
+pub fn train(recipe_path: Option<&Path>, resume: Option<&Path>, sets: &[String], mut opts: Options) -> Result<Outcome> {
+    let (recipe, table) = match (recipe_path, resume) {
+        (_, Some(run_dir)) => {
+            let cfg = run_dir.join("config.toml");
+            if !cfg.exists() {
+                bail!("{} is not a run folder (no config.toml); give the folder `ponder train` created, e.g. runs/<name>", run_dir.display());
+            }
+            let (mut r, t) = crate::config::Recipe::load(&cfg, sets)?;
+            // The run folder is where it is now, even if it was moved.
+            r.run.output_dir = run_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+            r.run.name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (r, t)
+        }
+        (Some(p), None) => crate::config::Recipe::load(p, sets)?,
+        (None, None) => bail!("give a recipe (ponder train RECIPE.toml) or --resume RUN_DIR"),
+    };
+    let stop = opts.stop.clone();
+    let mut t = Trainer::new(recipe, &table, resume.is_some(), &mut opts)?;
+    t.run(&stop)
+}

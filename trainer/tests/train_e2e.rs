@@ -1,0 +1,195 @@
+//! End to end on a tiny random model that the test builds itself: a short run writes
+//! everything, a learnable toy reward rises, resume is bit-identical, config errors are clear.
+
+use std::path::{Path, PathBuf};
+use trainer::config::Recipe;
+use trainer::tiny::{self, TinyShape};
+use trainer::train::{self, Options};
+
+const SHAPE: TinyShape = TinyShape { hidden: 64, layers: 2, heads: 4, kv_heads: 2, intermediate: 128, vocab: 384 };
+
+fn setup(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    tiny::create_random_model(&model, SHAPE, &tiny::default_corpus(1, 600), 7).unwrap();
+    let mut data = String::new();
+    for i in 0..40 {
+        data.push_str(&format!("{{\"prompt\": \"What is {i} + {}?\", \"answer\": \"{}\"}}\n", i + 3, 2 * i + 3));
+    }
+    std::fs::write(dir.join("train.jsonl"), &data).unwrap();
+    std::fs::write(dir.join("eval.jsonl"), &data[..data.len() / 2]).unwrap();
+    model
+}
+
+fn recipe(dir: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[run]
+name = "t"
+seed = 3
+output_dir = "{out}"
+
+[model]
+path = "{model}"
+
+[data]
+train = "{dir}/train.jsonl"
+eval = "{dir}/eval.jsonl"
+template = "{{prompt} ="
+
+[rollout]
+group_size = 4
+prompts_per_step = 4
+max_new_tokens = 8
+
+[[rewards]]
+kind = "char_fraction"
+chars = "0123456789"
+
+[grpo]
+beta = 0.04
+loss_type = "grpo"
+
+[optim]
+lr = 1e-3
+
+[train]
+steps = 5
+save_every = 2
+keep_last = 2
+log_samples_every = 2
+eval_every = 5
+eval_limit = 8
+{extra}
+"#,
+        out = dir.join("runs").display(),
+        model = dir.join("model").display(),
+        dir = dir.display(),
+    );
+    let p = dir.join("recipe.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn opts() -> Options {
+    Options { quiet: true, stop: Default::default(), sinks: vec![] }
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn short_run_writes_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let r = recipe(tmp.path(), "");
+    let out = train::train(Some(&r), None, &[], opts()).unwrap();
+    assert_eq!(out.steps_done, 5);
+    let run = out.run_dir;
+    assert!(run.join("config.toml").exists());
+    let rows = metrics(&run);
+    let steps: Vec<u64> = rows.iter().filter(|r| r.get("reward").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5]);
+    for key in [
+        "reward", "reward_std", "rewards/char_fraction/mean", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
+        "clip_ratio/region_mean", "completions/mean_length", "completions/min_length", "completions/max_length",
+        "completions/clipped_ratio", "learning_rate", "grad_norm", "time/step_s", "throughput/rollout_tokens_per_s",
+        "throughput/learner_tokens_per_s", "loss",
+    ] {
+        assert!(rows[0].get(key).is_some_and(|v| v.is_number()), "metric {key} missing: {}", rows[0]);
+    }
+    assert!(rows.iter().any(|r| r.get("eval/reward").is_some()), "no eval row");
+    assert!(rows[0]["kl"].as_f64().unwrap() >= 0.0);
+    // Samples every 2 steps; checkpoints kept: last 2 (step-4 and the final step-5).
+    assert!(run.join("samples/step-000002.jsonl").exists());
+    let ckpts: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    let mut ckpts = ckpts;
+    ckpts.sort();
+    assert_eq!(ckpts, vec!["step-4", "step-5"]);
+    let ck = run.join("checkpoints/step-5");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "optimizer.safetensors", "trainer_state.json"] {
+        assert!(ck.join(f).exists(), "{f} missing from checkpoint");
+    }
+    // The checkpoint is a model folder ponder (and transformers) loads as is, and it moved.
+    let p = rollout::folder::Policy::load(&ck, tch::Kind::Float, tch::Device::Cpu).unwrap();
+    let p0 = rollout::folder::Policy::load(&tmp.path().join("model"), tch::Kind::Float, tch::Device::Cpu).unwrap();
+    let w = "model.layers.0.mlp.up_proj.weight";
+    assert!(!p.named_tensors()[w].equal(&p0.named_tensors()[w]), "weights did not change");
+    // A second `train` into the same folder refuses instead of clobbering.
+    let e = train::train(Some(&r), None, &[], opts()).unwrap_err().to_string();
+    assert!(e.contains("--resume"), "{e}");
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let r = recipe(tmp.path(), "");
+    let sets = |name: &str, steps: u32| vec![format!("run.name=\"{name}\""), format!("train.steps={steps}"), "train.eval_every=0".into()];
+    let straight = train::train(Some(&r), None, &sets("straight", 4), opts()).unwrap();
+    let half = train::train(Some(&r), None, &sets("split", 2), opts()).unwrap();
+    assert_eq!(half.steps_done, 2);
+    let resumed = train::train(None, Some(&half.run_dir), &["train.steps=4".into()], opts()).unwrap();
+    assert_eq!(resumed.steps_done, 4);
+    let a = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
+    let b = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (k, t) in &a {
+        assert!(t.equal(&b[k]), "{k} differs between straight and resumed runs");
+    }
+    let oa = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/optimizer.safetensors")).unwrap();
+    let ob = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/optimizer.safetensors")).unwrap();
+    for (k, t) in &oa {
+        assert!(t.equal(&ob[k]), "optimizer state {k} differs");
+    }
+    // metrics.jsonl: steps 1..4 once each.
+    let steps: Vec<u64> = metrics(&resumed.run_dir).iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn toy_reward_rises() {
+    // Reward = fraction of completion characters that are digits; a random model starts low.
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let r = recipe(tmp.path(), "");
+    let sets: Vec<String> = [
+        "run.name=\"toy\"", "train.steps=30", "train.eval_every=0", "train.save_every=0", "rollout.group_size=8",
+        "rollout.prompts_per_step=8", "grpo.beta=0.0", "grpo.loss_type=\"dapo\"", "optim.lr=3e-3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = train::train(Some(&r), None, &sets, opts()).unwrap();
+    let rows = metrics(&out.run_dir);
+    let rewards: Vec<f64> = rows.iter().filter_map(|r| r.get("reward")?.as_f64()).collect();
+    let first = rewards[..5].iter().sum::<f64>() / 5.0;
+    let last = rewards[rewards.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(last > first + 0.2 && last > 2.0 * first, "reward did not rise clearly: first {first:.3}, last {last:.3}: {rewards:?}");
+}
+
+#[test]
+fn config_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let r = recipe(tmp.path(), "");
+    let err = |sets: &[&str]| -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        format!("{:#}", Recipe::load(&r, &sets).unwrap_err())
+    };
+    let e = err(&["optim.lrr=1e-3"]);
+    assert!(e.contains("optim.lrr") && e.contains("did you mean `lr`"), "{e}");
+    let e = err(&["grpo.loss_type=\"ppo\""]);
+    assert!(e.contains("grpo.loss_type") && e.contains("dapo"), "{e}");
+    let e = err(&["rollout.group_size=1"]);
+    assert!(e.contains("group_size"), "{e}");
+    let e = err(&["trian.steps=3"]);
+    assert!(e.contains("trian") && e.contains("did you mean `train`"), "{e}");
+    let e = err(&["data.template=\"no placeholder\""]);
+    assert!(e.contains("{prompt}"), "{e}");
+    // A malformed dataset line names the file and line.
+    std::fs::write(tmp.path().join("bad.jsonl"), "{\"prompt\": \"a\"}\n{oops\n").unwrap();
+    let sets = vec![format!("data.train=\"{}\"", tmp.path().join("bad.jsonl").display())];
+    let e = format!("{:#}", train::train(Some(&r), None, &sets, opts()).unwrap_err());
+    assert!(e.contains("bad.jsonl:2"), "{e}");
+}
