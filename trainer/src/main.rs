@@ -30,6 +30,8 @@ enum Cmd {
     Generate(cmd_generate::GenerateArgs),
     /// Score completions with a reward set: JSONL in, JSONL out (rewards per module + total).
     Score(ScoreArgs),
+    /// Held-out evaluation: accuracy, format rate, pass@k, majority vote, lengths (JSON).
+    Eval(EvalArgs),
     /// Create a tiny random Qwen2 model folder (tokenizer trained here; no downloads).
     InitModel(cmd_generate::InitModelArgs),
     /// Build a tiny model (once) and sample from it: the quickest check that everything works.
@@ -84,6 +86,7 @@ fn main() {
         Cmd::Score(a) => rewards::score_cli::run(&a.rewards, &a.input, a.output.as_deref())
             .map(|rep| if rep.skipped > 0 { 2 } else { 0 })
             .map_err(Into::into),
+        Cmd::Eval(a) => run_eval(a).map(|_| 0),
         Cmd::InitModel(a) => cmd_generate::init_model(a).map(|_| 0),
         Cmd::Demo(a) => cmd_generate::demo(a).map(|_| 0),
         Cmd::Bench(b) => bench::run(b).map(|_| 0),
@@ -95,6 +98,75 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+#[derive(Args)]
+#[command(after_long_help = "Example:\n  ponder eval --model runs/tiny-r1-zero/stages/grpo/checkpoints/step-60 --data runs/tiny-r1-zero/data/heldout.jsonl --samples 4\n\n\
+Prints a JSON report (and writes it to --output): accuracy (mean correctness over all samples, i.e. \
+pass@1), format_rate, pass_at_k and majority_accuracy when --samples > 1, mean completion tokens, \
+truncated fraction.")]
+struct EvalArgs {
+    /// Model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// JSONL with `prompt` and `answer` (and any fields the rewards read).
+    #[arg(long)]
+    data: PathBuf,
+    /// Reward set TOML ([[rewards]] tables); default: accuracy + format.
+    #[arg(long)]
+    rewards: Option<PathBuf>,
+    /// r1_zero | chat | a string with {prompt}
+    #[arg(long, default_value = "r1_zero")]
+    template: String,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Evaluate the first N prompts only (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Also write the report here.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+fn run_eval(a: EvalArgs) -> Result<()> {
+    use trainer::eval::{evaluate, EvalSpec};
+    let dcfg = trainer::config::DataCfg { train: a.data.clone(), eval: None, prompt_field: "prompt".into(), answer_field: "answer".into(), template: a.template.clone() };
+    let mut examples = trainer::data::load_jsonl(&a.data, &dcfg)?;
+    if a.limit > 0 {
+        examples.truncate(a.limit);
+    }
+    let rewards = match &a.rewards {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)?;
+            rewards::RewardSet::from_toml_str(&text)?.specs().to_vec()
+        }
+        None => trainer::eval::default_rewards(),
+    };
+    let params = rollout::generate::SamplingParams { temperature: a.temperature, top_p: a.top_p, max_new_tokens: a.max_new_tokens, ..Default::default() };
+    let spec = EvalSpec { template: &a.template, params, samples: a.samples, seed: a.seed, rewards };
+    let device = rollout::folder::parse_device(&a.device)?;
+    let kind = rollout::folder::parse_kind(&a.dtype)?;
+    let mut rep = evaluate(&a.model, &examples, &spec, None, device, kind)?;
+    rep.data = a.data.display().to_string();
+    let text = serde_json::to_string_pretty(&rep)?;
+    println!("{text}");
+    if let Some(o) = &a.output {
+        std::fs::write(o, &text)?;
+    }
+    Ok(())
 }
 
 fn run_train(a: TrainArgs) -> Result<i32> {

@@ -16,7 +16,8 @@ fn setup(dir: &Path) -> PathBuf {
         data.push_str(&format!("{{\"prompt\": \"What is {i} + {}?\", \"answer\": \"{}\"}}\n", i + 3, 2 * i + 3));
     }
     std::fs::write(dir.join("train.jsonl"), &data).unwrap();
-    std::fs::write(dir.join("eval.jsonl"), &data[..data.len() / 2]).unwrap();
+    let eval: String = data.lines().take(20).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("eval.jsonl"), eval).unwrap();
     model
 }
 
@@ -34,7 +35,7 @@ path = "{model}"
 [data]
 train = "{dir}/train.jsonl"
 eval = "{dir}/eval.jsonl"
-template = "{{prompt} ="
+template = "{{prompt}} ="
 
 [rollout]
 group_size = 4
