@@ -12,6 +12,8 @@ use tch::{Device, Kind, Tensor};
 pub enum BenchCmd {
     /// Generation throughput: tokens/s, ms per decode step, GFLOP/s, peak memory.
     Generate(GenBench),
+    /// GRPO step throughput at TRL-comparable settings: s/step, tokens/s, GFLOP/s, memory.
+    Train(TrainBench),
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +82,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Generate(a) => bench_generate(a),
+        BenchCmd::Train(a) => bench_train(a),
     }
 }
 
@@ -137,6 +140,127 @@ fn bench_generate(a: GenBench) -> Result<()> {
     println!("  tokens/s (median): {:.0}", tokens as f64 / secs);
     println!("  ms per decode step: {:.2}", secs * 1000.0 / a.new_tokens as f64);
     println!("  achieved GFLOP/s: {:.2} of a measured fp32 matmul peak of {:.1} ({:.1}%)", flops / secs / 1e9, peak, 100.0 * flops / secs / 1e9 / peak);
+    println!("  peak memory (RSS): {:.0} MiB", peak_rss_mib());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TrainBench {
+    /// Model folder (e.g. one made by `ponder init-model`).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub prompts: usize,
+    #[arg(long, default_value_t = 8)]
+    pub group_size: usize,
+    /// New tokens per completion (EOS suppressed so every completion has exactly this many).
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Timed GRPO steps (after one warm-up step); medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 0.04)]
+    pub beta: f64,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Intra-op threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: i32,
+}
+
+/// One GRPO step at TRL-comparable settings: dapo loss, epsilon 0.2, mu 1, AdamW lr 1e-5,
+/// max_grad_norm 1, temperature 1, a reward with variance inside every group.
+pub fn bench_train(a: TrainBench) -> Result<()> {
+    use crate::train::{Options, Trainer};
+    if a.threads > 0 {
+        tch::set_num_threads(a.threads);
+    }
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("prompts.jsonl");
+    let lines: String = (0..a.prompts.max(1) * 4).map(|i| format!("{{\"prompt\": \"What is {i} + {}?\", \"answer\": \"{}\"}}\n", i + 7, 2 * i + 7)).collect();
+    std::fs::write(&data, lines)?;
+    let recipe = format!(
+        r#"
+[run]
+name = "bench"
+output_dir = "{out}"
+[model]
+path = "{model}"
+dtype = "{dtype}"
+device = "{device}"
+[data]
+train = "{data}"
+template = "{{prompt}}"
+[rollout]
+group_size = {g}
+prompts_per_step = {p}
+max_new_tokens = {n}
+min_new_tokens = {n}
+temperature = 1.0
+[[rewards]]
+kind = "char_fraction"
+[grpo]
+beta = {beta}
+epsilon = 0.2
+loss_type = "dapo"
+num_iterations = 1
+[optim]
+lr = 1e-5
+max_grad_norm = 1.0
+[train]
+steps = {steps}
+save_every = 0
+log_samples_every = 0
+"#,
+        out = tmp.path().display(),
+        model = a.model.canonicalize()?.display(),
+        dtype = a.dtype,
+        device = a.device,
+        data = data.display(),
+        g = a.group_size,
+        p = a.prompts,
+        n = a.new_tokens,
+        beta = a.beta,
+        steps = a.steps + 1,
+    );
+    let table: toml::Table = recipe.parse()?;
+    let r: crate::config::Recipe = crate::config::from_table(table.clone(), "bench recipe")?;
+    let mut opts = Options { quiet: true, stop: Default::default(), sinks: vec![] };
+    let mut t = Trainer::new(r, &table, false, &mut opts)?;
+    let params: usize = t.policy().named_tensors().values().map(|x| x.numel()).sum();
+    let mut rows = vec![];
+    for _ in 0..=a.steps {
+        rows.push(t.step()?);
+    }
+    let rows = &rows[1..];
+    let get = |k: &str| median(rows.iter().map(|r| r.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN)).collect());
+    let step_s = get("time/step_s");
+    let tokens = (a.prompts * a.group_size * a.new_tokens) as f64;
+    let seq_tokens = get("num_tokens");
+    // Rollout: 2 x params per generated token; learner: 6 x params per token (forward +
+    // backward) plus 2 x params for the reference forward when beta > 0.
+    let learner_flops = seq_tokens * params as f64 * (6.0 + if a.beta > 0.0 { 2.0 } else { 0.0 });
+    let flops = 2.0 * params as f64 * tokens + learner_flops;
+    let device = parse_device(&a.device)?;
+    let peak = matmul_peak_gflops(device);
+    println!(
+        "bench train: {} ({:.2}M params), {} prompts x G={} x {} new tokens, beta {}, dapo, dtype {}, device {}, threads {}",
+        a.model.display(),
+        params as f64 / 1e6,
+        a.prompts,
+        a.group_size,
+        a.new_tokens,
+        a.beta,
+        a.dtype,
+        a.device,
+        tch::get_num_threads()
+    );
+    println!("  steps (s): {}", rows.iter().map(|r| format!("{:.3}", r["time/step_s"].as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(" "));
+    println!("  seconds per step (median): {step_s:.3}  ({:.3} steps/s)", 1.0 / step_s);
+    println!("  rollout tokens/s: {:.0}   learner tokens/s: {:.0}", get("throughput/rollout_tokens_per_s"), get("throughput/learner_tokens_per_s"));
+    println!("  achieved GFLOP/s: {:.2} of a measured fp32 matmul peak of {:.1} ({:.1}%)", flops / step_s / 1e9, peak, 100.0 * flops / step_s / 1e9 / peak);
     println!("  peak memory (RSS): {:.0} MiB", peak_rss_mib());
     Ok(())
 }

@@ -110,6 +110,8 @@ pub struct RolloutCfg {
     pub min_p: f64,
     /// Stop strings (completion text is cut before them).
     pub stop: Vec<String>,
+    /// EOS suppressed until this many tokens (benchmarks use it to fix the length).
+    pub min_new_tokens: usize,
     /// Rollout workers, each with its own copy of the policy on `devices[i % len]`.
     pub workers: usize,
     /// Devices of the workers (default: the learner's device).
@@ -129,6 +131,7 @@ impl Default for RolloutCfg {
             top_k: 0,
             min_p: 0.0,
             stop: vec![],
+            min_new_tokens: 0,
             workers: 1,
             devices: vec![],
             max_batch: 256,

@@ -85,6 +85,25 @@ pub fn batch_loss(policy: &Policy, batch: &[&LmExample], max_len: usize) -> (Ten
     (-(logp * &mask).sum(Kind::Float) / ntok.max(1.0), ntok)
 }
 
+/// One epoch of batches with little padding: examples are binned by length (64-token bins),
+/// shuffled within each bin, cut into batches, and the batches shuffled. Inside a bin the
+/// order is random, so batches stay unbiased mixtures (sorting by exact length would group
+/// examples that share a property, e.g. one answer format, and hurt learning).
+pub fn length_bucketed_batches(examples: &[LmExample], batch_size: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
+    let bs = batch_size.max(1);
+    let mut bins: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, e) in examples.iter().enumerate() {
+        bins.entry(e.ids.len() / 64).or_default().push(i);
+    }
+    let mut batches = vec![];
+    for (_, mut bin) in bins {
+        bin.shuffle(rng);
+        batches.extend(bin.chunks(bs).map(|c| c.to_vec()));
+    }
+    batches.shuffle(rng);
+    batches
+}
+
 /// Trains `policy` on `examples` for `cfg.steps` steps, logging rows to `sinks`.
 pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, sinks: &mut [Box<dyn Sink>], quiet: bool) -> Result<()> {
     if examples.is_empty() {
@@ -92,21 +111,14 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
     }
     let mut opt = AdamW::new(policy.named_tensors(), &cfg.optim());
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.shuffle(&mut rng);
-    let mut pos = 0;
+    let mut batches: Vec<Vec<usize>> = vec![];
     let t0 = Instant::now();
     let mut bad = 0;
     for step in 0..cfg.steps {
-        let mut batch = Vec::with_capacity(cfg.batch_size);
-        while batch.len() < cfg.batch_size {
-            if pos == order.len() {
-                order.shuffle(&mut rng);
-                pos = 0;
-            }
-            batch.push(&examples[order[pos]]);
-            pos += 1;
+        if batches.is_empty() {
+            batches = length_bucketed_batches(examples, cfg.batch_size, &mut rng);
         }
+        let batch: Vec<&LmExample> = batches.pop().unwrap().into_iter().map(|i| &examples[i]).collect();
         opt.zero_grad();
         let (loss, ntok) = batch_loss(policy, &batch, cfg.max_len);
         let lv = f64::try_from(&loss)?;

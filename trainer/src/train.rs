@@ -75,7 +75,7 @@ fn sampling(recipe: &Recipe) -> SamplingParams {
         top_p: r.top_p,
         min_p: r.min_p,
         max_new_tokens: r.max_new_tokens,
-        min_new_tokens: 0,
+        min_new_tokens: r.min_new_tokens,
         stop: r.stop.clone(),
     }
 }

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Compare ponder against the Python reference implementations on the tiny benchmark model:
+#   1. generation, batch 64 x 128 new tokens, sampling at T=1   (ponder vs transformers generate)
+#   2. generation, batch 1 x 128 new tokens, greedy              (ponder vs transformers generate)
+#   3. one GRPO step, 8 prompts x G=8 x 128 tokens, beta 0.04    (ponder vs TRL GRPOTrainer)
+# Each pair runs interleaved R times (ponder, python, ponder, python, ...) so that drift in
+# machine load hits both sides alike; the table shows the median over the R runs of each
+# side's own median. Both sides are fp32 on CPU with the same number of intra-op threads.
+#
+# Usage (from the repo root, after `cargo build --release` and
+#        `.venv/bin/pip install -r scripts/requirements-bench.txt`):
+#   scripts/bench_compare.sh
+# Knobs (environment variables, defaults in brackets):
+#   R [3] interleaved rounds, THREADS [2], MODEL [runs/bench-model] (created if missing),
+#   PONDER [./target/release/ponder], PY [.venv/bin/python], OUT [runs/bench-compare] (raw logs),
+#   GEN_BATCH [64] GEN_TOKENS [128] GEN1_TOKENS [128] REPEATS [3] (generate repeats per run),
+#   TRAIN_PROMPTS [8] TRAIN_G [8] TRAIN_TOKENS [128] TRAIN_STEPS [5],
+#   ONLY ["gen gen1 train"] (a subset of the benchmarks).
+# Run it on a quiet machine: with THREADS equal to the core count, any other load makes
+# libtorch's OpenMP threads wait on each other and the figures become meaningless.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+R=${R:-3}
+THREADS=${THREADS:-2}
+MODEL=${MODEL:-runs/bench-model}
+PONDER=${PONDER:-./target/release/ponder}
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/bench-compare}
+GEN_BATCH=${GEN_BATCH:-64}
+GEN_TOKENS=${GEN_TOKENS:-128}
+GEN1_TOKENS=${GEN1_TOKENS:-128}
+REPEATS=${REPEATS:-3}
+TRAIN_PROMPTS=${TRAIN_PROMPTS:-8}
+TRAIN_G=${TRAIN_G:-8}
+TRAIN_TOKENS=${TRAIN_TOKENS:-128}
+TRAIN_STEPS=${TRAIN_STEPS:-5}
+ONLY=${ONLY:-"gen gen1 train"}
+
+[ -x "$PONDER" ] || { echo "error: $PONDER not found; build it with cargo build --release" >&2; exit 1; }
+[ -x "$PY" ] || { echo "error: $PY not found; create the venv and pip install -r scripts/requirements-bench.txt" >&2; exit 1; }
+if [ ! -f "$MODEL/config.json" ]; then
+  echo "creating the benchmark model in $MODEL" >&2
+  "$PONDER" init-model --out "$MODEL" >&2
+fi
+mkdir -p "$OUT"
+
+# field FILE PATTERN: the first number after PATTERN on the line that has it.
+field() {
+  awk -v pat="$2" 'i = index($0, pat) { rest = substr($0, i + length(pat)); if (match(rest, /[0-9]+(\.[0-9]+)?/)) { print substr(rest, RSTART, RLENGTH); exit } }' "$1"
+}
+# median of numbers on stdin (one per line)
+median() { sort -g | awk '{v[NR]=$1} END {if (NR==0) {print "nan"} else if (NR%2) {print v[(NR+1)/2]} else {print (v[NR/2]+v[NR/2+1])/2}}'; }
+
+run() { # run NAME SIDE ROUND CMD...: runs CMD, logs to $OUT/NAME-SIDE-ROUND.log
+  local name=$1 side=$2 round=$3; shift 3
+  local log="$OUT/$name-$side-$round.log"
+  echo "[$name round $round/$R] $side: $*" >&2
+  if ! "$@" >"$log" 2>"$log.err"; then
+    echo "error: $side failed, see $log.err" >&2; tail -5 "$log.err" >&2; exit 1
+  fi
+  grep -E "tokens/s \(median\)|seconds per step|peak memory" "$log" | sed 's/^/    /' >&2
+}
+
+collect() { # collect NAME SIDE PATTERN: median over rounds
+  local name=$1 side=$2 pat=$3
+  for i in $(seq 1 "$R"); do field "$OUT/$name-$side-$i.log" "$pat"; done | median
+}
+
+for i in $(seq 1 "$R"); do
+  for b in $ONLY; do
+    case $b in
+      gen)
+        run gen ponder "$i" "$PONDER" bench generate --model "$MODEL" --batch "$GEN_BATCH" --new-tokens "$GEN_TOKENS" --repeats "$REPEATS" --threads "$THREADS"
+        run gen ref "$i" "$PY" scripts/bench_generate_hf.py --model "$MODEL" --batch "$GEN_BATCH" --new-tokens "$GEN_TOKENS" --repeats "$REPEATS" --threads "$THREADS" ;;
+      gen1)
+        run gen1 ponder "$i" "$PONDER" bench generate --model "$MODEL" --batch 1 --new-tokens "$GEN1_TOKENS" --greedy --repeats "$REPEATS" --threads "$THREADS"
+        run gen1 ref "$i" "$PY" scripts/bench_generate_hf.py --model "$MODEL" --batch 1 --new-tokens "$GEN1_TOKENS" --greedy --repeats "$REPEATS" --threads "$THREADS" ;;
+      train)
+        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS"
+        run train ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" ;;
+      *) echo "error: unknown benchmark '$b' in ONLY (gen, gen1, train)" >&2; exit 1 ;;
+    esac
+  done
+done
+
+# ratio A B: A/B with 2 decimals
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+fmt() { awk -v x="$1" 'BEGIN { if (x+0 >= 100) printf "%.0f", x; else printf "%.2f", x }'; }
+
+versions=$("$PY" -c 'import torch, transformers, trl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")' 2>/dev/null || echo "?")
+cpu=$(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || true)
+
+echo
+echo "CPU: ${cpu:-unknown} ($(nproc) cores); $THREADS intra-op threads on both sides; fp32; median of $R interleaved runs."
+echo "Reference: $versions. Model: $MODEL ($(grep -o '"hidden_size": *[0-9]*' "$MODEL/config.json" | grep -o '[0-9]*$') hidden, $(grep -o '"num_hidden_layers": *[0-9]*' "$MODEL/config.json" | grep -o '[0-9]*$') layers, vocab $(grep -o '"vocab_size": *[0-9]*' "$MODEL/config.json" | grep -o '[0-9]*$'))."
+echo
+echo "| benchmark | ponder | reference | ponder / reference speed (memory) |"
+echo "|---|---:|---:|---:|"
+row_speed() { # label ponder ref (higher is better)
+  echo "| $1 | $(fmt "$2") | $(fmt "$3") | $(ratio "$2" "$3")x |"
+}
+row_time() { # label ponder ref (lower is better)
+  echo "| $1 | $(fmt "$2") | $(fmt "$3") | $(ratio "$3" "$2")x |"
+}
+row_mem() {
+  echo "| $1 | $(fmt "$2") | $(fmt "$3") | $(ratio "$2" "$3")x |"
+}
+for b in $ONLY; do
+  case $b in
+    gen)
+      p=$(collect gen ponder "tokens/s (median)"); r=$(collect gen ref "tokens/s (median)")
+      row_speed "generate ${GEN_BATCH}x${GEN_TOKENS}, sampling T=1 (transformers): tokens/s" "$p" "$r"
+      p=$(collect gen ponder "ms per decode step"); r=$(collect gen ref "ms per decode step")
+      row_time "generate ${GEN_BATCH}x${GEN_TOKENS}: ms per decode step" "$p" "$r"
+      p=$(collect gen ponder "peak memory (RSS)"); r=$(collect gen ref "peak memory (RSS)")
+      row_mem "generate ${GEN_BATCH}x${GEN_TOKENS}: peak RSS (MiB)" "$p" "$r" ;;
+    gen1)
+      p=$(collect gen1 ponder "tokens/s (median)"); r=$(collect gen1 ref "tokens/s (median)")
+      row_speed "generate 1x${GEN1_TOKENS}, greedy (transformers): tokens/s" "$p" "$r"
+      p=$(collect gen1 ponder "ms per decode step"); r=$(collect gen1 ref "ms per decode step")
+      row_time "generate 1x${GEN1_TOKENS}: ms per decode step" "$p" "$r"
+      p=$(collect gen1 ponder "peak memory (RSS)"); r=$(collect gen1 ref "peak memory (RSS)")
+      row_mem "generate 1x${GEN1_TOKENS}: peak RSS (MiB)" "$p" "$r" ;;
+    train)
+      p=$(collect train ponder "seconds per step (median)"); r=$(collect train ref "seconds per step (median)")
+      row_time "GRPO step ${TRAIN_PROMPTS}x${TRAIN_G}x${TRAIN_TOKENS}, beta 0.04, dapo (TRL GRPOTrainer): s/step" "$p" "$r"
+      p=$(collect train ponder "peak memory (RSS)"); r=$(collect train ref "peak memory (RSS)")
+      row_mem "GRPO step: peak RSS (MiB)" "$p" "$r" ;;
+  esac
+done
+echo
+echo "Speed ratios above 1 mean ponder is faster; the memory ratio is ponder's peak RSS over the reference's (the Python side includes the torch import, see \"RSS after imports\" in its logs)."
+echo "Raw logs: $OUT/"
