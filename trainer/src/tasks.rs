@@ -15,6 +15,8 @@ pub enum TaskKind {
     Addition,
     /// a x b with up to `digits` digits each.
     Multiplication,
+    /// a + 1 with `digits`-digit a: copying plus a carry chain; quick for tiny models.
+    Increment,
     /// TinyZero's Countdown: use each of the given numbers once to reach the target.
     Countdown,
 }
@@ -191,6 +193,10 @@ pub fn generate(kind: TaskKind, split: Split, n: usize, digits: u32, seed: u64, 
             TaskKind::Addition => {
                 let (a, b) = (rng.random_range(0..hi), rng.random_range(0..hi));
                 (format!("add:{a}:{b}"), addition(a, b))
+            }
+            TaskKind::Increment => {
+                let a = rng.random_range(hi / 10..hi);
+                (format!("inc:{a}"), addition(a, 1))
             }
             TaskKind::Multiplication => {
                 let (a, b) = (rng.random_range(0..hi), rng.random_range(0..10u64.pow(digits.saturating_sub(1).max(1))));
