@@ -101,6 +101,22 @@ fn f(row: &Row, k: &str) -> f64 {
 
 impl Sink for ConsoleSink {
     fn log(&mut self, step: u64, row: &Row) -> Result<()> {
+        if row.get("reward").is_none() {
+            // An evaluation (or other non-step) row: one summary line of its eval/ metrics.
+            let parts: Vec<String> = row
+                .iter()
+                .filter(|(k, _)| k.starts_with("eval/") && (k.ends_with("/mean") || k.as_str() == "eval/reward"))
+                .filter_map(|(k, v)| Some(format!("{} {:.3}", k.trim_start_matches("eval/").trim_end_matches("/mean"), v.as_f64()?)))
+                .collect();
+            if !parts.is_empty() {
+                let line = format!("eval at step {step}: {}", parts.join(", "));
+                match &self.bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+            return Ok(());
+        }
         let msg = format!(
             "reward {:.3} kl {:.4} len {:.0} {:.1}s/step",
             f(row, "reward"),
