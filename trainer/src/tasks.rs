@@ -61,7 +61,8 @@ fn fnv(bytes: &[u8]) -> u64 {
 
 /// The split a problem identity belongs to (`heldout_fraction` of all problems are held out).
 pub fn split_of(identity: &str, heldout_fraction: f64) -> Split {
-    let u = (fnv(identity.as_bytes()) >> 11) as f64 / (1u64 << 53) as f64;
+    // FNV's high bits are poorly mixed for short similar strings: mix before taking them.
+    let u = (rollout::pool::mix_seed(fnv(identity.as_bytes()), 0) >> 11) as f64 / (1u64 << 53) as f64;
     if u < heldout_fraction {
         Split::Heldout
     } else {
@@ -237,6 +238,16 @@ mod tests {
             let nums: Vec<u64> = p.prompt.trim_start_matches("What is ").trim_end_matches('?').split(" * ").map(|x| x.parse().unwrap()).collect();
             assert_eq!(p.answer, (nums[0] * nums[1]).to_string());
             assert!(p.reasoning.ends_with(&spaced(nums[0] * nums[1])));
+        }
+    }
+
+    #[test]
+    fn heldout_share_matches_the_fraction_for_every_task() {
+        for prefix in ["inc", "add", "mul"] {
+            let n = 5000;
+            let held = (0..n).filter(|i| split_of(&format!("{prefix}:{i}:{}", i % 7), 0.2) == Split::Heldout).count();
+            let share = held as f64 / n as f64;
+            assert!((share - 0.2).abs() < 0.03, "{prefix}: held-out share {share}");
         }
     }
 

@@ -176,6 +176,10 @@ impl Trainer {
         let total = self.recipe.train.steps as u64;
         let mut last_ckpt = None;
         let mut interrupted = false;
+        if self.state.step == 0 && self.recipe.train.eval_every > 0 {
+            // The starting point of the held-out curve.
+            self.eval_and_log()?;
+        }
         while self.state.step < total {
             if stop.load(Ordering::SeqCst) {
                 interrupted = true;

@@ -1,6 +1,8 @@
 //! A shortened tiny R1-Zero pipeline (a couple of minutes on 2 CPU cores): build a base model
 //! from nothing, evaluate it on a fixed held-out split, run GRPO with accuracy + format
-//! rewards, evaluate again. Accuracy must rise by far more than sampling noise.
+//! rewards, evaluate again. Accuracy must rise by far more than sampling noise. To fit the
+//! time, the task is `increment` and the prompt is the short end of the R1-Zero template
+//! ("User: {prompt}. Assistant:"); the full recipe uses the whole template.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -28,16 +30,16 @@ digits = 3
 corpus_size = 4000
 slip_rate = 0.3
 format_rate = 0.3
-template_rate = 0.15
+template_rate = 0.0
 [stages.model]
-hidden = 64
-layers = 2
+hidden = 96
+layers = 3
 heads = 4
 kv_heads = 2
-intermediate = 176
-vocab = 256
+intermediate = 256
+vocab = 512
 [stages.train]
-steps = 400
+steps = 500
 batch_size = 32
 lr = 3e-3
 warmup_steps = 20
@@ -47,21 +49,22 @@ log_every = 50
 name = "eval-base"
 kind = "eval"
 data = "{run}/data/heldout.jsonl"
+template = "User: {prompt}. Assistant:"
 samples = 2
 [stages.sampling]
 temperature = 1.0
-max_new_tokens = 32
+max_new_tokens = 48
 
 [[stages]]
 name = "grpo"
 kind = "grpo"
 [stages.data]
 train = "{run}/data/train.jsonl"
-template = "r1_zero"
+template = "User: {prompt}. Assistant:"
 [stages.rollout]
 group_size = 8
 prompts_per_step = 8
-max_new_tokens = 32
+max_new_tokens = 48
 [[stages.rewards]]
 kind = "accuracy"
 [[stages.rewards]]
@@ -79,10 +82,11 @@ log_samples_every = 0
 name = "eval-final"
 kind = "eval"
 data = "{run}/data/heldout.jsonl"
+template = "User: {prompt}. Assistant:"
 samples = 2
 [stages.sampling]
 temperature = 1.0
-max_new_tokens = 32
+max_new_tokens = 48
 "#;
 
 fn report(run: &std::path::Path, name: &str) -> EvalReport {
