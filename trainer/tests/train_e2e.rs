@@ -194,3 +194,24 @@ fn config_errors_are_clear() {
     let e = format!("{:#}", train::train(Some(&r), None, &sets, opts()).unwrap_err());
     assert!(e.contains("bad.jsonl:2"), "{e}");
 }
+
+#[test]
+fn non_finite_steps_are_skipped_then_abort_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = setup(tmp.path());
+    // Poison one weight: every loss becomes NaN.
+    let p = rollout::folder::Policy::load(&model, tch::Kind::Float, tch::Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        let _ = p.named_tensors()["model.norm.weight"].shallow_clone().fill_(f64::NAN);
+    });
+    p.save_weights(&model, tch::Kind::Float, None).unwrap();
+    let r = recipe(tmp.path(), "");
+    let sets: Vec<String> = ["run.name=\"nan\"", "grpo.max_bad_steps=2", "train.eval_every=0"].iter().map(|s| s.to_string()).collect();
+    let e = format!("{:#}", train::train(Some(&r), None, &sets, opts()).unwrap_err());
+    assert!(e.contains("non-finite") && e.contains("checkpoint"), "{e}");
+    let run = tmp.path().join("runs/nan");
+    assert!(run.join("checkpoints/step-2/trainer_state.json").exists(), "no checkpoint saved before aborting");
+    let rows = metrics(&run);
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["skipped_updates"].as_u64() == Some(1)));
+}
