@@ -91,16 +91,19 @@ fn short_run_writes_everything() {
     let rows = metrics(&run);
     let steps: Vec<u64> = rows.iter().filter(|r| r.get("reward").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5]);
+    let train_row = rows.iter().find(|r| r.get("reward").is_some()).unwrap();
     for key in [
         "reward", "reward_std", "rewards/char_fraction/mean", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
         "clip_ratio/region_mean", "completions/mean_length", "completions/min_length", "completions/max_length",
         "completions/clipped_ratio", "learning_rate", "grad_norm", "time/step_s", "throughput/rollout_tokens_per_s",
         "throughput/learner_tokens_per_s", "loss",
     ] {
-        assert!(rows[0].get(key).is_some_and(|v| v.is_number()), "metric {key} missing: {}", rows[0]);
+        assert!(train_row.get(key).is_some_and(|v| v.is_number()), "metric {key} missing: {train_row}");
     }
-    assert!(rows.iter().any(|r| r.get("eval/reward").is_some()), "no eval row");
-    assert!(rows[0]["kl"].as_f64().unwrap() >= 0.0);
+    // Evaluations at step 0 (the starting point) and at the end.
+    let evals: Vec<u64> = rows.iter().filter(|r| r.get("eval/reward").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(evals, vec![0, 5]);
+    assert!(train_row["kl"].as_f64().unwrap() >= 0.0);
     // Samples every 2 steps; checkpoints kept: last 2 (step-4 and the final step-5).
     assert!(run.join("samples/step-000002.jsonl").exists());
     let ckpts: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
