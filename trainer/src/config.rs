@@ -26,6 +26,9 @@ pub struct Recipe {
     pub optim: OptimCfg,
     #[serde(default)]
     pub train: TrainCfg,
+    /// `[wandb]`: stream this run to Weights & Biases (off without the section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wandb: Option<ponder_wandb::WandbConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

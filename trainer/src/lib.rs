@@ -16,3 +16,4 @@ pub mod lm;
 pub mod pipeline;
 pub mod plots;
 pub mod tasks;
+pub mod wandb_sink;

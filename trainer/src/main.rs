@@ -39,6 +39,20 @@ enum Cmd {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Upload a run folder's metrics to Weights & Biases (offline runs, failed uploads).
+    WandbSync(WandbSyncArgs),
+}
+
+#[derive(Args)]
+#[command(after_long_help = "Example:\n  WANDB_API_KEY=... ponder wandb-sync runs/tiny-r1-zero\n\n\
+Reads RUN_DIR/metrics.jsonl (one row per step), the [wandb] section of RUN_DIR/config.toml and \
+the usual environment (WANDB_API_KEY or ~/.netrc, WANDB_BASE_URL, WANDB_ENTITY, WANDB_PROJECT). \
+RUN_DIR/wandb.json records the W&B run id and the last step the server has: the upload continues \
+the same run, sends only later rows, and running it again sends nothing twice. Sample tables \
+from RUN_DIR/samples/ go up with their step. A pipeline folder syncs each GRPO stage.")]
+struct WandbSyncArgs {
+    /// The run folder (runs/NAME), or a pipeline folder.
+    run_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -46,7 +60,10 @@ enum Cmd {
 The run folder (run.output_dir/run.name) gets config.toml (the resolved recipe), metrics.jsonl \
 (one row per step), samples/ and checkpoints/step-N/ (Hugging Face layout + optimizer and \
 trainer state). Ctrl-C finishes the current step, saves a checkpoint and exits 0; a second \
-Ctrl-C exits at once.")]
+Ctrl-C exits at once.\n\n\
+A [wandb] section (or WANDB_MODE=online) streams every metrics row to Weights & Biases from a \
+background thread: a slow or unreachable server never holds training up, and --resume continues \
+the same W&B run. Offline or failed uploads: `ponder wandb-sync RUN_DIR`.")]
 struct TrainArgs {
     /// The recipe (TOML).
     recipe: Option<PathBuf>,
@@ -90,6 +107,7 @@ fn main() {
         Cmd::InitModel(a) => cmd_generate::init_model(a).map(|_| 0),
         Cmd::Demo(a) => cmd_generate::demo(a).map(|_| 0),
         Cmd::Bench(b) => bench::run(b).map(|_| 0),
+        Cmd::WandbSync(a) => trainer::wandb_sink::sync_dir(&a.run_dir).map(|_| 0),
     };
     match r {
         Ok(code) => std::process::exit(code),

@@ -57,6 +57,8 @@ impl Sink for JsonlSink {
         for (k, v) in row {
             r.insert(k.clone(), v.clone());
         }
+        // Wall time (unix seconds), so `wandb-sync` can give rows their real timestamps.
+        r.insert("timestamp".into(), ponder_wandb::now_ts().into());
         writeln!(self.file, "{}", Value::Object(r))?;
         self.file.flush()?;
         Ok(())

@@ -28,6 +28,10 @@ use std::path::{Path, PathBuf};
 pub struct Pipeline {
     #[serde(default)]
     pub run: RunCfg,
+    /// `[wandb]` for every GRPO stage (a stage's own `[stages.wandb]` wins): each stage is
+    /// its own W&B run named `<pipeline>/<stage>`, grouped under the pipeline's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wandb: Option<ponder_wandb::WandbConfig>,
     pub stages: Vec<toml::Table>,
 }
 
@@ -332,6 +336,12 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                     output_dir: run_dir.join("stages"),
                 })?)?;
                 t.insert("run".into(), toml::Value::Table(run_t));
+                if let (false, Some(w)) = (t.contains_key("wandb"), &p.wandb) {
+                    let mut w = w.clone();
+                    w.group.get_or_insert_with(|| p.run.name.clone());
+                    w.name.get_or_insert_with(|| format!("{}/{name}", p.run.name));
+                    t.insert("wandb".into(), toml::Value::try_from(&w)?);
+                }
                 let text = toml::to_string(&t)?.replace("{run}", &run_dir.to_string_lossy());
                 let t: toml::Table = toml::from_str(&text)?;
                 let mut recipe: crate::config::Recipe = from_table(t.clone(), &origin)?;

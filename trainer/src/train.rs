@@ -6,6 +6,7 @@ use crate::config::Recipe;
 use crate::data::{self, Cursor, Example};
 use crate::grpo;
 use crate::metrics::{ConsoleSink, JsonlSink, Row, Sink};
+use crate::wandb_sink::WandbSink;
 use crate::optim::{lr_at, AdamW};
 use anyhow::{anyhow, bail, Context, Result};
 use rewards::{RewardSet, Sample};
@@ -146,6 +147,12 @@ impl Trainer {
             Box::new(ConsoleSink::new(state.step, recipe.train.steps as u64, opts.quiet)),
         ];
         sinks.append(&mut opts.sinks);
+        let mut state = state;
+        let config = serde_json::to_value(&recipe)?;
+        if let Some(w) = WandbSink::open(recipe.wandb.as_ref(), &recipe.run.name, &run_dir, config, resume, state.wandb_run_id.clone())? {
+            state.wandb_run_id = w.run_id().map(str::to_string);
+            sinks.push(Box::new(w));
+        }
         Ok(Trainer { recipe, run_dir, tk, policy, reference, pool, opt, rewards, train_set, eval_set, state, device, kind, sinks })
     }
 

@@ -14,6 +14,11 @@ const RECIPE: &str = r#"
 name = "small"
 seed = 1
 
+# Every GRPO stage becomes a W&B run grouped under the pipeline (offline: nothing is sent).
+[wandb]
+project = "tiny"
+mode = "offline"
+
 [[stages]]
 name = "data"
 kind = "tasks"
@@ -122,6 +127,10 @@ fn grpo_raises_heldout_accuracy_of_a_tiny_base_model() {
         assert!(state.contains(&format!("\"{s}\"")), "{s} missing from pipeline.json");
     }
     assert!(run.join("plots/reward.png").exists());
+    let stage_cfg: toml::Table = std::fs::read_to_string(run.join("stages/grpo/config.toml")).unwrap().parse().unwrap();
+    assert_eq!(stage_cfg["wandb"]["group"].as_str(), Some("small"));
+    assert_eq!(stage_cfg["wandb"]["name"].as_str(), Some("small/grpo"));
+    assert!(run.join("stages/grpo/wandb.json").exists(), "the offline W&B run is recorded for wandb-sync");
     let ck = run.join("stages/grpo/checkpoints/step-30");
     rollout::folder::Policy::load(&ck, tch::Kind::Float, tch::Device::Cpu).unwrap();
 }

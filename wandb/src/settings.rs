@@ -38,20 +38,27 @@ impl std::str::FromStr for Mode {
 #[serde(deny_unknown_fields)]
 pub struct WandbConfig {
     /// W&B project; default `WANDB_PROJECT`, else "ponder".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
     /// Team or user; default `WANDB_ENTITY`, else the API key's default entity.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub entity: Option<String>,
     /// Display name; default the ponder run name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
     /// online | offline | disabled. `WANDB_MODE` in the environment wins, so a shell can
     /// always turn uploads off without editing the recipe.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     /// Seconds `finish` waits for the last uploads before giving up (and pointing at
     /// `ponder wandb-sync`). Default 30.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub finish_timeout_s: Option<f64>,
 }
 

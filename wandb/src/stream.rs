@@ -545,6 +545,9 @@ impl Worker {
     /// Commits the pending row, sends everything, then `complete` + `exitcode`; retries
     /// until `deadline`.
     pub fn finish(&mut self, exit_code: i32, deadline: Instant) -> Report {
+        // A server that has been failing for a while gets a short last chance, not the
+        // whole timeout: the run folder has everything and `wandb-sync` goes on later.
+        let deadline = if self.warned { deadline.min(Instant::now() + Duration::from_secs(5)) } else { deadline };
         self.commit();
         self.state.exit_code = Some(exit_code);
         let end = self.end_ts.unwrap_or_else(now_ts);
