@@ -1,5 +1,5 @@
 //! Drives the `ponder` binary as a user would: generate on a fixture model, score with a
-//! malformed line, a recipe typo, a missing model folder.
+//! malformed line, a recipe typo, a missing model folder, Ctrl-C during training.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,4 +72,57 @@ fn train_rejects_a_recipe_typo_with_a_suggestion() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("grpo.betta") && err.contains("did you mean `beta`"), "{err}");
+}
+
+/// Ctrl-C (SIGINT) finishes the current step, saves a checkpoint at it, exits 0, and the run
+/// resumes from there with no step lost or repeated.
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    use trainer::tiny::{self, TinyShape};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let shape = TinyShape { hidden: 32, layers: 1, heads: 2, kv_heads: 1, intermediate: 64, vocab: 320 };
+    tiny::create_random_model(&dir.join("model"), shape, &tiny::default_corpus(1, 300), 5).unwrap();
+    let data: String = (0..16).map(|i| format!("{{\"prompt\": \"{i} + 1\", \"answer\": \"{}\"}}\n", i + 1)).collect();
+    std::fs::write(dir.join("train.jsonl"), data).unwrap();
+    let recipe = dir.join("r.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[run]\nname = \"c\"\noutput_dir = \"{d}/runs\"\n[model]\npath = \"{d}/model\"\n[data]\ntrain = \"{d}/train.jsonl\"\ntemplate = \"{{prompt}} =\"\n\
+             [rollout]\ngroup_size = 2\nprompts_per_step = 2\nmax_new_tokens = 4\n[[rewards]]\nkind = \"char_fraction\"\nchars = \"0123456789\"\n\
+             [train]\nsteps = 1000000\nsave_every = 0\nlog_samples_every = 0\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.join("runs/c");
+    let child = ponder().args(["train", "--quiet"]).arg(&recipe).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let rows = |run: &Path| -> Vec<u64> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    while rows(&run).len() < 3 {
+        assert!(t0.elapsed().as_secs() < 120, "no training steps logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let steps = rows(&run);
+    let last = *steps.last().unwrap();
+    assert!(err.contains(&format!("interrupted after step {last}")), "{err}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join(format!("checkpoints/step-{last}/trainer_state.json"))).unwrap()).unwrap();
+    assert_eq!(state["step"].as_u64(), Some(last), "the checkpoint is at the last logged step");
+    assert_eq!(steps, (1..=last).collect::<Vec<_>>());
+    // Resume two more steps: nothing lost, nothing repeated.
+    let out = ponder().args(["train", "--quiet", "--resume"]).arg(&run).args(["--set", &format!("train.steps={}", last + 2)]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rows(&run), (1..=last + 2).collect::<Vec<_>>());
 }
