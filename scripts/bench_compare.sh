@@ -15,6 +15,7 @@
 #   PONDER [./target/release/ponder], PY [.venv/bin/python], OUT [runs/bench-compare] (raw logs),
 #   GEN_BATCH [64] GEN_TOKENS [128] GEN1_TOKENS [128] REPEATS [3] (generate repeats per run),
 #   TRAIN_PROMPTS [8] TRAIN_G [8] TRAIN_TOKENS [128] TRAIN_STEPS [5],
+#   TRAIN_MICRO [0 = whole batch] completions per forward/backward pass, on both sides,
 #   ONLY ["gen gen1 train"] (a subset of the benchmarks).
 # Run it on a quiet machine: with THREADS equal to the core count, any other load makes
 # libtorch's OpenMP threads wait on each other and the figures become meaningless.
@@ -35,6 +36,7 @@ TRAIN_PROMPTS=${TRAIN_PROMPTS:-8}
 TRAIN_G=${TRAIN_G:-8}
 TRAIN_TOKENS=${TRAIN_TOKENS:-128}
 TRAIN_STEPS=${TRAIN_STEPS:-5}
+TRAIN_MICRO=${TRAIN_MICRO:-0}
 ONLY=${ONLY:-"gen gen1 train"}
 
 [ -x "$PONDER" ] || { echo "error: $PONDER not found; build it with cargo build --release" >&2; exit 1; }
@@ -77,8 +79,8 @@ for i in $(seq 1 "$R"); do
         run gen1 ponder "$i" "$PONDER" bench generate --model "$MODEL" --batch 1 --new-tokens "$GEN1_TOKENS" --greedy --repeats "$REPEATS" --threads "$THREADS"
         run gen1 ref "$i" "$PY" scripts/bench_generate_hf.py --model "$MODEL" --batch 1 --new-tokens "$GEN1_TOKENS" --greedy --repeats "$REPEATS" --threads "$THREADS" ;;
       train)
-        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS"
-        run train ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" ;;
+        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO"
+        run train ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" ;;
       *) echo "error: unknown benchmark '$b' in ONLY (gen, gen1, train)" >&2; exit 1 ;;
     esac
   done

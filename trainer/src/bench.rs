@@ -168,6 +168,10 @@ pub struct TrainBench {
     /// Intra-op threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: i32,
+    /// Completions per forward/backward pass (0 = the whole batch at once); gradients of
+    /// the micro-batches accumulate into one optimizer step, the same update (tested).
+    #[arg(long, default_value_t = 0)]
+    pub micro_batch: usize,
 }
 
 /// One GRPO step at TRL-comparable settings: dapo loss, epsilon 0.2, mu 1, AdamW lr 1e-5,
@@ -209,6 +213,7 @@ num_iterations = 1
 [optim]
 lr = 1e-5
 max_grad_norm = 1.0
+grad_accumulation = {accum}
 [train]
 steps = {steps}
 save_every = 0
@@ -224,6 +229,7 @@ log_samples_every = 0
         n = a.new_tokens,
         beta = a.beta,
         steps = a.steps + 1,
+        accum = if a.micro_batch == 0 { 1 } else { (a.prompts * a.group_size).div_ceil(a.micro_batch) },
     );
     let table: toml::Table = recipe.parse()?;
     let r: crate::config::Recipe = crate::config::from_table(table.clone(), "bench recipe")?;
@@ -246,12 +252,13 @@ log_samples_every = 0
     let device = parse_device(&a.device)?;
     let peak = matmul_peak_gflops(device);
     println!(
-        "bench train: {} ({:.2}M params), {} prompts x G={} x {} new tokens, beta {}, dapo, dtype {}, device {}, threads {}",
+        "bench train: {} ({:.2}M params), {} prompts x G={} x {} new tokens, micro-batch {}, beta {}, dapo, dtype {}, device {}, threads {}",
         a.model.display(),
         params as f64 / 1e6,
         a.prompts,
         a.group_size,
         a.new_tokens,
+        if a.micro_batch == 0 { a.prompts * a.group_size } else { a.micro_batch },
         a.beta,
         a.dtype,
         a.device,
