@@ -127,6 +127,10 @@ fn training_streams_every_row_and_resume_continues_the_same_run() {
     assert_eq!(config["train"]["value"]["steps"], json!(3));
     assert_eq!(upsert["variables"]["displayName"], json!("w"));
     assert_eq!(server.exit_code(&id), Some(0));
+    let logs = server.output(&id);
+    assert!(logs.iter().any(|l| l.ends_with(&format!("step 3/3: reward {:.3} kl {:.4} len {:.0} {:.1}s/step",
+        history[3]["reward"].as_f64().unwrap(), history[3]["kl"].as_f64().unwrap(),
+        history[3]["completions/mean_length"].as_f64().unwrap(), history[3]["time/step_s"].as_f64().unwrap()))), "console lines in the Logs tab: {logs:?}");
     let ck: Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/step-3/trainer_state.json")).unwrap()).unwrap();
     assert_eq!(ck["wandb_run_id"], json!(id), "the checkpoint remembers the W&B run");
 

@@ -101,37 +101,46 @@ fn f(row: &Row, k: &str) -> f64 {
     row.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
+/// The console's words for a row: a step line for training rows, a summary of the `eval/`
+/// metrics for evaluation rows (shared by the console and W&B's Logs tab).
+pub enum Line {
+    Step(String),
+    Eval(String),
+}
+
+pub fn console_line(step: u64, total: u64, row: &Row) -> Option<Line> {
+    if row.get("reward").is_none() {
+        let parts: Vec<String> = row
+            .iter()
+            .filter(|(k, _)| k.starts_with("eval/") && (k.ends_with("/mean") || k.as_str() == "eval/reward"))
+            .filter_map(|(k, v)| Some(format!("{} {:.3}", k.trim_start_matches("eval/").trim_end_matches("/mean"), v.as_f64()?)))
+            .collect();
+        return (!parts.is_empty()).then(|| Line::Eval(format!("eval at step {step}: {}", parts.join(", "))));
+    }
+    Some(Line::Step(format!(
+        "step {step}/{total}: reward {:.3} kl {:.4} len {:.0} {:.1}s/step",
+        f(row, "reward"),
+        f(row, "kl"),
+        f(row, "completions/mean_length"),
+        f(row, "time/step_s")
+    )))
+}
+
 impl Sink for ConsoleSink {
     fn log(&mut self, step: u64, row: &Row) -> Result<()> {
-        if row.get("reward").is_none() {
-            // An evaluation (or other non-step) row: one summary line of its eval/ metrics.
-            let parts: Vec<String> = row
-                .iter()
-                .filter(|(k, _)| k.starts_with("eval/") && (k.ends_with("/mean") || k.as_str() == "eval/reward"))
-                .filter_map(|(k, v)| Some(format!("{} {:.3}", k.trim_start_matches("eval/").trim_end_matches("/mean"), v.as_f64()?)))
-                .collect();
-            if !parts.is_empty() {
-                let line = format!("eval at step {step}: {}", parts.join(", "));
-                match &self.bar {
-                    Some(b) => b.println(line),
-                    None => eprintln!("{line}"),
+        match console_line(step, self.total, row) {
+            Some(Line::Eval(line)) => match &self.bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            },
+            Some(Line::Step(line)) => match &self.bar {
+                Some(b) => {
+                    b.set_position(step);
+                    b.set_message(line.split_once(": ").map_or(line.clone(), |(_, m)| m.to_string()));
                 }
-            }
-            return Ok(());
-        }
-        let msg = format!(
-            "reward {:.3} kl {:.4} len {:.0} {:.1}s/step",
-            f(row, "reward"),
-            f(row, "kl"),
-            f(row, "completions/mean_length"),
-            f(row, "time/step_s")
-        );
-        match &self.bar {
-            Some(b) => {
-                b.set_position(step);
-                b.set_message(msg);
-            }
-            None if !self.quiet || step == self.total || step % 10 == 0 => eprintln!("step {step}/{}: {msg}", self.total),
+                None if !self.quiet || step == self.total || step % 10 == 0 => eprintln!("{line}"),
+                None => {}
+            },
             None => {}
         }
         Ok(())

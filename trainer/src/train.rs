@@ -149,7 +149,7 @@ impl Trainer {
         sinks.append(&mut opts.sinks);
         let mut state = state;
         let config = serde_json::to_value(&recipe)?;
-        if let Some(w) = WandbSink::open(recipe.wandb.as_ref(), &recipe.run.name, &run_dir, config, resume, state.wandb_run_id.clone())? {
+        if let Some(w) = WandbSink::open(recipe.wandb.as_ref(), &recipe.run.name, &run_dir, config, resume, state.wandb_run_id.clone(), recipe.train.steps as u64)? {
             state.wandb_run_id = w.run_id().map(str::to_string);
             sinks.push(Box::new(w));
         }

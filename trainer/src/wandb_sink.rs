@@ -13,13 +13,14 @@ pub const STATE_FILE: &str = "wandb.json";
 pub struct WandbSink {
     run: Option<Run>,
     run_dir: std::path::PathBuf,
+    total_steps: u64,
 }
 
 impl WandbSink {
     /// Starts (or, with `resume`, continues) the W&B run for `run_dir`; `None` when W&B is
     /// disabled. `config` is the resolved recipe, logged as the run config. Only
     /// configuration mistakes are errors; the network never is.
-    pub fn open(cfg: Option<&WandbConfig>, display_name: &str, run_dir: &Path, config: Value, resume: bool, run_id: Option<String>) -> Result<Option<WandbSink>> {
+    pub fn open(cfg: Option<&WandbConfig>, display_name: &str, run_dir: &Path, config: Value, resume: bool, run_id: Option<String>, total_steps: u64) -> Result<Option<WandbSink>> {
         let settings = Settings::resolve(cfg, display_name, &process_env).map_err(|e| anyhow!("[wandb]: {e}"))?;
         let state_path = run_dir.join(STATE_FILE);
         if !resume && state_path.exists() {
@@ -28,7 +29,7 @@ impl WandbSink {
         }
         let opts = RunOptions { state_path: Some(state_path), config: Some(config), run_id, verbose: true, program: Some("ponder".into()) };
         let run = Run::start(settings, opts).map_err(|e| anyhow!("[wandb]: {e}"))?;
-        Ok(run.map(|run| WandbSink { run: Some(run), run_dir: run_dir.to_path_buf() }))
+        Ok(run.map(|run| WandbSink { run: Some(run), run_dir: run_dir.to_path_buf(), total_steps }))
     }
 
     pub fn run_id(&self) -> Option<&str> {
@@ -40,6 +41,10 @@ impl Sink for WandbSink {
     fn log(&mut self, step: u64, row: &Row) -> Result<()> {
         if let Some(r) = &self.run {
             r.log(step, row);
+            // The Logs tab shows what the console shows, one line per step.
+            if let Some(crate::metrics::Line::Step(l) | crate::metrics::Line::Eval(l)) = crate::metrics::console_line(step, self.total_steps, row) {
+                r.console(&l);
+            }
         }
         Ok(())
     }

@@ -27,6 +27,27 @@ const CREATE_RUN_FILES: &str = "mutation CreateRunFiles($entity: String!, $proje
   }
 }";
 
+const RUN_RESUME_STATUS: &str = "query RunResumeStatus($project: String, $entity: String, $name: String!) {
+  model(name: $project, entityName: $entity) {
+    id name entity { id name }
+    bucket(name: $name, missingOk: true) {
+      id name summaryMetrics displayName logLineCount historyLineCount eventsLineCount historyTail eventsTail config tags notes
+      wandbConfig(keys: [\"t\"])
+    }
+  }
+}";
+
+/// What the server holds of a run being resumed (`RunResumeStatus`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResumeStatus {
+    pub history_line_count: u64,
+    pub log_line_count: u64,
+    /// `_step` of the last history line (from `historyTail`).
+    pub last_step: Option<u64>,
+    /// `_runtime` of the summary.
+    pub runtime: Option<f64>,
+}
+
 /// What the server says about the run after `UpsertBucket`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bucket {
@@ -134,6 +155,27 @@ impl Client {
             history_line_count: b["historyLineCount"].as_u64(),
             inserted: up["inserted"].as_bool().unwrap_or(false),
         })
+    }
+
+    /// What the server has of `run_id`, as the official client asks before resuming;
+    /// `None` when the run does not exist yet.
+    pub fn resume_status(&self, entity: Option<&str>, project: &str, run_id: &str) -> Result<Option<ResumeStatus>, Error> {
+        let data = self.graphql(RUN_RESUME_STATUS, json!({"project": project, "entity": entity, "name": run_id}))?;
+        let b = &data["model"]["bucket"];
+        if b.is_null() {
+            return Ok(None);
+        }
+        let parse = |v: &Value| v.as_str().and_then(|s| serde_json::from_str::<Value>(s).ok());
+        let last_step = parse(&b["historyTail"])
+            .and_then(|t| t.as_array().cloned())
+            .and_then(|lines| lines.iter().rev().find_map(|l| parse(l).or_else(|| Some(l.clone())).and_then(|r| r["_step"].as_u64())));
+        let summary = parse(&b["summaryMetrics"]).unwrap_or(Value::Null);
+        Ok(Some(ResumeStatus {
+            history_line_count: b["historyLineCount"].as_u64().unwrap_or(0),
+            log_line_count: b["logLineCount"].as_u64().unwrap_or(0),
+            last_step: last_step.or_else(|| summary["_step"].as_u64()),
+            runtime: summary["_runtime"].as_f64(),
+        }))
     }
 
     /// One `file_stream` request; `body` is `{"files": {...}, ...}`.

@@ -43,6 +43,9 @@ pub struct State {
     /// Latest value of every metric (the run summary).
     #[serde(default)]
     pub summary: Row,
+    /// Lines of `output.log` (console) the server acknowledged.
+    #[serde(default)]
+    pub output_lines: u64,
 }
 
 impl State {
@@ -99,6 +102,7 @@ pub struct Report {
 enum Msg {
     Log { step: u64, row: Row, ts: f64 },
     Table { step: u64, key: String, columns: Vec<String>, data: Vec<Vec<Value>> },
+    Console { line: String, ts: f64 },
     Finish { exit_code: i32 },
 }
 
@@ -138,6 +142,7 @@ impl Run {
             Some(p) => State::load(p)?,
             None => None,
         };
+        let prior_existed = prior.is_some();
         let state = prior.unwrap_or_else(|| State {
             run_id: opts.run_id.clone().unwrap_or_else(crate::settings::new_run_id),
             project: settings.project.clone(),
@@ -177,7 +182,9 @@ impl Run {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue_capacity.max(1));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let resuming = prior_existed || opts.run_id.is_some();
         let mut worker = Worker::new(settings, opts, state);
+        worker.resuming = resuming;
         let handle = std::thread::Builder::new()
             .name("wandb".into())
             .spawn(move || {
@@ -222,6 +229,16 @@ impl Run {
     /// Queues one metrics row for `step`. Never blocks, never fails.
     pub fn log(&self, step: u64, row: &Row) {
         self.send(step, Msg::Log { step, row: row.clone(), ts: now_ts() });
+    }
+
+    /// Queues one console line for the run's `output.log` (the Logs tab). Never blocks.
+    pub fn console(&self, line: &str) {
+        let Some(tx) = &self.tx else { return };
+        if !self.overflowed.load(Ordering::Relaxed) {
+            // Console lines are a courtesy: when the queue is full they are dropped, without
+            // stopping the metrics stream.
+            let _ = tx.try_send(Msg::Console { line: line.to_string(), ts: now_ts() });
+        }
     }
 
     /// Queues a table (e.g. sample completions) logged under `key` at `step`.
@@ -289,6 +306,8 @@ pub struct Worker {
     pending: Option<(u64, Row, f64)>,
     /// Committed history lines not yet acknowledged, with their step.
     outbox: VecDeque<(u64, String)>,
+    /// Console lines not yet acknowledged, formatted as `output.log` lines.
+    console: VecDeque<String>,
     /// Files (path, bytes) to upload before the history that names them.
     uploads: Vec<(String, Vec<u8>)>,
     uploaded_names: Vec<String>,
@@ -296,6 +315,8 @@ pub struct Worker {
     base_runtime: f64,
     /// When the run ended, for `wandb-sync` (live runs end now).
     pub end_ts: Option<f64>,
+    /// The run may exist on the server already: ask what it holds before uploading.
+    pub resuming: bool,
     failures: u32,
     next_try: Instant,
     warned: bool,
@@ -319,11 +340,13 @@ impl Worker {
             bucket: None,
             pending: None,
             outbox: VecDeque::new(),
+            console: VecDeque::new(),
             uploads: Vec::new(),
             uploaded_names: Vec::new(),
             t0: now_ts(),
             base_runtime,
             end_ts: None,
+            resuming: false,
             failures: 0,
             next_try: Instant::now(),
             warned: false,
@@ -340,6 +363,7 @@ impl Worker {
             match rx.recv_timeout(wait) {
                 Ok(Msg::Log { step, row, ts }) => self.accept(step, row, ts),
                 Ok(Msg::Table { step, key, columns, data }) => self.accept_table_at(step, &key, columns, data, now_ts()),
+                Ok(Msg::Console { line, ts }) => self.accept_console(&line, ts),
                 Ok(Msg::Finish { exit_code }) => return self.finish(exit_code, Instant::now() + self.s.finish_timeout),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.finish(1, Instant::now() + self.s.finish_timeout),
@@ -388,6 +412,15 @@ impl Worker {
     }
 
     /// Runtime at wall time `ts`: what earlier sessions ran plus this session's time.
+    /// Takes one console line (`ISO-8601-UTC text`, as the official client writes stdout).
+    pub fn accept_console(&mut self, line: &str, ts: f64) {
+        for l in line.lines() {
+            if self.console.len() < 10_000 {
+                self.console.push_back(format!("{} {l}", iso_utc(ts)));
+            }
+        }
+    }
+
     fn runtime(&self, ts: f64) -> f64 {
         self.base_runtime + (ts - self.t0).max(0.0)
     }
@@ -465,6 +498,29 @@ impl Worker {
             config: self.opts.config.as_ref().map(wrap_config),
         };
         let entity = self.state.entity.clone().or_else(|| self.s.entity.clone());
+        if self.resuming {
+            // The server's word over the state file (which a crash may have left behind):
+            // where history and console continue, and which steps it has already.
+            if let Some(rs) = self.client.resume_status(entity.as_deref(), &self.state.project, &self.state.run_id)? {
+                self.state.history_lines = rs.history_line_count;
+                self.state.output_lines = rs.log_line_count;
+                if let Some(rt) = rs.runtime {
+                    self.base_runtime = self.base_runtime.max(rt);
+                }
+                if let Some(last) = rs.last_step {
+                    self.state.last_step = Some(self.state.last_step.map_or(last, |l| l.max(last)));
+                    self.last_accepted = Some(self.last_accepted.map_or(last, |l| l.max(last)));
+                    let before = self.outbox.len();
+                    self.outbox.retain(|(s, _)| *s > last);
+                    self.report.rows_skipped += (before - self.outbox.len()) as u64;
+                    if self.pending.as_ref().is_some_and(|(s, _, _)| *s <= last) {
+                        self.pending = None;
+                        self.report.rows_skipped += 1;
+                    }
+                }
+            }
+            self.resuming = false;
+        }
         let b = self.client.upsert_bucket(entity.as_deref(), &self.state.project, &self.state.run_id, &fields)?;
         // The server's count is the truth for the next history offset.
         if let Some(n) = b.history_line_count {
@@ -506,7 +562,7 @@ impl Worker {
             self.client.upload_files(&entity, &project, &run_id, &self.uploads)?;
             self.uploaded_names.extend(self.uploads.drain(..).map(|(n, _)| n));
         }
-        if self.outbox.is_empty() && complete.is_none() {
+        if self.outbox.is_empty() && self.console.is_empty() && complete.is_none() {
             return Ok(true);
         }
         let n = self.outbox.len().min(self.s.rows_per_request);
@@ -519,6 +575,12 @@ impl Worker {
         if !self.state.summary.is_empty() {
             files.insert("wandb-summary.json".into(), json!({"offset": 0, "content": [self.summary_line()]}));
         }
+        let nc = self.console.len().min(self.s.rows_per_request);
+        if nc > 0 {
+            let lines: Vec<&String> = self.console.iter().take(nc).collect();
+            files.insert("output.log".into(), json!({"offset": self.state.output_lines, "content": lines}));
+        }
+        let last = last && nc == self.console.len();
         let mut body = json!({"files": files});
         if let (Some(code), true) = (complete, last) {
             body["complete"] = json!(true);
@@ -526,6 +588,8 @@ impl Worker {
             body["uploaded"] = json!(self.uploaded_names);
         }
         self.client.file_stream(&entity, &project, &run_id, &body)?;
+        self.console.drain(..nc);
+        self.state.output_lines += nc as u64;
         let sent: Vec<(u64, String)> = self.outbox.drain(..n).collect();
         if let Some((step, line)) = sent.last() {
             self.state.last_step = Some(*step);
@@ -539,7 +603,7 @@ impl Worker {
             self.state.complete = true;
         }
         self.save_state();
-        Ok(self.outbox.is_empty())
+        Ok(self.outbox.is_empty() && self.console.is_empty())
     }
 
     /// Commits the pending row, sends everything, then `complete` + `exitcode`; retries
@@ -576,4 +640,33 @@ impl Worker {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `2026-11-25T05:57:33.967900` (UTC, microseconds), the official client's console stamp.
+pub(crate) fn iso_utc(ts: f64) -> String {
+    let secs = ts.floor() as i64;
+    let micros = ((ts - secs as f64) * 1e6).round().min(999_999.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn console_stamps_are_iso_utc() {
+        // Values from Python: datetime.fromtimestamp(ts, timezone.utc).isoformat()
+        assert_eq!(super::iso_utc(0.0), "1970-01-01T00:00:00.000000");
+        assert_eq!(super::iso_utc(1795586253.9679), "2026-11-25T05:57:33.967900");
+        assert_eq!(super::iso_utc(951782400.5), "2000-02-29T00:00:00.500000");
+    }
 }

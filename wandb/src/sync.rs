@@ -97,7 +97,9 @@ pub fn sync(mut settings: Settings, run_dir: &Path, config: Option<Value>) -> Re
         return Err(Error::Config(format!("no W&B API key for {}: set WANDB_API_KEY or run `wandb login`", settings.base_url)));
     }
     let state_path = run_dir.join("wandb.json");
-    let state = State::load(&state_path)?.unwrap_or_else(|| State {
+    let prior = State::load(&state_path)?;
+    let resuming = prior.is_some();
+    let state = prior.unwrap_or_else(|| State {
         run_id: crate::settings::new_run_id(),
         project: settings.project.clone(),
         entity: settings.entity.clone(),
@@ -133,6 +135,7 @@ pub fn sync(mut settings: Settings, run_dir: &Path, config: Option<Value>) -> Re
     let timeout = settings.finish_timeout.max(Duration::from_secs(5));
     let opts = RunOptions { state_path: Some(state_path), config, run_id: None, verbose: false, program: Some("ponder".into()) };
     let mut w = Worker::new(settings, opts, state);
+    w.resuming = resuming;
     let first_ts = rows.iter().find_map(|(_, r)| r.get("timestamp").and_then(Value::as_f64));
     if let Some(t) = first_ts {
         w.set_start(t);

@@ -56,6 +56,8 @@ struct Inner {
     /// Run id -> history lines as stored (offset-addressed).
     history: BTreeMap<String, Vec<Value>>,
     summary: BTreeMap<String, Value>,
+    /// Run id -> console lines (`output.log`).
+    output: BTreeMap<String, Vec<String>>,
     complete: BTreeMap<String, i64>,
     uploads: BTreeMap<String, Vec<u8>>,
     behavior: Option<Behavior>,
@@ -109,6 +111,9 @@ impl MockServer {
     /// History rows the server holds for a run.
     pub fn history(&self, run_id: &str) -> Vec<Value> {
         self.inner.lock().unwrap().history.get(run_id).cloned().unwrap_or_default()
+    }
+    pub fn output(&self, run_id: &str) -> Vec<String> {
+        self.inner.lock().unwrap().output.get(run_id).cloned().unwrap_or_default()
     }
     pub fn summary(&self, run_id: &str) -> Option<Value> {
         self.inner.lock().unwrap().summary.get(run_id).cloned()
@@ -179,6 +184,26 @@ impl MockServer {
                         "project": {"id": "UHJvamVjdDox", "name": vars["project"], "entity": {"id": "RW50aXR5OjE=", "name": vars["entity"].as_str().unwrap_or("mock-user")}}
                     }, "inserted": inserted}}})
                 }
+                Some("RunResumeStatus") => {
+                    let name = vars["name"].as_str().unwrap_or("");
+                    let bucket = match g.history.get(name) {
+                        None => Value::Null,
+                        Some(h) => {
+                            let tail: Vec<String> = h.iter().skip(h.len().saturating_sub(10)).map(Value::to_string).collect();
+                            json!({
+                                "id": "UnVuOjE=", "name": name, "displayName": name,
+                                "historyLineCount": h.len(),
+                                "logLineCount": g.output.get(name).map_or(0, Vec::len),
+                                "eventsLineCount": 0,
+                                "historyTail": serde_json::to_string(&tail).unwrap(),
+                                "eventsTail": "[]",
+                                "summaryMetrics": g.summary.get(name).map_or("{}".to_string(), Value::to_string),
+                                "config": "{}", "tags": [], "notes": null, "wandbConfig": "{}"
+                            })
+                        }
+                    };
+                    json!({"data": {"model": {"id": "UHJvamVjdDox", "name": vars["project"], "entity": {"id": "RW50aXR5OjE=", "name": vars["entity"]}, "bucket": bucket}}})
+                }
                 Some("CreateRunFiles") => {
                     let run = vars["run"].as_str().unwrap_or("");
                     let files: Vec<Value> = vars["files"]
@@ -205,6 +230,19 @@ impl MockServer {
                     } else {
                         stored.resize(offset + i, Value::Null);
                         stored.push(row);
+                    }
+                }
+            }
+            if let Some(o) = v["files"].get("output.log") {
+                let offset = o["offset"].as_u64().unwrap_or(0) as usize;
+                let stored = g.output.entry(run.clone()).or_default();
+                for (i, line) in o["content"].as_array().into_iter().flatten().enumerate() {
+                    let line = line.as_str().unwrap_or("").to_string();
+                    if offset + i < stored.len() {
+                        stored[offset + i] = line;
+                    } else {
+                        stored.resize(offset + i, String::new());
+                        stored.push(line);
                     }
                 }
             }

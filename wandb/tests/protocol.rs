@@ -74,6 +74,7 @@ fn a_live_run_speaks_the_official_wire_format() {
     run.log(2, &row(&[("reward", 0.5), ("kl", 0.01)]));
     run.log(2, &row(&[("eval/reward", 0.4)])); // same step: one history row
     run.log(3, &row(&[("reward", 0.75), ("kl", 0.02)]));
+    run.console("step 3/3: reward 0.750");
     let report = run.finish(0);
     assert!(report.complete, "{report:?}");
     assert_eq!(report.rows_uploaded, 3);
@@ -143,6 +144,12 @@ fn a_live_run_speaks_the_official_wire_format() {
     assert_eq!((last["complete"].as_bool(), last["exitcode"].as_i64()), (Some(true), Some(0)));
     assert_eq!(last["uploaded"], json!([path]));
     assert_eq!(server.exit_code(&id), Some(0));
+    // Console lines go to output.log as the official client writes stdout: "ISO-time text".
+    let out = server.output(&id);
+    assert_eq!(out.len(), 1);
+    let (stamp, text) = out[0].split_once(' ').unwrap();
+    assert_eq!(text, "step 3/3: reward 0.750");
+    assert!(stamp.len() == 26 && stamp.as_bytes()[10] == b'T' && stamp[20..].chars().all(|c| c.is_ascii_digit()), "{stamp}");
     let st = State::load(&dir.path().join("wandb.json")).unwrap().unwrap();
     assert_eq!((st.run_id, st.last_step, st.history_lines, st.complete, st.exit_code), (id, Some(3), 3, true, Some(0)));
 }
@@ -335,4 +342,30 @@ fn disabled_means_no_run_and_a_bad_state_file_is_a_clear_error() {
     std::fs::write(dir.path().join("wandb.json"), "{not json").unwrap();
     let err = Run::start(settings("http://127.0.0.1:9", Mode::Online), opts(dir.path())).err().unwrap().to_string();
     assert!(err.contains("wandb.json") && err.contains("delete it"), "{err}");
+}
+
+/// With the state file gone (a new machine, a copied checkpoint), the run id from the
+/// checkpoint and the server's `RunResumeStatus` still keep steps unique.
+#[test]
+fn resume_trusts_the_server_when_the_state_file_is_gone() {
+    let server = MockServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::start(settings(&server.url, Mode::Online), opts(dir.path())).unwrap().unwrap();
+    let id = run.run_id().to_string();
+    for s in 1..=5 {
+        run.log(s, &row(&[("reward", s as f64)]));
+    }
+    assert!(run.finish(0).complete);
+    std::fs::remove_file(dir.path().join("wandb.json")).unwrap();
+    let o = RunOptions { run_id: Some(id.clone()), ..opts(dir.path()) };
+    let run = Run::start(settings(&server.url, Mode::Online), o).unwrap().unwrap();
+    for s in 3..=7 {
+        run.log(s, &row(&[("reward", s as f64)]));
+    }
+    let report = run.finish(0);
+    assert_eq!((report.rows_uploaded, report.rows_skipped), (2, 3));
+    assert!(server.requests().iter().any(|r| r.operation().as_deref() == Some("RunResumeStatus")));
+    assert_eq!(steps(&server.history(&id)), [1, 2, 3, 4, 5, 6, 7]);
+    let h = server.history(&id);
+    assert!(h[5]["_runtime"].as_f64() >= h[4]["_runtime"].as_f64(), "runtime goes on from the server's summary");
 }
