@@ -5,11 +5,13 @@ use crate::config::{OptimCfg, Schedule};
 use crate::grpo;
 use crate::metrics::{Row, Sink};
 use crate::optim::{lr_at, AdamW};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use rollout::folder::Policy;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -34,11 +36,14 @@ pub struct LmCfg {
     pub schedule: Schedule,
     pub max_grad_norm: f64,
     pub log_every: usize,
+    /// Steps between resumable checkpoints (weights + optimizer + step) in the stage
+    /// folder; 0 = none (an interrupted stage then starts over).
+    pub save_every: usize,
 }
 
 impl Default for LmCfg {
     fn default() -> Self {
-        LmCfg { steps: 500, batch_size: 32, max_len: 512, lr: 1e-3, weight_decay: 0.01, warmup_steps: 20, schedule: Schedule::Cosine, max_grad_norm: 1.0, log_every: 10 }
+        LmCfg { steps: 500, batch_size: 32, max_len: 512, lr: 1e-3, weight_decay: 0.01, warmup_steps: 20, schedule: Schedule::Cosine, max_grad_norm: 1.0, log_every: 10, save_every: 200 }
     }
 }
 
@@ -104,8 +109,49 @@ pub fn length_bucketed_batches(examples: &[LmExample], batch_size: usize, rng: &
     batches
 }
 
-/// Trains `policy` on `examples` for `cfg.steps` steps, logging rows to `sinks`.
-pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, sinks: &mut [Box<dyn Sink>], quiet: bool) -> Result<()> {
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+struct LmState {
+    step: usize,
+    optimizer_step: u64,
+}
+
+/// The step of the resumable checkpoint in `dir`, if a complete one is there.
+pub fn checkpoint_step(dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
+    serde_json::from_str::<LmState>(&text).ok().map(|s| s.step)
+}
+
+/// Writes weights, optimizer moments and the step to `dir` through a temporary folder, so a
+/// kill mid-write leaves the previous checkpoint whole.
+fn save_checkpoint(dir: &Path, policy: &Policy, opt: &AdamW, st: LmState) -> Result<()> {
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    rollout::model::weights::save_file(&policy.named_tensors(), &tmp.join("model.safetensors"))?;
+    opt.save(&tmp.join("optimizer.safetensors"))?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_string(&st)?)?;
+    let old = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old)?;
+    }
+    std::fs::rename(&tmp, dir)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// How [`train`] ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LmOutcome {
+    pub steps_done: usize,
+    /// Stopped early by `stop` (Ctrl-C); a checkpoint at `steps_done` was saved.
+    pub interrupted: bool,
+}
+
+/// Trains `policy` on `examples` for `cfg.steps` steps, logging rows to `sinks`. With
+/// `ckpt`, resumes from the checkpoint there (same data order, bit-identical on CPU), saves
+/// one every `cfg.save_every` steps, and saves one when `stop` is raised.
+pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, sinks: &mut [Box<dyn Sink>], quiet: bool, ckpt: Option<&Path>, stop: &AtomicBool) -> Result<LmOutcome> {
     if examples.is_empty() {
         bail!("no training sequences");
     }
@@ -114,7 +160,31 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
     let mut batches: Vec<Vec<usize>> = vec![];
     let t0 = Instant::now();
     let mut bad = 0;
-    for step in 0..cfg.steps {
+    let mut start = 0;
+    if let Some(dir) = ckpt.filter(|d| checkpoint_step(d).is_some()) {
+        let st: LmState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
+        let w = rollout::model::weights::load_file(&dir.join("model.safetensors")).with_context(|| format!("reading checkpoint {}", dir.display()))?;
+        policy.copy_from(&w)?;
+        opt.load(&dir.join("optimizer.safetensors"), st.optimizer_step)?;
+        // Replay the data order up to the checkpoint (shuffles only, no training).
+        for _ in 0..st.step {
+            if batches.is_empty() {
+                batches = length_bucketed_batches(examples, cfg.batch_size, &mut rng);
+            }
+            batches.pop();
+        }
+        start = st.step;
+        if !quiet {
+            eprintln!("  resuming at step {start} from {}", dir.display());
+        }
+    }
+    for step in start..cfg.steps {
+        if stop.load(Ordering::SeqCst) {
+            if let Some(dir) = ckpt {
+                save_checkpoint(dir, policy, &opt, LmState { step, optimizer_step: opt.step })?;
+            }
+            return Ok(LmOutcome { steps_done: step, interrupted: true });
+        }
         if batches.is_empty() {
             batches = length_bucketed_batches(examples, cfg.batch_size, &mut rng);
         }
@@ -149,7 +219,11 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
                 eprintln!("  step {}/{}: loss {lv:.4}", step + 1, cfg.steps);
             }
         }
+        if let (Some(dir), true) = (ckpt, cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps) {
+            opt.zero_grad();
+            save_checkpoint(dir, policy, &opt, LmState { step: step + 1, optimizer_step: opt.step })?;
+        }
     }
     opt.zero_grad();
-    Ok(())
+    Ok(LmOutcome { steps_done: cfg.steps, interrupted: false })
 }

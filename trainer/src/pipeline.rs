@@ -289,7 +289,11 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                 };
                 // The tokenizer learns from the corpus without the EOS marker text.
                 let plain: Vec<String> = docs.iter().map(|d| d.trim_end_matches(tiny::EOS).to_string()).collect();
-                tiny::create_random_model(&model_dir, shape, &plain, p.run.seed as i64)?;
+                let ckpt = stage_dir.join("checkpoint");
+                // Resuming mid-stage: keep the tokenizer the checkpoint was trained with.
+                if lm::checkpoint_step(&ckpt).is_none() || !model_dir.join("tokenizer.json").exists() {
+                    tiny::create_random_model(&model_dir, shape, &plain, p.run.seed as i64)?;
+                }
                 let tk = Tokenizer::from_dir(&model_dir)?;
                 let eos = tk.token_to_id(tiny::EOS).context("EOS token")?;
                 let examples: Vec<LmExample> = plain
@@ -301,10 +305,15 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                     })
                     .collect::<Result<_>>()?;
                 let policy = Policy::load(&model_dir, tch::Kind::Float, tch::Device::Cpu)?;
-                let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlSink::open(&stage_dir, Some(0))?)];
+                let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlSink::open(&stage_dir, Some(lm::checkpoint_step(&ckpt).unwrap_or(0) as u64))?)];
                 eprintln!("  {} documents, {:.2}M parameters, {} steps", examples.len(), param_count(&policy) as f64 / 1e6, st.train.steps);
-                lm::train(&policy, &examples, &st.train, p.run.seed, &mut sinks, quiet)?;
+                let out = lm::train(&policy, &examples, &st.train, p.run.seed, &mut sinks, quiet, Some(&ckpt), &stop)?;
+                if out.interrupted {
+                    eprintln!("interrupted in stage {name} at step {}; resume with: ponder train --resume {}", out.steps_done, run_dir.display());
+                    return Ok(());
+                }
                 policy.save_weights(&model_dir, tch::Kind::Float, None)?;
+                let _ = std::fs::remove_dir_all(&ckpt);
                 Some(model_dir)
             }
             "sft" => {
@@ -316,10 +325,16 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                 let policy = Policy::load(&src, tch::Kind::Float, tch::Device::Cpu)?;
                 let eos = policy.eos_token_ids().first().copied();
                 let examples = sft_examples(&subst(&st.data, &run_dir), &st.template, &tk, eos)?;
-                let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlSink::open(&stage_dir, Some(0))?)];
-                lm::train(&policy, &examples, &st.train, p.run.seed, &mut sinks, quiet)?;
+                let ckpt = stage_dir.join("checkpoint");
+                let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlSink::open(&stage_dir, Some(lm::checkpoint_step(&ckpt).unwrap_or(0) as u64))?)];
+                let out = lm::train(&policy, &examples, &st.train, p.run.seed, &mut sinks, quiet, Some(&ckpt), &stop)?;
+                if out.interrupted {
+                    eprintln!("interrupted in stage {name} at step {}; resume with: ponder train --resume {}", out.steps_done, run_dir.display());
+                    return Ok(());
+                }
                 policy.save_weights(&model_dir, tch::Kind::Float, None)?;
                 crate::checkpoint::copy_side_files(&src, &model_dir)?;
+                let _ = std::fs::remove_dir_all(&ckpt);
                 Some(model_dir)
             }
             "grpo" => {
