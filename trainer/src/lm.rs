@@ -183,6 +183,9 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
             if let Some(dir) = ckpt {
                 save_checkpoint(dir, policy, &opt, LmState { step, optimizer_step: opt.step })?;
             }
+            for s in sinks.iter_mut() {
+                s.finish(0)?;
+            }
             return Ok(LmOutcome { steps_done: step, interrupted: true });
         }
         if batches.is_empty() {
@@ -225,5 +228,8 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
         }
     }
     opt.zero_grad();
+    for s in sinks.iter_mut() {
+        s.finish(0)?;
+    }
     Ok(LmOutcome { steps_done: cfg.steps, interrupted: false })
 }

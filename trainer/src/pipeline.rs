@@ -105,6 +105,23 @@ pub struct PretrainStage {
     pub train: LmCfg,
 }
 
+/// Sinks of a pretrain / SFT stage: its `metrics.jsonl` (rows after the checkpoint being
+/// resumed from dropped) and, with a pipeline `[wandb]`, a W&B run `<pipeline>/<stage>`.
+fn lm_sinks(p: &Pipeline, name: &str, stage_dir: &Path, ckpt: &Path, table: &toml::Table, steps: usize) -> Result<Vec<Box<dyn Sink>>> {
+    let from = lm::checkpoint_step(ckpt);
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlSink::open(stage_dir, Some(from.unwrap_or(0) as u64))?)];
+    if let Some(w) = &p.wandb {
+        let mut w = w.clone();
+        w.group.get_or_insert_with(|| p.run.name.clone());
+        w.name.get_or_insert_with(|| format!("{}/{name}", p.run.name));
+        let config = serde_json::to_value(table)?;
+        if let Some(sink) = crate::wandb_sink::WandbSink::open(Some(&w), name, stage_dir, config, from.is_some(), None, steps as u64)? {
+            sinks.push(Box::new(sink));
+        }
+    }
+    Ok(sinks)
+}
+
 fn one() -> f64 {
     1.0
 }
@@ -305,7 +322,7 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                     })
                     .collect::<Result<_>>()?;
                 let policy = Policy::load(&model_dir, tch::Kind::Float, tch::Device::Cpu)?;
-                let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlSink::open(&stage_dir, Some(lm::checkpoint_step(&ckpt).unwrap_or(0) as u64))?)];
+                let mut sinks = lm_sinks(&p, &name, &stage_dir, &ckpt, t, st.train.steps)?;
                 eprintln!("  {} documents, {:.2}M parameters, {} steps", examples.len(), param_count(&policy) as f64 / 1e6, st.train.steps);
                 let out = lm::train(&policy, &examples, &st.train, p.run.seed, &mut sinks, quiet, Some(&ckpt), &stop)?;
                 if out.interrupted {
@@ -326,7 +343,7 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                 let eos = policy.eos_token_ids().first().copied();
                 let examples = sft_examples(&subst(&st.data, &run_dir), &st.template, &tk, eos)?;
                 let ckpt = stage_dir.join("checkpoint");
-                let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlSink::open(&stage_dir, Some(lm::checkpoint_step(&ckpt).unwrap_or(0) as u64))?)];
+                let mut sinks = lm_sinks(&p, &name, &stage_dir, &ckpt, t, st.train.steps)?;
                 let out = lm::train(&policy, &examples, &st.train, p.run.seed, &mut sinks, quiet, Some(&ckpt), &stop)?;
                 if out.interrupted {
                     eprintln!("interrupted in stage {name} at step {}; resume with: ponder train --resume {}", out.steps_done, run_dir.display());

@@ -83,7 +83,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     let stages = dir.join("stages");
     let mut any = false;
     if let Ok(rd) = std::fs::read_dir(&stages) {
-        let mut dirs: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.join("metrics.jsonl").exists() && p.join("config.toml").exists()).collect();
+        let mut dirs: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.join("metrics.jsonl").exists() && (p.join("config.toml").exists() || p.join(STATE_FILE).exists())).collect();
         dirs.sort();
         for d in dirs {
             sync_one(&d)?;

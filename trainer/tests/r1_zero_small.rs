@@ -130,7 +130,9 @@ fn grpo_raises_heldout_accuracy_of_a_tiny_base_model() {
     let stage_cfg: toml::Table = std::fs::read_to_string(run.join("stages/grpo/config.toml")).unwrap().parse().unwrap();
     assert_eq!(stage_cfg["wandb"]["group"].as_str(), Some("small"));
     assert_eq!(stage_cfg["wandb"]["name"].as_str(), Some("small/grpo"));
-    assert!(run.join("stages/grpo/wandb.json").exists(), "the offline W&B run is recorded for wandb-sync");
+    for stage in ["base", "grpo"] {
+        assert!(run.join(format!("stages/{stage}/wandb.json")).exists(), "the offline W&B run of {stage} is recorded for wandb-sync");
+    }
     let ck = run.join("stages/grpo/checkpoints/step-30");
     rollout::folder::Policy::load(&ck, tch::Kind::Float, tch::Device::Cpu).unwrap();
 }
