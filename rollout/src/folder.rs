@@ -94,6 +94,14 @@ impl Policy {
         Ok(Policy { vs, model, dir: PathBuf::new(), generation: GenerationDefaults::default() })
     }
 
+    /// Freezes the weights and fuses projections for generation (see
+    /// [`CausalLm::fuse_for_inference`]); for rollout workers and `ponder generate`, never
+    /// for a model being trained.
+    pub fn fuse_for_inference(&mut self) {
+        self.vs.freeze();
+        self.model.fuse_for_inference();
+    }
+
     /// EOS ids: generation_config.json's, else config.json's.
     pub fn eos_token_ids(&self) -> Vec<i64> {
         if !self.generation.eos_token_ids.is_empty() {

@@ -64,7 +64,8 @@ impl RolloutPool {
             let thread = std::thread::Builder::new()
                 .name(format!("rollout-{w}"))
                 .spawn(move || match Policy::load(&dir, kind, device) {
-                    Ok(policy) => {
+                    Ok(mut policy) => {
+                        policy.fuse_for_inference();
                         let _ = ready.send((w, Ok(policy.eos_token_ids())));
                         worker_loop(policy, tk, rx)
                     }

@@ -91,7 +91,8 @@ fn bench_generate(a: GenBench) -> Result<()> {
         tch::set_num_threads(a.threads);
     }
     let device = parse_device(&a.device)?;
-    let policy = Policy::load(&a.model, parse_kind(&a.dtype)?, device)?;
+    let mut policy = Policy::load(&a.model, parse_kind(&a.dtype)?, device)?;
+    policy.fuse_for_inference();
     let cfg = &policy.model.cfg;
     let eos = policy.eos_token_ids();
     let params = SamplingParams {

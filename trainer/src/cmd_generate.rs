@@ -108,7 +108,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("no prompts: give --prompt TEXT (repeatable) or --prompts FILE.jsonl");
     }
     let tk = Tokenizer::from_dir(&a.model)?;
-    let policy = Policy::load(&a.model, kind, device)?;
+    let mut policy = Policy::load(&a.model, kind, device)?;
+    policy.fuse_for_inference();
     let mut prompt_ids = vec![];
     for conv in &conversations {
         let text = if a.chat {

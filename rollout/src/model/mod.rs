@@ -97,6 +97,9 @@ pub struct Attention {
     n_heads: i64,
     n_kv: i64,
     head_dim: i64,
+    /// `[q; k; v]` weight (and bias) in one tensor, when fused for inference: the three
+    /// projection weights are then views into it (see [`CausalLm::fuse_for_inference`]).
+    qkv: Option<(Tensor, Option<Tensor>)>,
 }
 
 impl Attention {
@@ -110,6 +113,7 @@ impl Attention {
             n_heads: nh,
             n_kv: nkv,
             head_dim: hd,
+            qkv: None,
         }
     }
 
@@ -118,9 +122,20 @@ impl Attention {
     /// positions `[cache.len, cache.len + T)` of layer `layer`.
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input is [B, T, H]");
-        let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2);
-        let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
-        let v = self.v_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
+        let (q, k, v) = match &self.qkv {
+            // One matmul instead of three (fused weights are frozen: no gradients wanted).
+            Some((w, bias)) => {
+                let qkv = x.linear(w, bias.as_ref()).view([b, t, nh + 2 * nkv, hd]);
+                (qkv.narrow(2, 0, nh), qkv.narrow(2, nh, nkv), qkv.narrow(2, nh + nkv, nkv))
+            }
+            None => (
+                self.q_proj.forward(x).view([b, t, nh, hd]),
+                self.k_proj.forward(x).view([b, t, nkv, hd]),
+                self.v_proj.forward(x).view([b, t, nkv, hd]),
+            ),
+        };
+        let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
         let q = rope::apply(&q, cos, sin);
         let k = rope::apply(&k, cos, sin);
         let (k, v) = match cache {
@@ -144,6 +159,8 @@ pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    /// `[gate; up]` weight (and bias) when fused for inference.
+    gate_up: Option<(Tensor, Option<Tensor>)>,
 }
 
 impl Mlp {
@@ -153,10 +170,18 @@ impl Mlp {
             gate_proj: Linear::new(&p / "gate_proj", h, i, b, init),
             up_proj: Linear::new(&p / "up_proj", h, i, b, init),
             down_proj: Linear::new(&p / "down_proj", i, h, b, init),
+            gate_up: None,
         }
     }
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        match &self.gate_up {
+            Some((w, bias)) => {
+                let gu = x.linear(w, bias.as_ref());
+                let i = gu.size()[gu.dim() - 1] / 2;
+                self.down_proj.forward(&(gu.narrow(-1, 0, i).silu() * gu.narrow(-1, i, i)))
+            }
+            None => self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x))),
+        }
     }
 }
 
@@ -210,6 +235,42 @@ impl CausalLm {
 
     pub fn device(&self) -> Device {
         self.embed_tokens.device()
+    }
+
+    /// For rollout copies that only generate: q/k/v and gate/up become one weight each
+    /// (a decode step then dispatches 2 matmuls where it dispatched 5). The separate weights
+    /// become views into the fused ones, so memory does not grow and weight syncs (which copy
+    /// into the separate variables) update the fused path too. Only for frozen models: the
+    /// fused weights carry no gradients to the named variables.
+    pub fn fuse_for_inference(&mut self) {
+        fn fuse(parts: &[&Linear]) -> (Tensor, Option<Tensor>) {
+            let w = Tensor::cat(&parts.iter().map(|l| l.weight.detach()).collect::<Vec<_>>(), 0);
+            let b = parts.iter().all(|l| l.bias.is_some()).then(|| Tensor::cat(&parts.iter().map(|l| l.bias.as_ref().unwrap().detach()).collect::<Vec<_>>(), 0));
+            let mut off = 0;
+            for l in parts {
+                let n = l.weight.size()[0];
+                let mut wv = l.weight.shallow_clone();
+                wv.set_data(&w.narrow(0, off, n));
+                if let (Some(bv), Some(fb)) = (&l.bias, &b) {
+                    let mut bv = bv.shallow_clone();
+                    bv.set_data(&fb.narrow(0, off, n));
+                }
+                off += n;
+            }
+            (w, b)
+        }
+        tch::no_grad(|| {
+            for layer in &mut self.layers {
+                let a = &mut layer.self_attn;
+                if a.qkv.is_none() {
+                    a.qkv = Some(fuse(&[&a.q_proj, &a.k_proj, &a.v_proj]));
+                }
+                let m = &mut layer.mlp;
+                if m.gate_up.is_none() {
+                    m.gate_up = Some(fuse(&[&m.gate_proj, &m.up_proj]));
+                }
+            }
+        });
     }
 
     pub fn kind(&self) -> Kind {
