@@ -401,7 +401,8 @@ impl Worker {
         let body = serde_json::to_vec(&json!({"columns": columns, "data": data})).expect("table serializes");
         let sha = hex(&sha2::Sha256::digest(&body));
         let path = format!("media/table/{key}_{step}_{}.table.json", &sha[..20]);
-        let reference = json!({"_type": "table-file", "sha256": sha, "size": body.len(), "path": path, "ncols": ncols, "nrows": nrows});
+        // The fields wandb 0.31 writes, less the artifact paths (ponder logs no artifact).
+        let reference = json!({"_type": "table-file", "sha256": sha, "size": body.len(), "path": path, "ncols": ncols, "nrows": nrows, "log_mode": "IMMUTABLE"});
         let mut row = Row::new();
         row.insert(key.to_string(), reference);
         let before = self.report.rows_skipped;

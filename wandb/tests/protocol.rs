@@ -124,6 +124,7 @@ fn a_live_run_speaks_the_official_wire_format() {
     let t = &history[1]["samples"];
     assert_eq!(t["_type"], json!("table-file"));
     assert_eq!((t["ncols"].as_u64(), t["nrows"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(t["log_mode"], json!("IMMUTABLE"));
     let path = t["path"].as_str().unwrap();
     assert!(path.starts_with("media/table/samples_2_") && path.ends_with(".table.json"), "{path}");
     let crf = reqs.iter().find(|r| r.operation().as_deref() == Some("CreateRunFiles")).expect("CreateRunFiles sent");
