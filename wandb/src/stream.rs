@@ -305,7 +305,7 @@ pub struct Worker {
     bucket: Option<Bucket>,
     pending: Option<(u64, Row, f64)>,
     /// Committed history lines not yet acknowledged, with their step.
-    outbox: VecDeque<(u64, String)>,
+    outbox: VecDeque<(u64, Row, f64)>,
     /// Console lines not yet acknowledged, formatted as `output.log` lines.
     console: VecDeque<String>,
     /// Files (path, bytes) to upload before the history that names them.
@@ -433,15 +433,19 @@ impl Worker {
     }
 
     fn commit(&mut self) {
-        let Some((step, mut row, ts)) = self.pending.take() else { return };
-        let runtime = self.runtime(ts);
+        if let Some(p) = self.pending.take() {
+            self.outbox.push_back(p);
+        }
+    }
+
+    /// The history line of a committed row. `_runtime` is computed when the row is sent,
+    /// as the official client does, so a resumed run's offset from the server applies.
+    fn history_line(&self, step: u64, row: &Row, ts: f64) -> Row {
+        let mut row = row.clone();
         row.insert("_step".into(), json!(step));
         row.insert("_timestamp".into(), json!(ts));
-        row.insert("_runtime".into(), json!(runtime));
-        for (k, v) in &row {
-            self.state.summary.insert(k.clone(), v.clone());
-        }
-        self.outbox.push_back((step, Value::Object(row).to_string()));
+        row.insert("_runtime".into(), json!(self.runtime(ts)));
+        row
     }
 
     fn summary_line(&self) -> String {
@@ -512,7 +516,7 @@ impl Worker {
                     self.state.last_step = Some(self.state.last_step.map_or(last, |l| l.max(last)));
                     self.last_accepted = Some(self.last_accepted.map_or(last, |l| l.max(last)));
                     let before = self.outbox.len();
-                    self.outbox.retain(|(s, _)| *s > last);
+                    self.outbox.retain(|(s, _, _)| *s > last);
                     self.report.rows_skipped += (before - self.outbox.len()) as u64;
                     if self.pending.as_ref().is_some_and(|(s, _, _)| *s <= last) {
                         self.pending = None;
@@ -567,7 +571,13 @@ impl Worker {
             return Ok(true);
         }
         let n = self.outbox.len().min(self.s.rows_per_request);
-        let lines: Vec<&str> = self.outbox.iter().take(n).map(|(_, l)| l.as_str()).collect();
+        let rows: Vec<Row> = self.outbox.iter().take(n).map(|(s, r, t)| self.history_line(*s, r, *t)).collect();
+        for r in &rows {
+            for (k, v) in r {
+                self.state.summary.insert(k.clone(), v.clone());
+            }
+        }
+        let lines: Vec<String> = rows.iter().map(|r| Value::Object(r.clone()).to_string()).collect();
         let last = n == self.outbox.len();
         let mut files = Map::new();
         if n > 0 {
@@ -591,10 +601,10 @@ impl Worker {
         self.client.file_stream(&entity, &project, &run_id, &body)?;
         self.console.drain(..nc);
         self.state.output_lines += nc as u64;
-        let sent: Vec<(u64, String)> = self.outbox.drain(..n).collect();
-        if let Some((step, line)) = sent.last() {
+        let sent: Vec<(u64, Row, f64)> = self.outbox.drain(..n).collect();
+        if let (Some((step, _, _)), Some(r)) = (sent.last(), rows.last()) {
             self.state.last_step = Some(*step);
-            if let Some(rt) = serde_json::from_str::<Value>(line).ok().and_then(|v| v["_runtime"].as_f64()) {
+            if let Some(rt) = r["_runtime"].as_f64() {
                 self.state.runtime_s = self.state.runtime_s.max(rt);
             }
         }
