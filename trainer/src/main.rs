@@ -49,7 +49,7 @@ Reads RUN_DIR/metrics.jsonl (one row per step), the [wandb] section of RUN_DIR/c
 the usual environment (WANDB_API_KEY or ~/.netrc, WANDB_BASE_URL, WANDB_ENTITY, WANDB_PROJECT). \
 RUN_DIR/wandb.json records the W&B run id and the last step the server has: the upload continues \
 the same run, sends only later rows, and running it again sends nothing twice. Sample tables \
-from RUN_DIR/samples/ go up with their step. A pipeline folder syncs each GRPO stage.")]
+from RUN_DIR/samples/ go up with their step. A pipeline folder syncs each training stage.")]
 struct WandbSyncArgs {
     /// The run folder (runs/NAME), or a pipeline folder.
     run_dir: PathBuf,

@@ -78,15 +78,32 @@ impl Sink for WandbSink {
 /// from its `metrics.jsonl`; rows the server already has are not sent again.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     if dir.join("metrics.jsonl").exists() {
-        return sync_one(dir);
+        return sync_one(dir, None);
     }
+    // A pipeline: its [wandb] names the stages that carry no recipe of their own
+    // (pretrain, SFT) the way training did: `<pipeline>/<stage>`, grouped by pipeline.
+    let pipeline: Option<(WandbConfig, String)> = std::fs::read_to_string(dir.join("config.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| {
+            let name = t.get("run")?.get("name")?.as_str()?.to_string();
+            let w: WandbConfig = t.get("wandb")?.clone().try_into().ok()?;
+            Some((w, name))
+        });
     let stages = dir.join("stages");
     let mut any = false;
     if let Ok(rd) = std::fs::read_dir(&stages) {
         let mut dirs: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.join("metrics.jsonl").exists() && (p.join("config.toml").exists() || p.join(STATE_FILE).exists())).collect();
         dirs.sort();
         for d in dirs {
-            sync_one(&d)?;
+            let stage = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let over = pipeline.as_ref().map(|(w, name)| {
+                let mut w = w.clone();
+                w.group.get_or_insert_with(|| name.clone());
+                w.name.get_or_insert_with(|| format!("{name}/{stage}"));
+                w
+            });
+            sync_one(&d, over)?;
             any = true;
         }
     }
@@ -96,7 +113,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sync_one(dir: &Path) -> Result<()> {
+fn sync_one(dir: &Path, fallback: Option<WandbConfig>) -> Result<()> {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
     // The resolved recipe gives the [wandb] section and the run config; a folder without one
     // (or with a recipe this version cannot read) still uploads its metrics.
@@ -106,7 +123,7 @@ fn sync_one(dir: &Path) -> Result<()> {
         .and_then(|t| crate::config::from_table::<crate::config::Recipe>(t, "config.toml").ok());
     let (cfg, display, config) = match &recipe {
         Some(r) => (r.wandb.clone(), r.run.name.clone(), serde_json::to_value(r).ok()),
-        None => (None, name, None),
+        None => (fallback, name, None),
     };
     let mut settings = Settings::resolve(cfg.as_ref(), &display, &process_env).map_err(|e| anyhow!("[wandb]: {e}"))?;
     settings.finish_timeout = settings.finish_timeout.max(std::time::Duration::from_secs(120));

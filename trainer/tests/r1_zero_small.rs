@@ -133,6 +133,28 @@ fn grpo_raises_heldout_accuracy_of_a_tiny_base_model() {
     for stage in ["base", "grpo"] {
         assert!(run.join(format!("stages/{stage}/wandb.json")).exists(), "the offline W&B run of {stage} is recorded for wandb-sync");
     }
+    // `ponder wandb-sync` on the pipeline folder uploads both offline stage runs, named and
+    // grouped as the pipeline's [wandb] says. (This file holds one test, so setting the
+    // process environment here races with nothing.)
+    let server = ponder_wandb::testing::MockServer::start();
+    std::env::set_var("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567");
+    std::env::set_var("WANDB_BASE_URL", &server.url);
+    std::env::remove_var("WANDB_MODE");
+    trainer::wandb_sink::sync_dir(&run).unwrap();
+    for stage in ["base", "grpo"] {
+        let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join(format!("stages/{stage}/wandb.json"))).unwrap()).unwrap();
+        let id = st["run_id"].as_str().unwrap();
+        let upsert = server.requests().into_iter().find(|r| r.operation().as_deref() == Some("UpsertBucket") && r.json()["variables"]["name"] == id).unwrap().json();
+        assert_eq!(upsert["variables"]["displayName"], format!("small/{stage}"));
+        assert_eq!(upsert["variables"]["groupName"], "small");
+        assert_eq!(upsert["variables"]["project"], "tiny");
+        let metrics = std::fs::read_to_string(run.join(format!("stages/{stage}/metrics.jsonl"))).unwrap();
+        let mut steps: Vec<u64> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+        steps.dedup();
+        let uploaded: Vec<u64> = server.history(id).iter().map(|r| r["_step"].as_u64().unwrap()).collect();
+        assert_eq!(uploaded, steps, "{stage}: every step once");
+        assert_eq!(server.exit_code(id), Some(0));
+    }
     let ck = run.join("stages/grpo/checkpoints/step-30");
     rollout::folder::Policy::load(&ck, tch::Kind::Float, tch::Device::Cpu).unwrap();
 }
