@@ -136,7 +136,7 @@ impl Settings {
             request_timeout: Duration::from_secs(20),
             finish_timeout: Duration::from_secs_f64(cfg.finish_timeout_s.unwrap_or(30.0).max(0.0)),
             rows_per_request: 500,
-            flush_interval: Duration::from_secs(2),
+            flush_interval: Duration::from_secs(5),
             queue_capacity: 10_000,
             warn_after_failures: 5,
             max_backoff: Duration::from_secs(30),
