@@ -124,20 +124,20 @@ impl Attention {
         let (b, t, _) = x.size3().expect("attention input is [B, T, H]");
         let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
         let (q, k, v) = match &self.qkv {
-            // One matmul instead of three (fused weights are frozen: no gradients wanted).
+            // One matmul instead of three, and one rotary pass over the q and k heads
+            // together (fused weights are frozen: no gradients wanted).
             Some((w, bias)) => {
-                let qkv = x.linear(w, bias.as_ref()).view([b, t, nh + 2 * nkv, hd]);
-                (qkv.narrow(2, 0, nh), qkv.narrow(2, nh, nkv), qkv.narrow(2, nh + nkv, nkv))
+                let qkv = x.linear(w, bias.as_ref()).view([b, t, nh + 2 * nkv, hd]).transpose(1, 2);
+                let qk = rope::apply(&qkv.narrow(1, 0, nh + nkv), cos, sin);
+                (qk.narrow(1, 0, nh), qk.narrow(1, nh, nkv), qkv.narrow(1, nh + nkv, nkv))
             }
-            None => (
-                self.q_proj.forward(x).view([b, t, nh, hd]),
-                self.k_proj.forward(x).view([b, t, nkv, hd]),
-                self.v_proj.forward(x).view([b, t, nkv, hd]),
-            ),
+            None => {
+                let q = self.q_proj.forward(x).view([b, t, nh, hd]).transpose(1, 2);
+                let k = self.k_proj.forward(x).view([b, t, nkv, hd]).transpose(1, 2);
+                let v = self.v_proj.forward(x).view([b, t, nkv, hd]).transpose(1, 2);
+                (rope::apply(&q, cos, sin), rope::apply(&k, cos, sin), v)
+            }
         };
-        let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
-        let q = rope::apply(&q, cos, sin);
-        let k = rope::apply(&k, cos, sin);
         let (k, v) = match cache {
             Some((cache, layer)) => {
                 let start = cache.len;
