@@ -67,6 +67,17 @@ pub struct EvalSpec<'a> {
 }
 
 /// Evaluates with an existing pool (the trainer's) or a fresh one on `model_dir`.
+/// What the reward modules see of one completion: prompt, text, reference answer, the
+/// example's extra fields, and the length facts the length rewards need.
+pub fn reward_sample(ex: &Example, c: &rollout::generate::Completion, max_new_tokens: usize) -> Sample {
+    let mut s = Sample::new(&ex.prompt, &c.text, ex.answer.as_deref());
+    s.extra = ex.extra.clone();
+    s.extra.insert("completion_tokens".into(), c.token_ids.len().into());
+    s.extra.insert("max_tokens".into(), max_new_tokens.into());
+    s.extra.insert("truncated".into(), (c.finish_reason == rollout::generate::FinishReason::Length).into());
+    s
+}
+
 pub fn evaluate(model_dir: &Path, examples: &[Example], spec: &EvalSpec, pool: Option<&RolloutPool>, device: Device, kind: Kind) -> Result<EvalReport> {
     let own;
     let pool = match pool {
@@ -91,13 +102,7 @@ pub fn evaluate(model_dir: &Path, examples: &[Example], spec: &EvalSpec, pool: O
         .iter()
         .zip(&groups)
         .flat_map(|(e, g)| {
-            g.iter().map(move |c| {
-                let mut s = Sample::new(&e.prompt, &c.text, e.answer.as_deref());
-                s.extra = e.extra.clone();
-                s.extra.insert("completion_tokens".into(), c.token_ids.len().into());
-                s.extra.insert("max_tokens".into(), spec.params.max_new_tokens.into());
-                s
-            })
+            g.iter().map(move |c| reward_sample(e, c, spec.params.max_new_tokens))
         })
         .collect();
     let scores = set.score_batch(&samples);

@@ -170,12 +170,7 @@ impl Trainer {
     }
 
     fn reward_sample(&self, ex: &Example, c: &Completion) -> Sample {
-        let mut s = Sample::new(&ex.prompt, &c.text, ex.answer.as_deref());
-        s.extra = ex.extra.clone();
-        s.extra.insert("completion_tokens".into(), c.token_ids.len().into());
-        s.extra.insert("max_tokens".into(), self.recipe.rollout.max_new_tokens.into());
-        s.extra.insert("truncated".into(), (c.finish_reason == FinishReason::Length).into());
-        s
+        crate::eval::reward_sample(ex, c, self.recipe.rollout.max_new_tokens)
     }
 
     /// Runs until `train.steps`, Ctrl-C, or too many bad steps.

@@ -1,3 +1,4 @@
+// Shared by the rollout and trainer crates (their Cargo.toml `build` key points here).
 // Bake libtorch's library folders into the rpath of every binary and test of this crate,
 // so nobody has to set LD_LIBRARY_PATH. LIBTORCH comes from .cargo/config.toml.
 fn main() {
