@@ -324,6 +324,20 @@ fn fused_inference_matches_transformers_and_follows_weight_syncs() {
         for (i, pr) in r.prompts.iter().enumerate() {
             let out = generate(&p.model, None, &[pr.clone()], &[0], &eos, &greedy_params(r.greedy[i].len())).unwrap();
             assert_eq!(out[0].token_ids, r.greedy[i], "{name} prompt {i}: fused greedy tokens differ");
+            for (a, b) in out[0].logprobs.iter().zip(&r.greedy_logprobs[i]) {
+                assert!((a - b).abs() < 1e-4, "{name} prompt {i}: fused logprob {a} vs transformers {b}");
+            }
+        }
+        // A left-padded batch decodes each row as it decodes alone (the decode path's mask).
+        // 16+ rows, so the large-batch decode path runs.
+        let batch: Vec<Vec<i64>> = r.prompts.iter().cycle().take(16.max(r.prompts.len())).cloned().collect();
+        let all = generate(&p.model, None, &batch, &vec![0; batch.len()], &eos, &greedy_params(6)).unwrap();
+        for (i, pr) in batch.iter().enumerate() {
+            let one = generate(&p.model, None, &[pr.clone()], &[0], &eos, &greedy_params(6)).unwrap();
+            assert_eq!(all[i].token_ids, one[0].token_ids, "{name} row {i}: batched fused decode differs");
+            for (a, b) in all[i].logprobs.iter().zip(&one[0].logprobs) {
+                assert!((a - b).abs() < 1e-5, "{name} row {i}: batched logprob {a} vs alone {b}");
+            }
         }
         // Sync other weights in (scaled copies) and compare with an unfused model holding them.
         let other = load(name);

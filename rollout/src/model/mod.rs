@@ -147,8 +147,22 @@ impl Attention {
             }
             None => (k, v),
         };
-        // Explicit mask: SDPA's is_causal is anchored top-left, wrong once a cache is used.
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, self.n_kv != self.n_heads);
+        let y = if t == 1 && b >= 16 && self.qkv.is_some() {
+            // Decoding one token for a large batch: two batched matmuls over [B, kv, G, S]
+            // (the G query heads that share a kv head side by side) beat SDPA's kernel at
+            // q_len 1 (0.17 vs 0.30 ms a layer at B = 64 here), with no repeat of the cache
+            // for GQA. At small batches the extra dispatches cost more than they save.
+            let g = nh / nkv;
+            let s_len = k.size()[2];
+            let qg = q.reshape([b, nkv, g, hd]);
+            let scores = qg.matmul(&k.transpose(-1, -2)) * (1.0 / (hd as f64).sqrt());
+            let scores = scores.masked_fill(&mask.view([b, 1, 1, s_len]).logical_not(), f64::NEG_INFINITY);
+            let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+            probs.matmul(&v).reshape([b, nh, 1, hd])
+        } else {
+            // Explicit mask: SDPA's is_causal is anchored top-left, wrong once a cache is used.
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, self.n_kv != self.n_heads)
+        };
         let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
         self.o_proj.forward(&y)
     }
