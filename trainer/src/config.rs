@@ -167,6 +167,10 @@ pub struct GrpoCfg {
     pub ref_sync_every: usize,
     /// Positions per chunk when computing log-probs (bounds the [B, chunk, V] logits).
     pub logprob_chunk: i64,
+    /// Cap on padded tokens (rows x sequence length) per forward/backward pass; larger
+    /// minibatches are split into equal micro-batches whose gradients accumulate into the
+    /// same update (veRL's `ppo_max_token_len_per_gpu`). Bounds learner memory. 0 = no cap.
+    pub max_tokens_per_micro_batch: usize,
     /// Abort (after saving a checkpoint) after this many consecutive non-finite steps.
     pub max_bad_steps: usize,
 }
@@ -185,6 +189,7 @@ impl Default for GrpoCfg {
             drop_zero_std_groups: false,
             ref_sync_every: 0,
             logprob_chunk: 256,
+            max_tokens_per_micro_batch: 0,
             max_bad_steps: 3,
         }
     }

@@ -279,6 +279,7 @@ impl Trainer {
         row.insert("grad_norm".into(), json!(learn.grad_norm));
         row.insert("learning_rate".into(), json!(lr));
         row.insert("skipped_updates".into(), json!(learn.skipped));
+        row.insert("micro_batches".into(), json!(learn.micro_batches));
         row.insert("num_tokens".into(), json!(completion_tokens + prompt_tokens));
         row.insert("time/rollout_s".into(), json!(rollout_s));
         row.insert("time/learner_s".into(), json!(learner_s));
@@ -405,10 +406,27 @@ impl Trainer {
         let eps_high = cfg.epsilon_high.unwrap_or(cfg.epsilon);
         let d = self.device;
         let all_rows = |s: i64, len: i64| Tensor::arange_start(s, s + len, (Kind::Int64, d));
+        let seq_len = b.input.size()[1];
+        let budget = cfg.max_tokens_per_micro_batch as i64;
+        // Rows per forward/backward pass for a minibatch of `rows`: the accumulation split,
+        // then the token cap with equal parts (a divisor of `rows`), which keeps every
+        // loss type's accumulated value equal to the whole-minibatch one.
+        let micro_rows = |rows: i64| -> i64 {
+            let mut micro = (rows + accum - 1) / accum;
+            let cap = if budget > 0 { (budget / seq_len).max(1) } else { micro };
+            if micro > cap {
+                let mut k = (rows + cap - 1) / cap;
+                while rows % k != 0 {
+                    k += 1;
+                }
+                micro = rows / k;
+            }
+            micro
+        };
         // Reference log-probs once per batch (no grad), micro-batch by micro-batch.
         let ref_lp: Option<Tensor> = self.reference.as_ref().map(|r| {
             tch::no_grad(|| {
-                let micro = (mb + accum - 1) / accum;
+                let micro = micro_rows(mb);
                 let parts: Vec<Tensor> = (0..n).step_by(micro as usize).map(|s| self.logprobs(&r.model, b, &all_rows(s, micro.min(n - s)), false).0).collect();
                 Tensor::cat(&parts, 0)
             })
@@ -421,8 +439,9 @@ impl Trainer {
             for ms in (0..n).step_by(mb as usize) {
                 let mlen = mb.min(n - ms);
                 let norm_tokens = f64::try_from(b.mask.narrow(0, ms, mlen).sum(Kind::Double))?;
-                let micro = (mlen + accum - 1) / accum;
+                let micro = micro_rows(mlen);
                 let k = (mlen + micro - 1) / micro;
+                st.micro_batches = st.micro_batches.max(k as usize);
                 self.opt.zero_grad();
                 let mut finite = true;
                 for us in (ms..ms + mlen).step_by(micro as usize) {
@@ -542,6 +561,8 @@ struct LearnStats {
     grad_norm: f64,
     skipped: u64,
     tokens_processed: usize,
+    /// Forward/backward passes per optimizer step (after accumulation and the token cap).
+    micro_batches: usize,
 }
 
 /// `ponder train RECIPE` / `ponder train --resume RUN_DIR`.
