@@ -459,12 +459,20 @@ impl Worker {
         self.failures += 1;
         let backoff = Duration::from_millis(500).saturating_mul(1 << self.failures.min(8)).min(self.s.max_backoff);
         self.next_try = Instant::now() + backoff;
-        self.report.error = Some(e.to_string());
-        if self.failures >= self.s.warn_after_failures && !self.warned {
+        // A rejected key will not heal by retrying: say so at once, in words that point at
+        // the fix (retries go on, in case the key is rotated server-side).
+        let auth = matches!(e, Error::Http { status: 401 | 403, .. });
+        self.report.error = Some(if auth {
+            format!("W&B rejected the API key ({e}); check WANDB_API_KEY or ~/.netrc for {}", self.s.base_url)
+        } else {
+            e.to_string()
+        });
+        if (auth || self.failures >= self.s.warn_after_failures) && !self.warned {
             self.warned = true;
             if self.opts.verbose {
                 eprintln!(
-                    "wandb: uploads keep failing ({e}); training goes on, retrying in the background. metrics.jsonl has every row; `ponder wandb-sync RUN_DIR` uploads later"
+                    "wandb: uploads keep failing ({}); training goes on, retrying in the background. metrics.jsonl has every row; `ponder wandb-sync RUN_DIR` uploads later",
+                    self.report.error.as_deref().unwrap_or("")
                 );
             }
         }

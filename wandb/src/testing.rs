@@ -16,6 +16,8 @@ pub enum Behavior {
     Normal,
     /// Answer every request with HTTP 500.
     Error500,
+    /// Answer every request with this HTTP status (e.g. 401 for a bad key).
+    Status(u16),
     /// Wait this long, then answer normally.
     Slow(Duration),
     /// Read the request, then close the connection without a word.
@@ -142,6 +144,7 @@ impl MockServer {
                 return;
             }
             Behavior::Error500 => (500, json!({"error": "internal server error"})),
+            Behavior::Status(code) => (code, json!({"errors": [{"message": "rejected"}]})),
             Behavior::Slow(d) => {
                 std::thread::sleep(d);
                 (200, self.answer(&req))
@@ -152,7 +155,12 @@ impl MockServer {
         let _ = write!(
             conn,
             "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            if status == 200 { "OK" } else { "Internal Server Error" },
+            match status {
+                200 => "OK",
+                401 => "Unauthorized",
+                403 => "Forbidden",
+                _ => "Error",
+            },
             body.len()
         );
         let _ = conn.flush();

@@ -370,3 +370,18 @@ fn resume_trusts_the_server_when_the_state_file_is_gone() {
     let h = server.history(&id);
     assert!(h[5]["_runtime"].as_f64() >= h[4]["_runtime"].as_f64(), "runtime goes on from the server's summary");
 }
+
+/// A rejected API key is named as such (not as a generic failure), and nothing is lost.
+#[test]
+fn a_rejected_key_says_so() {
+    let server = MockServer::start();
+    server.set_behavior(Behavior::Status(401));
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&server.url, Mode::Online);
+    s.finish_timeout = Duration::from_millis(300);
+    let run = Run::start(s, opts(dir.path())).unwrap().unwrap();
+    run.log(1, &row(&[("reward", 1.0)]));
+    let report = run.finish(0);
+    let err = report.error.unwrap();
+    assert!(!report.complete && err.contains("rejected the API key") && err.contains("401") && err.contains("WANDB_API_KEY"), "{err}");
+}
