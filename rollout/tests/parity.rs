@@ -89,19 +89,22 @@ fn greedy_params(n: usize) -> SamplingParams {
     SamplingParams { temperature: 0.0, max_new_tokens: n, min_new_tokens: n, ..Default::default() }
 }
 
+/// Greedy continuations of every reference prompt: transformers' tokens, log-probs within 1e-4.
+fn assert_greedy_matches(p: &Policy, r: &Reference, what: &str) {
+    let eos = p.eos_token_ids();
+    for (i, pr) in r.prompts.iter().enumerate() {
+        let out = generate(&p.model, None, &[pr.clone()], &[0], &eos, &greedy_params(r.greedy[i].len())).unwrap();
+        assert_eq!(out[0].token_ids, r.greedy[i], "{what} prompt {i}: greedy tokens differ");
+        for (a, b) in out[0].logprobs.iter().zip(&r.greedy_logprobs[i]) {
+            assert!((a - b).abs() < 1e-4, "{what} prompt {i}: logprob {a} vs transformers {b}");
+        }
+    }
+}
+
 #[test]
 fn greedy_generation_matches_transformers() {
     for name in MODELS {
-        let p = load(name);
-        let r = reference(name);
-        let eos = p.eos_token_ids();
-        for (i, pr) in r.prompts.iter().enumerate() {
-            let out = generate(&p.model, None, &[pr.clone()], &[0], &eos, &greedy_params(r.greedy[i].len())).unwrap();
-            assert_eq!(out[0].token_ids, r.greedy[i], "{name} prompt {i}: greedy tokens differ");
-            for (a, b) in out[0].logprobs.iter().zip(&r.greedy_logprobs[i]) {
-                assert!((a - b).abs() < 1e-4, "{name} prompt {i}: logprob {a} vs transformers {b}");
-            }
-        }
+        assert_greedy_matches(&load(name), &reference(name), name);
     }
 }
 
@@ -320,14 +323,8 @@ fn fused_inference_matches_transformers_and_follows_weight_syncs() {
             let d = max_abs_diff(&got, &Tensor::from_slice2(want));
             assert!(d < 1e-4, "{name}: fused logits differ from transformers by {d}");
         }
+        assert_greedy_matches(&p, &r, &format!("{name} (fused)"));
         let eos = p.eos_token_ids();
-        for (i, pr) in r.prompts.iter().enumerate() {
-            let out = generate(&p.model, None, &[pr.clone()], &[0], &eos, &greedy_params(r.greedy[i].len())).unwrap();
-            assert_eq!(out[0].token_ids, r.greedy[i], "{name} prompt {i}: fused greedy tokens differ");
-            for (a, b) in out[0].logprobs.iter().zip(&r.greedy_logprobs[i]) {
-                assert!((a - b).abs() < 1e-4, "{name} prompt {i}: fused logprob {a} vs transformers {b}");
-            }
-        }
         // A left-padded batch decodes each row as it decodes alone (the decode path's mask).
         // 16+ rows, so the large-batch decode path runs.
         let batch: Vec<Vec<i64>> = r.prompts.iter().cycle().take(16.max(r.prompts.len())).cloned().collect();

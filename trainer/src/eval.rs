@@ -66,7 +66,6 @@ pub struct EvalSpec<'a> {
     pub rewards: Vec<RewardSpec>,
 }
 
-/// Evaluates with an existing pool (the trainer's) or a fresh one on `model_dir`.
 /// What the reward modules see of one completion: prompt, text, reference answer, the
 /// example's extra fields, and the length facts the length rewards need.
 pub fn reward_sample(ex: &Example, c: &rollout::generate::Completion, max_new_tokens: usize) -> Sample {
@@ -78,6 +77,7 @@ pub fn reward_sample(ex: &Example, c: &rollout::generate::Completion, max_new_to
     s
 }
 
+/// Evaluates with an existing pool (the trainer's) or a fresh one on `model_dir`.
 pub fn evaluate(model_dir: &Path, examples: &[Example], spec: &EvalSpec, pool: Option<&RolloutPool>, device: Device, kind: Kind) -> Result<EvalReport> {
     let own;
     let pool = match pool {

@@ -115,10 +115,13 @@ struct LmState {
     optimizer_step: u64,
 }
 
+fn read_state(dir: &Path) -> Option<LmState> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()
+}
+
 /// The step of the resumable checkpoint in `dir`, if a complete one is there.
 pub fn checkpoint_step(dir: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
-    serde_json::from_str::<LmState>(&text).ok().map(|s| s.step)
+    read_state(dir).map(|s| s.step)
 }
 
 /// Writes weights, optimizer moments and the step to `dir` through a temporary folder, so a
@@ -161,8 +164,7 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
     let t0 = Instant::now();
     let mut bad = 0;
     let mut start = 0;
-    if let Some(dir) = ckpt.filter(|d| checkpoint_step(d).is_some()) {
-        let st: LmState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
+    if let Some((dir, st)) = ckpt.and_then(|d| Some((d, read_state(d)?))) {
         let w = rollout::model::weights::load_file(&dir.join("model.safetensors")).with_context(|| format!("reading checkpoint {}", dir.display()))?;
         policy.copy_from(&w)?;
         opt.load(&dir.join("optimizer.safetensors"), st.optimizer_step)?;
@@ -178,15 +180,14 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
             eprintln!("  resuming at step {start} from {}", dir.display());
         }
     }
+    let mut outcome = LmOutcome { steps_done: cfg.steps, interrupted: false };
     for step in start..cfg.steps {
         if stop.load(Ordering::SeqCst) {
             if let Some(dir) = ckpt {
                 save_checkpoint(dir, policy, &opt, LmState { step, optimizer_step: opt.step })?;
             }
-            for s in sinks.iter_mut() {
-                s.finish(0)?;
-            }
-            return Ok(LmOutcome { steps_done: step, interrupted: true });
+            outcome = LmOutcome { steps_done: step, interrupted: true };
+            break;
         }
         if batches.is_empty() {
             batches = length_bucketed_batches(examples, cfg.batch_size, &mut rng);
@@ -231,5 +232,5 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
     for s in sinks.iter_mut() {
         s.finish(0)?;
     }
-    Ok(LmOutcome { steps_done: cfg.steps, interrupted: false })
+    Ok(outcome)
 }

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 pub struct Pipeline {
     #[serde(default)]
     pub run: RunCfg,
-    /// `[wandb]` for every GRPO stage (a stage's own `[stages.wandb]` wins): each stage is
-    /// its own W&B run named `<pipeline>/<stage>`, grouped under the pipeline's name.
+    /// `[wandb]` for every training stage (a GRPO stage's own `[stages.wandb]` wins): each
+    /// stage is its own W&B run named `<pipeline>/<stage>`, grouped under the pipeline's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wandb: Option<ponder_wandb::WandbConfig>,
     pub stages: Vec<toml::Table>,
@@ -111,9 +111,7 @@ fn lm_sinks(p: &Pipeline, name: &str, stage_dir: &Path, ckpt: &Path, table: &tom
     let from = lm::checkpoint_step(ckpt);
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlSink::open(stage_dir, Some(from.unwrap_or(0) as u64))?)];
     if let Some(w) = &p.wandb {
-        let mut w = w.clone();
-        w.group.get_or_insert_with(|| p.run.name.clone());
-        w.name.get_or_insert_with(|| format!("{}/{name}", p.run.name));
+        let w = crate::wandb_sink::stage_wandb(w, &p.run.name, name);
         let config = serde_json::to_value(table)?;
         if let Some(sink) = crate::wandb_sink::WandbSink::open(Some(&w), name, stage_dir, config, from.is_some(), None, steps as u64)? {
             sinks.push(Box::new(sink));
@@ -369,10 +367,7 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                 })?)?;
                 t.insert("run".into(), toml::Value::Table(run_t));
                 if let (false, Some(w)) = (t.contains_key("wandb"), &p.wandb) {
-                    let mut w = w.clone();
-                    w.group.get_or_insert_with(|| p.run.name.clone());
-                    w.name.get_or_insert_with(|| format!("{}/{name}", p.run.name));
-                    t.insert("wandb".into(), toml::Value::try_from(&w)?);
+                    t.insert("wandb".into(), toml::Value::try_from(crate::wandb_sink::stage_wandb(w, &p.run.name, &name))?);
                 }
                 let text = toml::to_string(&t)?.replace("{run}", &run_dir.to_string_lossy());
                 let t: toml::Table = toml::from_str(&text)?;

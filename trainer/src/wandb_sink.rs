@@ -4,11 +4,18 @@
 
 use crate::metrics::{Row, Sink};
 use anyhow::{anyhow, Result};
-use ponder_wandb::{process_env, samples_table, Run, RunOptions, Settings, WandbConfig};
+use ponder_wandb::{process_env, samples_table, Run, RunOptions, Settings, WandbConfig, STATE_FILE};
 use serde_json::Value;
 use std::path::Path;
 
-pub const STATE_FILE: &str = "wandb.json";
+/// A pipeline stage's W&B settings: the pipeline's `[wandb]`, with the run named
+/// `<pipeline>/<stage>` and grouped under the pipeline unless it says otherwise.
+pub fn stage_wandb(w: &WandbConfig, pipeline: &str, stage: &str) -> WandbConfig {
+    let mut w = w.clone();
+    w.group.get_or_insert_with(|| pipeline.to_string());
+    w.name.get_or_insert_with(|| format!("{pipeline}/{stage}"));
+    w
+}
 
 pub struct WandbSink {
     run: Option<Run>,
@@ -97,12 +104,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         dirs.sort();
         for d in dirs {
             let stage = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let over = pipeline.as_ref().map(|(w, name)| {
-                let mut w = w.clone();
-                w.group.get_or_insert_with(|| name.clone());
-                w.name.get_or_insert_with(|| format!("{name}/{stage}"));
-                w
-            });
+            let over = pipeline.as_ref().map(|(w, name)| stage_wandb(w, name, &stage));
             sync_one(&d, over)?;
             any = true;
         }
@@ -131,11 +133,12 @@ fn sync_one(dir: &Path, fallback: Option<WandbConfig>) -> Result<()> {
     for l in &r.bad_lines {
         eprintln!("wandb-sync: {}/metrics.jsonl line {l} is not a metrics row (cut off by a kill?); skipped", dir.display());
     }
-    let url = r.url.as_deref().unwrap_or("(no URL)");
-    if r.rows_uploaded == 0 && r.complete {
-        eprintln!("wandb-sync: {}: up to date (run {}, {url})", dir.display(), r.run_id);
+    let u = &r.upload;
+    let url = u.url.as_deref().unwrap_or("(no URL)");
+    if u.rows_uploaded == 0 && u.complete {
+        eprintln!("wandb-sync: {}: up to date (run {}, {url})", dir.display(), u.run_id);
     } else {
-        eprintln!("wandb-sync: {}: uploaded {} rows ({} already there); run {} at {url}", dir.display(), r.rows_uploaded, r.rows_skipped, r.run_id);
+        eprintln!("wandb-sync: {}: uploaded {} rows ({} already there); run {} at {url}", dir.display(), u.rows_uploaded, u.rows_skipped, u.run_id);
     }
     Ok(())
 }

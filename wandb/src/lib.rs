@@ -15,7 +15,7 @@ pub mod testing;
 
 pub use client::{Bucket, Client, ResumeStatus, RunFields};
 pub use settings::{new_run_id, process_env, Env, Mode, Settings, WandbConfig, DEFAULT_BASE_URL};
-pub use stream::{now_ts, wrap_config, Report, Row, Run, RunOptions, State, Worker};
+pub use stream::{now_ts, wrap_config, Report, Row, Run, RunOptions, State, Worker, STATE_FILE};
 pub use sync::{samples_table, sync, SyncReport};
 
 #[derive(Debug, thiserror::Error)]

@@ -16,9 +16,8 @@ use serde_json::{json, Map, Value};
 use sha2::Digest;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub type Row = Map<String, Value>;
@@ -48,7 +47,21 @@ pub struct State {
     pub output_lines: u64,
 }
 
+/// The state file's name in a run folder.
+pub const STATE_FILE: &str = "wandb.json";
+
 impl State {
+    /// A run not yet seen by the server: `run_id`, or a new id.
+    pub fn fresh(settings: &Settings, run_id: Option<String>) -> State {
+        State {
+            run_id: run_id.unwrap_or_else(crate::settings::new_run_id),
+            project: settings.project.clone(),
+            entity: settings.entity.clone(),
+            base_url: settings.base_url.clone(),
+            ..Default::default()
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Option<State>, Error> {
         match std::fs::read_to_string(path) {
             Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| {
@@ -111,8 +124,9 @@ pub struct Run {
     tx: Option<SyncSender<Msg>>,
     done: Option<Receiver<Report>>,
     handle: Option<std::thread::JoinHandle<()>>,
-    overflowed: Arc<AtomicBool>,
-    dropped_from: Arc<AtomicU64>,
+    /// The first step the full queue dropped (u64::MAX: none); from then on the live stream
+    /// sends nothing, so W&B never gets a hole in its history.
+    dropped_from: AtomicU64,
     run_id: String,
     finish_timeout: Duration,
     offline_state: Option<(PathBuf, State)>,
@@ -143,18 +157,12 @@ impl Run {
             None => None,
         };
         let prior_existed = prior.is_some();
-        let state = prior.unwrap_or_else(|| State {
-            run_id: opts.run_id.clone().unwrap_or_else(crate::settings::new_run_id),
-            project: settings.project.clone(),
-            entity: settings.entity.clone(),
-            base_url: settings.base_url.clone(),
-            ..Default::default()
-        });
+        let state = prior.unwrap_or_else(|| State::fresh(&settings, opts.run_id.clone()));
         let run_id = state.run_id.clone();
         let finish_timeout = settings.finish_timeout;
         if settings.mode == Mode::Offline {
             if let Some(p) = &opts.state_path {
-                let mut st = state.clone();
+                let mut st = state;
                 st.complete = false;
                 st.exit_code = None;
                 st.save(p)?;
@@ -165,8 +173,7 @@ impl Run {
                     tx: None,
                     done: None,
                     handle: None,
-                    overflowed: Default::default(),
-                    dropped_from: Default::default(),
+                    dropped_from: AtomicU64::new(u64::MAX),
                     run_id,
                     finish_timeout,
                     offline_state: Some((p.clone(), st)),
@@ -196,8 +203,7 @@ impl Run {
             tx: Some(tx),
             done: Some(done_rx),
             handle: Some(handle),
-            overflowed: Default::default(),
-            dropped_from: Arc::new(AtomicU64::new(u64::MAX)),
+            dropped_from: AtomicU64::new(u64::MAX),
             run_id,
             finish_timeout,
             offline_state: None,
@@ -208,9 +214,13 @@ impl Run {
         &self.run_id
     }
 
+    fn overflowed(&self) -> bool {
+        self.dropped_from.load(Ordering::Relaxed) != u64::MAX
+    }
+
     fn send(&self, step: u64, msg: Msg) {
         let Some(tx) = &self.tx else { return };
-        if self.overflowed.load(Ordering::Relaxed) {
+        if self.overflowed() {
             return;
         }
         match tx.try_send(msg) {
@@ -218,7 +228,6 @@ impl Run {
             Err(TrySendError::Full(_)) => {
                 // Stop the live stream here rather than leave a hole in the history;
                 // `wandb-sync` continues from the last uploaded step.
-                self.overflowed.store(true, Ordering::Relaxed);
                 self.dropped_from.fetch_min(step, Ordering::Relaxed);
                 eprintln!("wandb: upload queue full at step {step}; live logging stops (training goes on; metrics.jsonl has every row; `ponder wandb-sync` uploads the rest)");
             }
@@ -234,7 +243,7 @@ impl Run {
     /// Queues one console line for the run's `output.log` (the Logs tab). Never blocks.
     pub fn console(&self, line: &str) {
         let Some(tx) = &self.tx else { return };
-        if !self.overflowed.load(Ordering::Relaxed) {
+        if !self.overflowed() {
             // Console lines are a courtesy: when the queue is full they are dropped, without
             // stopping the metrics stream.
             let _ = tx.try_send(Msg::Console { line: line.to_string(), ts: now_ts() });
@@ -280,9 +289,8 @@ impl Run {
                 ..Default::default()
             },
         };
-        let d = self.dropped_from.load(Ordering::Relaxed);
-        if d != u64::MAX {
-            report.dropped_from_step = Some(d);
+        if self.overflowed() {
+            report.dropped_from_step = Some(self.dropped_from.load(Ordering::Relaxed));
         }
         report
     }
@@ -320,7 +328,6 @@ pub struct Worker {
     failures: u32,
     next_try: Instant,
     warned: bool,
-    printed_url: bool,
     report: Report,
     /// Highest step accepted in this session (rows at or below it are out of order).
     last_accepted: Option<u64>,
@@ -350,7 +357,6 @@ impl Worker {
             failures: 0,
             next_try: Instant::now(),
             warned: false,
-            printed_url: false,
             report,
             last_accepted,
         }
@@ -412,7 +418,6 @@ impl Worker {
         }
     }
 
-    /// Runtime at wall time `ts`: what earlier sessions ran plus this session's time.
     /// Takes one console line (`ISO-8601-UTC text`, as the official client writes stdout).
     pub fn accept_console(&mut self, line: &str, ts: f64) {
         for l in line.lines() {
@@ -422,6 +427,7 @@ impl Worker {
         }
     }
 
+    /// Runtime at wall time `ts`: what earlier sessions ran plus this session's time.
     fn runtime(&self, ts: f64) -> f64 {
         self.base_runtime + (ts - self.t0).max(0.0)
     }
@@ -541,10 +547,10 @@ impl Worker {
         }
         self.state.entity = Some(b.entity.clone());
         let url = self.s.run_url(&b.entity, &self.state.run_id);
-        if self.opts.verbose && !self.printed_url && self.s.entity.is_none() {
+        // Run::start printed the URL already when the entity was known.
+        if self.opts.verbose && self.s.entity.is_none() {
             eprintln!("wandb: run {} at {url}", self.state.run_id);
         }
-        self.printed_url = true;
         self.report.url = Some(url);
         self.bucket = Some(b);
         self.save_state();

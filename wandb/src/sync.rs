@@ -3,7 +3,7 @@
 //! Idempotent: `wandb.json` records the last step the server has, and only later rows go.
 
 use crate::settings::{Mode, Settings};
-use crate::stream::{Row, RunOptions, State, Worker};
+use crate::stream::{Report, Row, RunOptions, State, Worker, STATE_FILE};
 use crate::Error;
 use serde_json::Value;
 use std::path::Path;
@@ -11,15 +11,11 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SyncReport {
-    pub run_id: String,
-    pub url: Option<String>,
-    pub rows_uploaded: u64,
-    /// Rows the server already had.
-    pub rows_skipped: u64,
+    /// What went up (`rows_skipped`: rows the server already had).
+    pub upload: Report,
     /// `metrics.jsonl` lines that are not JSON objects with a `step` (e.g. a line cut off by
     /// a kill), by line number.
     pub bad_lines: Vec<usize>,
-    pub complete: bool,
 }
 
 /// Flattens sample records (`{"prompt":..,"completion":..,"rewards":{"acc":1}}`) into table
@@ -96,17 +92,11 @@ pub fn sync(mut settings: Settings, run_dir: &Path, config: Option<Value>) -> Re
     if settings.api_key.is_none() {
         return Err(Error::Config(format!("no W&B API key for {}: set WANDB_API_KEY or run `wandb login`", settings.base_url)));
     }
-    let state_path = run_dir.join("wandb.json");
+    let state_path = run_dir.join(STATE_FILE);
     let prior = State::load(&state_path)?;
     let resuming = prior.is_some();
-    let state = prior.unwrap_or_else(|| State {
-        run_id: crate::settings::new_run_id(),
-        project: settings.project.clone(),
-        entity: settings.entity.clone(),
-        base_url: settings.base_url.clone(),
-        ..Default::default()
-    });
-    let mut report = SyncReport { run_id: state.run_id.clone(), ..Default::default() };
+    let state = prior.unwrap_or_else(|| State::fresh(&settings, None));
+    let mut report = SyncReport { upload: Report { run_id: state.run_id.clone(), ..Default::default() }, ..Default::default() };
     let mut rows: Vec<(u64, Row)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -124,13 +114,12 @@ pub fn sync(mut settings: Settings, run_dir: &Path, config: Option<Value>) -> Re
     rows.sort_by_key(|(s, _)| *s);
     let last_local = rows.last().map(|(s, _)| *s);
     if state.complete && state.last_step >= last_local {
-        report.complete = true;
-        report.rows_skipped = rows.len() as u64;
-        report.url = state.entity.as_deref().map(|e| settings.run_url(e, &state.run_id));
+        report.upload.complete = true;
+        report.upload.rows_skipped = rows.len() as u64;
+        report.upload.url = state.entity.as_deref().map(|e| settings.run_url(e, &state.run_id));
         return Ok(report);
     }
     let exit_code = state.exit_code.unwrap_or(1);
-    let mut settings = settings;
     settings.rows_per_request = settings.rows_per_request.max(1);
     let timeout = settings.finish_timeout.max(Duration::from_secs(5));
     let opts = RunOptions { state_path: Some(state_path), config, run_id: None, verbose: false, program: Some("ponder".into()) };
@@ -153,10 +142,6 @@ pub fn sync(mut settings: Settings, run_dir: &Path, config: Option<Value>) -> Re
     }
     w.end_ts = last_ts;
     let r = w.finish(exit_code, Instant::now() + timeout);
-    report.url = r.url;
-    report.rows_uploaded = r.rows_uploaded;
-    report.rows_skipped = r.rows_skipped;
-    report.complete = r.complete;
     if !r.complete {
         return Err(Error::Transport(format!(
             "uploaded {} rows, then stopped: {}; run `ponder wandb-sync {}` again to go on",
@@ -165,5 +150,6 @@ pub fn sync(mut settings: Settings, run_dir: &Path, config: Option<Value>) -> Re
             run_dir.display()
         )));
     }
+    report.upload = r;
     Ok(report)
 }

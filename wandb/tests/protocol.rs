@@ -155,15 +155,21 @@ fn a_live_run_speaks_the_official_wire_format() {
     assert_eq!((st.run_id, st.last_step, st.history_lines, st.complete, st.exit_code), (id, Some(3), 3, true, Some(0)));
 }
 
-#[test]
-fn resume_keeps_the_run_id_and_never_repeats_a_step() {
-    let server = MockServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let run = Run::start(settings(&server.url, Mode::Online), opts(dir.path())).unwrap().unwrap();
+/// A live run on `server` that has logged steps 1..=5 (reward = step).
+fn run_five_steps(server: &MockServer, dir: &Path) -> (Run, String) {
+    let run = Run::start(settings(&server.url, Mode::Online), opts(dir)).unwrap().unwrap();
     let id = run.run_id().to_string();
     for s in 1..=5 {
         run.log(s, &row(&[("reward", s as f64)]));
     }
+    (run, id)
+}
+
+#[test]
+fn resume_keeps_the_run_id_and_never_repeats_a_step() {
+    let server = MockServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (run, id) = run_five_steps(&server, dir.path());
     drop(run); // as if the trainer failed: finished with exit code 1
     assert_eq!(server.exit_code(&id), Some(1));
     let before = file_streams(&server).len();
@@ -235,8 +241,8 @@ fn failures_lose_nothing_and_sync_recovers_every_row_once() {
         // The server comes back (or the user points at a working one).
         server.set_behavior(Behavior::Normal);
         let r = sync(settings(&server.url, Mode::Online), dir.path(), None).unwrap();
-        assert!(r.complete);
-        assert_eq!(r.run_id, id, "{behavior:?}: sync continues the same run");
+        assert!(r.upload.complete);
+        assert_eq!(r.upload.run_id, id, "{behavior:?}: sync continues the same run");
         assert_eq!(steps(&server.history(&id)), (0..=20).collect::<Vec<_>>(), "{behavior:?}");
         assert_eq!(server.history(&id)[7]["_timestamp"].as_f64(), Some(1.8e9 + 7.0));
         assert_eq!(server.exit_code(&id), Some(0));
@@ -316,7 +322,7 @@ fn offline_runs_sync_each_row_exactly_once() {
     std::fs::create_dir_all(dir.path().join("samples")).unwrap();
     std::fs::write(dir.path().join("samples/step-000002.jsonl"), format!("{}\n", json!({"prompt": "p", "completion": "c", "reward": 1.0}))).unwrap();
     let r = sync(settings(&server.url, Mode::Online), dir.path(), Some(json!({"lr": 0.1}))).unwrap();
-    assert_eq!((r.run_id.as_str(), r.rows_uploaded, r.bad_lines.as_slice()), (id.as_str(), 3, &[5][..]));
+    assert_eq!((r.upload.run_id.as_str(), r.upload.rows_uploaded, r.bad_lines.as_slice()), (id.as_str(), 3, &[5][..]));
     let h = server.history(&id);
     assert_eq!(steps(&h), [0, 1, 2]);
     assert_eq!((h[2]["reward"].as_f64(), h[2]["eval/reward"].as_f64()), (Some(0.3), Some(0.35)));
@@ -326,13 +332,13 @@ fn offline_runs_sync_each_row_exactly_once() {
     // Again: nothing new to send.
     let n = server.requests().len();
     let again = sync(settings(&server.url, Mode::Online), dir.path(), None).unwrap();
-    assert_eq!((again.rows_uploaded, server.requests().len()), (0, n));
+    assert_eq!((again.upload.rows_uploaded, server.requests().len()), (0, n));
     // The run goes on (resumed offline); only the new rows go up.
     let mut more = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     more = more.rsplit_once('\n').unwrap().0.to_string() + "\n" + &json!({"step": 3, "reward": 0.9, "timestamp": 1.8e9 + 3.0}).to_string() + "\n";
     std::fs::write(dir.path().join("metrics.jsonl"), more).unwrap();
     let third = sync(settings(&server.url, Mode::Online), dir.path(), None).unwrap();
-    assert_eq!(third.rows_uploaded, 1);
+    assert_eq!(third.upload.rows_uploaded, 1);
     assert_eq!(steps(&server.history(&id)), [0, 1, 2, 3]);
 }
 
@@ -351,11 +357,7 @@ fn disabled_means_no_run_and_a_bad_state_file_is_a_clear_error() {
 fn resume_trusts_the_server_when_the_state_file_is_gone() {
     let server = MockServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let run = Run::start(settings(&server.url, Mode::Online), opts(dir.path())).unwrap().unwrap();
-    let id = run.run_id().to_string();
-    for s in 1..=5 {
-        run.log(s, &row(&[("reward", s as f64)]));
-    }
+    let (run, id) = run_five_steps(&server, dir.path());
     assert!(run.finish(0).complete);
     std::fs::remove_file(dir.path().join("wandb.json")).unwrap();
     let o = RunOptions { run_id: Some(id.clone()), ..opts(dir.path()) };
