@@ -203,7 +203,7 @@ fn generate_inner(
         }
     }
     let input = Tensor::from_slice(&ids).view([b as i64, plen]).to_device(device);
-    let key_valid = Tensor::from_slice(&valid).view([b as i64, capacity]).to_device(device);
+    let mut key_valid = Tensor::from_slice(&valid).view([b as i64, capacity]).to_device(device);
     let mut cache = KvCache::new(&model.cfg, b as i64, capacity, model.kind(), device);
     let positions = positions_from_mask(&key_valid.narrow(1, 0, plen));
     let mut next_pos = positions.narrow(1, plen - 1, 1) + 1;
@@ -224,21 +224,25 @@ fn generate_inner(
     let mut rngs: Vec<StdRng> = seeds.iter().map(|&s| StdRng::seed_from_u64(s)).collect();
     let mut out: Vec<Completion> =
         (0..b).map(|_| Completion { token_ids: vec![], logprobs: vec![], text: String::new(), finish_reason: FinishReason::Length }).collect();
+    // `rows[r]` is the prompt index of batch row r. Finished rows leave the batch (see
+    // below), so each row keeps its own RNG stream and its own output slot.
+    let mut rows: Vec<usize> = (0..b).collect();
     let mut done = vec![false; b];
     for step in 0..p.max_new_tokens {
-        let uniforms: Vec<f64> = rngs.iter_mut().map(|r| r.random::<f64>()).collect();
+        let uniforms: Vec<f64> = rows.iter().map(|&i| rngs[i].random::<f64>()).collect();
         let suppress = if step < p.min_new_tokens { eos_mask.as_ref() } else { None };
-        let (tokens, lps) = sample(&logits, suppress, p, &uniforms);
+        let (mut tokens, lps) = sample(&logits, suppress, p, &uniforms);
         let tok_v: Vec<i64> = Vec::try_from(&tokens.to_device(tch::Device::Cpu))?;
         let lp_v: Vec<f32> = Vec::try_from(&lps.to_device(tch::Device::Cpu))?;
-        for i in 0..b {
+        let mut keep = Vec::with_capacity(rows.len());
+        for (r, &i) in rows.iter().enumerate() {
             if done[i] {
-                continue;
+                continue; // finished, still in the batch until the next compaction
             }
             let c = &mut out[i];
-            c.token_ids.push(tok_v[i]);
-            c.logprobs.push(lp_v[i]);
-            if eos_ids.contains(&tok_v[i]) {
+            c.token_ids.push(tok_v[r]);
+            c.logprobs.push(lp_v[r]);
+            if eos_ids.contains(&tok_v[r]) {
                 c.finish_reason = FinishReason::Eos;
                 done[i] = true;
             } else if let (false, Some(tk)) = (p.stop.is_empty(), tokenizer) {
@@ -248,9 +252,23 @@ fn generate_inner(
                     done[i] = true;
                 }
             }
+            if !done[i] {
+                keep.push(r as i64);
+            }
         }
-        if done.iter().all(|&d| d) || step + 1 == p.max_new_tokens {
+        if keep.is_empty() || step + 1 == p.max_new_tokens {
             break;
+        }
+        // Once an eighth of the rows have finished, drop them from the batch: a batch
+        // otherwise decodes at full width until its longest row ends. The copy of the
+        // cache costs about one decode step; dropping one row at a time would not pay.
+        if (rows.len() - keep.len()) * 8 >= rows.len() {
+            let idx = Tensor::from_slice(&keep).to_device(device);
+            cache.retain_rows(&idx);
+            key_valid = key_valid.index_select(0, &idx);
+            next_pos = next_pos.index_select(0, &idx);
+            tokens = tokens.index_select(0, &idx);
+            rows = keep.iter().map(|&r| rows[r as usize]).collect();
         }
         let slot = plen + step as i64;
         let _ = key_valid.narrow(1, slot, 1).fill_(1);

@@ -86,6 +86,14 @@ impl KvCache {
             capacity,
         }
     }
+
+    /// Keeps only the batch rows `rows` (i64 indices, in the new order): finished sequences
+    /// leave the batch so later decode steps stop paying for them.
+    pub fn retain_rows(&mut self, rows: &Tensor) {
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.index_select(0, rows);
+        }
+    }
 }
 
 #[derive(Debug)]
