@@ -2,7 +2,10 @@
 # Compare ponder against the Python reference implementations on the tiny benchmark model:
 #   1. generation, batch 64 x 128 new tokens, sampling at T=1   (ponder vs transformers generate)
 #   2. generation, batch 1 x 128 new tokens, greedy              (ponder vs transformers generate)
+#   2b. generation, batch 64, up to 256 new tokens, sampling T=1, rows ending at random
+#      (1% of the vocabulary counts as EOS: variable lengths, as in real rollouts)
 #   3. one GRPO step, 8 prompts x G=8 x 128 tokens, beta 0.04    (ponder vs TRL GRPOTrainer)
+#   3b. the same GRPO step with up to 256 tokens and rows ending at random (stop rate 0.01)
 # Each pair runs interleaved R times (ponder, python, ponder, python, ...) so that drift in
 # machine load hits both sides alike; the table shows the median over the R runs of each
 # side's own median. Both sides are fp32 on CPU with the same number of intra-op threads.
@@ -14,9 +17,14 @@
 #   R [3] interleaved rounds, THREADS [2], MODEL [runs/bench-model] (created if missing),
 #   PONDER [./target/release/ponder], PY [.venv/bin/python], OUT [runs/bench-compare] (raw logs),
 #   GEN_BATCH [64] GEN_TOKENS [128] GEN1_TOKENS [128] REPEATS [3] (generate repeats per run),
+#   GENVAR_TOKENS [256] GENVAR_STOP_RATE [0.01] (the variable-length run),
 #   TRAIN_PROMPTS [8] TRAIN_G [8] TRAIN_TOKENS [128] TRAIN_STEPS [5],
 #   TRAIN_MICRO [0 = whole batch] completions per forward/backward pass, on both sides,
-#   ONLY ["gen gen1 train"] (a subset of the benchmarks).
+#   TRAIN_CAP [0] ponder's grpo.max_tokens_per_micro_batch (0 = no cap, the same passes as
+#     TRL; 4096 = ponder's recipe default, which splits 8x8x128 into 4 passes of 16),
+#   TRAINVAR_TOKENS [256] TRAINVAR_STOP_RATE [0.01] (the variable-length GRPO step; ponder
+#     runs it with its default token cap, TRL with the whole batch in one pass),
+#   ONLY ["gen gen1 genvar train trainvar"] (a subset of the benchmarks).
 # Run it on a quiet machine: with THREADS equal to the core count, any other load makes
 # libtorch's OpenMP threads wait on each other and the figures become meaningless.
 set -euo pipefail
@@ -31,13 +39,18 @@ OUT=${OUT:-runs/bench-compare}
 GEN_BATCH=${GEN_BATCH:-64}
 GEN_TOKENS=${GEN_TOKENS:-128}
 GEN1_TOKENS=${GEN1_TOKENS:-128}
+GENVAR_TOKENS=${GENVAR_TOKENS:-256}
+GENVAR_STOP_RATE=${GENVAR_STOP_RATE:-0.01}
 REPEATS=${REPEATS:-3}
 TRAIN_PROMPTS=${TRAIN_PROMPTS:-8}
 TRAIN_G=${TRAIN_G:-8}
 TRAIN_TOKENS=${TRAIN_TOKENS:-128}
 TRAIN_STEPS=${TRAIN_STEPS:-5}
 TRAIN_MICRO=${TRAIN_MICRO:-0}
-ONLY=${ONLY:-"gen gen1 train"}
+TRAIN_CAP=${TRAIN_CAP:-0}
+TRAINVAR_TOKENS=${TRAINVAR_TOKENS:-256}
+TRAINVAR_STOP_RATE=${TRAINVAR_STOP_RATE:-0.01}
+ONLY=${ONLY:-"gen gen1 genvar train trainvar"}
 
 [ -x "$PONDER" ] || { echo "error: $PONDER not found; build it with cargo build --release" >&2; exit 1; }
 [ -x "$PY" ] || { echo "error: $PY not found; create the venv and pip install -r scripts/requirements-bench.txt" >&2; exit 1; }
@@ -78,10 +91,16 @@ for i in $(seq 1 "$R"); do
       gen1)
         run gen1 ponder "$i" "$PONDER" bench generate --model "$MODEL" --batch 1 --new-tokens "$GEN1_TOKENS" --greedy --repeats "$REPEATS" --threads "$THREADS"
         run gen1 ref "$i" "$PY" scripts/bench_generate_hf.py --model "$MODEL" --batch 1 --new-tokens "$GEN1_TOKENS" --greedy --repeats "$REPEATS" --threads "$THREADS" ;;
+      genvar)
+        run genvar ponder "$i" "$PONDER" bench generate --model "$MODEL" --batch "$GEN_BATCH" --new-tokens "$GENVAR_TOKENS" --stop-rate "$GENVAR_STOP_RATE" --repeats "$REPEATS" --threads "$THREADS"
+        run genvar ref "$i" "$PY" scripts/bench_generate_hf.py --model "$MODEL" --batch "$GEN_BATCH" --new-tokens "$GENVAR_TOKENS" --stop-rate "$GENVAR_STOP_RATE" --repeats "$REPEATS" --threads "$THREADS" ;;
       train)
-        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO"
+        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" --max-tokens-per-micro-batch "$TRAIN_CAP"
         run train ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" ;;
-      *) echo "error: unknown benchmark '$b' in ONLY (gen, gen1, train)" >&2; exit 1 ;;
+      trainvar)
+        run trainvar ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS"
+        run trainvar ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" ;;
+      *) echo "error: unknown benchmark '$b' in ONLY (gen, gen1, genvar, train, trainvar)" >&2; exit 1 ;;
     esac
   done
 done
@@ -124,11 +143,25 @@ for b in $ONLY; do
       row_time "generate 1x${GEN1_TOKENS}: ms per decode step" "$p" "$r"
       p=$(collect gen1 ponder "peak memory (RSS)"); r=$(collect gen1 ref "peak memory (RSS)")
       row_mem "generate 1x${GEN1_TOKENS}: peak RSS (MiB)" "$p" "$r" ;;
+    genvar)
+      p=$(collect genvar ponder "tokens/s (median)"); r=$(collect genvar ref "tokens/s (median)")
+      row_speed "generate ${GEN_BATCH}x<=${GENVAR_TOKENS}, rows end at random (stop rate ${GENVAR_STOP_RATE}): tokens/s" "$p" "$r"
+      p=$(collect genvar ponder "completion length: mean"); r=$(collect genvar ref "completion length: mean")
+      echo "| genvar: mean completion length (tokens) | $(fmt "$p") | $(fmt "$r") | |"
+      p=$(collect genvar ponder "peak memory (RSS)"); r=$(collect genvar ref "peak memory (RSS)")
+      row_mem "genvar: peak RSS (MiB)" "$p" "$r" ;;
     train)
       p=$(collect train ponder "seconds per step (median)"); r=$(collect train ref "seconds per step (median)")
       row_time "GRPO step ${TRAIN_PROMPTS}x${TRAIN_G}x${TRAIN_TOKENS}, beta 0.04, dapo (TRL GRPOTrainer): s/step" "$p" "$r"
       p=$(collect train ponder "peak memory (RSS)"); r=$(collect train ref "peak memory (RSS)")
       row_mem "GRPO step: peak RSS (MiB)" "$p" "$r" ;;
+    trainvar)
+      p=$(collect trainvar ponder "seconds per step (median)"); r=$(collect trainvar ref "seconds per step (median)")
+      row_time "GRPO step ${TRAIN_PROMPTS}x${TRAIN_G}x<=${TRAINVAR_TOKENS}, rows end at random (stop rate ${TRAINVAR_STOP_RATE}): s/step" "$p" "$r"
+      p=$(collect trainvar ponder "completion length: mean"); r=$(collect trainvar ref "completion length: mean")
+      echo "| trainvar: mean completion length (tokens) | $(fmt "$p") | $(fmt "$r") | |"
+      p=$(collect trainvar ponder "peak memory (RSS)"); r=$(collect trainvar ref "peak memory (RSS)")
+      row_mem "trainvar: peak RSS (MiB)" "$p" "$r" ;;
   esac
 done
 echo

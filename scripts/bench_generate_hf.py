@@ -10,6 +10,9 @@ Settings mirrored from ponder: fp32 on CPU, KV cache, prompts of 16 fixed pseudo
 ids per row (the same ids ponder uses: (i*31 + j*17) % (vocab-1) + 1, EOS ids dropped),
 left-padded with an attention mask; sampling at temperature 1 (top_k 0, top_p 1) or greedy;
 EOS suppressed via min_new_tokens = max_new_tokens, so every row gets exactly N new tokens.
+With --stop-rate P (as ponder's), the last ceil(P * vocab) token ids also count as EOS and
+nothing is suppressed: lengths vary as in real rollouts, and tokens/s counts each row's
+tokens up to and including its EOS.
 One warm-up run, then `--repeats` timed runs; the median is reported.
 Packages: scripts/requirements-bench.txt.
 """
@@ -60,6 +63,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stop-rate", type=float, default=0.0, help="fraction of the vocabulary that ends a row (0 = fixed length)")
     a = ap.parse_args()
 
     hf_logging.disable_progress_bar()
@@ -79,11 +83,15 @@ def main():
         pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
 
     prompts = make_prompts(a.batch, a.prompt_len, cfg.vocab_size, set(eos_ids))
+    if a.stop_rate > 0:
+        n = min(cfg.vocab_size - 1, -int(-a.stop_rate * cfg.vocab_size // 1))
+        eos_ids += [t for t in range(cfg.vocab_size - n, cfg.vocab_size) if t not in eos_ids]
     input_ids, attention_mask = left_pad(prompts, pad_id)
 
     gen_cfg = GenerationConfig(
         max_new_tokens=a.new_tokens,
-        min_new_tokens=a.new_tokens,  # suppresses EOS until N tokens: exactly N new tokens per row
+        # suppresses EOS until N tokens: exactly N new tokens per row (unless --stop-rate)
+        min_new_tokens=0 if a.stop_rate > 0 else a.new_tokens,
         do_sample=not a.greedy,
         temperature=1.0 if not a.greedy else None,
         top_k=0 if not a.greedy else None,
@@ -98,15 +106,18 @@ def main():
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_cfg)
         s = time.perf_counter() - t
-        new = out[:, input_ids.shape[1]:]
-        return s, new.numel()
+        new = out[:, input_ids.shape[1]:].tolist()
+        # Each row's tokens up to and including its first EOS (rows are padded after it).
+        lens = [next((j + 1 for j, t in enumerate(r) if t in eos_ids), len(r)) for r in new]
+        return s, lens
 
     run_once()  # warm-up
-    times, tokens = [], 0
+    times, lens = [], []
     for _ in range(max(1, a.repeats)):
-        s, tokens = run_once()
+        s, lens = run_once()
         times.append(s)
-    if tokens != a.batch * a.new_tokens:
+    tokens = sum(lens)
+    if a.stop_rate == 0 and tokens != a.batch * a.new_tokens:
         print(f"warning: generated {tokens} tokens, expected {a.batch * a.new_tokens}", file=sys.stderr)
     secs = statistics.median(times)
 
@@ -118,7 +129,9 @@ def main():
     )
     print("  runs (s): " + " ".join(f"{t:.3f}" for t in times))
     print(f"  tokens/s (median): {tokens / secs:.0f}")
-    print(f"  ms per decode step: {1000 * secs / a.new_tokens:.2f}")
+    if a.stop_rate > 0:
+        print(f"  completion length: mean {tokens / len(lens):.1f}, max {max(lens)} (stop rate {a.stop_rate})")
+    print(f"  ms per decode step: {1000 * secs / max(lens):.2f}")
     print(f"  peak memory (RSS): {peak_rss_mib():.0f} MiB  (RSS after imports: {rss_after_imports:.0f} MiB)")
 
 

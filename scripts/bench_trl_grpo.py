@@ -15,6 +15,12 @@ non-whitespace characters (ponder's `char_fraction`); prompts "What is i + (i+7)
 text (no chat template). One warm-up step, then `--steps` timed steps (on_step_begin ->
 on_step_end, which covers generation, rewards, reference/policy forward, backward, clip and
 AdamW); the median is reported. Packages: scripts/requirements-bench.txt.
+
+With --stop-rate P (as `ponder bench train --stop-rate`), the last ceil(P * vocab) token ids
+also end a completion (generation_kwargs eos_token_id) and EOS is not suppressed, so
+completion lengths vary as in real rollouts. TRL masks each completion after its first
+tokenizer EOS; generate pads finished rows with the pad id, which is the EOS id on the
+benchmark model, so a completion ends one token after its stop token.
 """
 
 import argparse
@@ -76,6 +82,7 @@ def main():
                          "gradient accumulation makes up the rest, still one optimizer step per generation")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stop-rate", type=float, default=0.0, help="fraction of the vocabulary that ends a completion (0 = fixed length)")
     ap.add_argument("--verbose", action="store_true", help="show TRL's per-step logs")
     a = ap.parse_args()
 
@@ -100,6 +107,15 @@ def main():
 
     import tempfile
 
+    if a.stop_rate > 0:
+        vocab = model.config.vocab_size
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        n = min(vocab - 1, -int(-a.stop_rate * vocab // 1))
+        gen_kwargs = {"eos_token_id": eos + [t for t in range(vocab - n, vocab) if t not in eos]}
+    else:
+        gen_kwargs = {"min_new_tokens": a.new_tokens}  # EOS suppressed: exactly N tokens
+
     out_dir = tempfile.mkdtemp(prefix="bench-trl-")
     cfg = GRPOConfig(
         output_dir=out_dir,
@@ -112,7 +128,7 @@ def main():
         gradient_accumulation_steps=accum,
         num_generations=a.group_size,
         max_completion_length=a.new_tokens,
-        generation_kwargs={"min_new_tokens": a.new_tokens},  # EOS suppressed: exactly N tokens
+        generation_kwargs=gen_kwargs,
         temperature=1.0,
         top_k=0,
         top_p=1.0,
@@ -159,11 +175,16 @@ def main():
     if logs:
         last = logs[-1]
         lens = last.get("completions/mean_length", last.get("completion_length"))
-        if lens is not None and abs(lens - a.new_tokens) > 1e-6:
+        if a.stop_rate > 0 and lens is not None:
+            max_len = statistics.median(h.get("completions/max_length", float("nan")) for h in logs[1:] or logs)
+            print(f"  completion length: mean {statistics.median(h.get('completions/mean_length', float('nan')) for h in logs[1:] or logs):.1f}, max {max_len:.0f} (stop rate {a.stop_rate})")
+        elif lens is not None and abs(lens - a.new_tokens) > 1e-6:
             print(f"warning: mean completion length {lens}, expected {a.new_tokens}", file=sys.stderr)
     times = timer.times[1:] or timer.times
     step_s = statistics.median(times)
     tokens = completions * a.new_tokens
+    if a.stop_rate > 0 and logs:
+        tokens = completions * statistics.median(h.get("completions/mean_length", a.new_tokens) for h in logs[1:] or logs)
     params = sum(p.numel() for p in model.parameters())
     import transformers
     import trl

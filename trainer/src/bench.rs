@@ -42,6 +42,11 @@ pub struct GenBench {
     /// Intra-op threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: i32,
+    /// Variable-length completions, as in real rollouts: this fraction of the vocabulary
+    /// counts as EOS and is not suppressed, so lengths vary (about geometric, mean ~1/rate
+    /// on a random model, capped at --new-tokens). 0 = every row has exactly --new-tokens.
+    #[arg(long, default_value_t = 0.0)]
+    pub stop_rate: f64,
 }
 
 /// Peak resident memory of this process in MiB (VmHWM).
@@ -94,11 +99,14 @@ fn bench_generate(a: GenBench) -> Result<()> {
     let mut policy = Policy::load(&a.model, parse_kind(&a.dtype)?, device)?;
     policy.fuse_for_inference();
     let cfg = &policy.model.cfg;
-    let eos = policy.eos_token_ids();
+    let mut eos = policy.eos_token_ids();
+    if a.stop_rate > 0.0 {
+        eos.extend(stop_ids(a.stop_rate, cfg.vocab_size, &eos));
+    }
     let params = SamplingParams {
         temperature: if a.greedy { 0.0 } else { 1.0 },
         max_new_tokens: a.new_tokens,
-        min_new_tokens: a.new_tokens,
+        min_new_tokens: if a.stop_rate > 0.0 { 0 } else { a.new_tokens },
         ..Default::default()
     };
     // Fixed pseudo-random prompts of `prompt_len` ids (no EOS among them).
@@ -106,22 +114,23 @@ fn bench_generate(a: GenBench) -> Result<()> {
         .map(|i| (0..a.prompt_len).map(|j| ((i * 31 + j * 17) as i64 % (cfg.vocab_size - 1)) + 1).filter(|t| !eos.contains(t)).collect())
         .collect();
     let seeds: Vec<u64> = (0..a.batch as u64).collect();
-    let run_once = || -> Result<(f64, usize)> {
+    let run_once = || -> Result<(f64, Vec<usize>)> {
         let t = Instant::now();
         let out = generate(&policy.model, None, &prompts, &seeds, &eos, &params)?;
         if device != Device::Cpu {
             tch::Cuda::synchronize(0);
         }
-        Ok((t.elapsed().as_secs_f64(), out.iter().map(|c| c.token_ids.len()).sum()))
+        Ok((t.elapsed().as_secs_f64(), out.iter().map(|c| c.token_ids.len()).collect()))
     };
     run_once()?; // warm-up
     let mut times = vec![];
-    let mut tokens = 0;
+    let mut lens = vec![];
     for _ in 0..a.repeats.max(1) {
-        let (s, n) = run_once()?;
+        let (s, l) = run_once()?;
         times.push(s);
-        tokens = n;
+        lens = l;
     }
+    let tokens: usize = lens.iter().sum();
     let secs = median(times.clone());
     // FLOPs per generated token: 2 x (matmul parameters incl. lm_head) + attention over the
     // average context (QK^T and AV: 4 x layers x heads x head_dim x ctx).
@@ -139,7 +148,11 @@ fn bench_generate(a: GenBench) -> Result<()> {
         a.batch, a.new_tokens, if a.greedy { "greedy" } else { "sampling T=1" }, a.dtype, a.device, tch::get_num_threads());
     println!("  runs (s): {}", times.iter().map(|t| format!("{t:.3}")).collect::<Vec<_>>().join(" "));
     println!("  tokens/s (median): {:.0}", tokens as f64 / secs);
-    println!("  ms per decode step: {:.2}", secs * 1000.0 / a.new_tokens as f64);
+    if a.stop_rate > 0.0 {
+        let longest = lens.iter().max().copied().unwrap_or(0);
+        println!("  completion length: mean {:.1}, max {longest} (stop rate {})", tokens as f64 / lens.len() as f64, a.stop_rate);
+    }
+    println!("  ms per decode step: {:.2}", secs * 1000.0 / lens.iter().max().copied().unwrap_or(1).max(1) as f64);
     println!("  achieved GFLOP/s: {:.2} of a measured fp32 matmul peak of {:.1} ({:.1}%)", flops / secs / 1e9, peak, 100.0 * flops / secs / 1e9 / peak);
     println!("  peak memory (RSS): {:.0} MiB", peak_rss_mib());
     Ok(())
@@ -173,6 +186,47 @@ pub struct TrainBench {
     /// the micro-batches accumulate into one optimizer step, the same update (tested).
     #[arg(long, default_value_t = 0)]
     pub micro_batch: usize,
+    /// `grpo.max_tokens_per_micro_batch`: cap on padded tokens per learner pass (0 = no
+    /// cap). The default is the recipe default, so the bench measures what a recipe gets.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens_per_micro_batch: usize,
+    /// Variable-length completions, as in real rollouts: this fraction of the vocabulary
+    /// also counts as EOS (written into a copy of the model's generation_config.json) and EOS
+    /// is not suppressed. 0 = every completion has exactly --new-tokens.
+    #[arg(long, default_value_t = 0.0)]
+    pub stop_rate: f64,
+}
+
+/// The ids `--stop-rate` adds as EOS: the last ceil(rate x vocab) ids of the vocabulary
+/// (the same ones `scripts/bench_*.py` use).
+fn stop_ids(rate: f64, vocab: i64, eos: &[i64]) -> Vec<i64> {
+    let n = ((rate * vocab as f64).ceil() as i64).clamp(0, vocab - 1);
+    (vocab - n..vocab).filter(|t| !eos.contains(t)).collect()
+}
+
+/// A copy of model folder `src` in `dst` whose generation_config.json lists `extra` EOS ids too.
+fn with_extra_eos(src: &std::path::Path, dst: &std::path::Path, extra: &[i64]) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name()))?;
+        }
+    }
+    let path = dst.join("generation_config.json");
+    let mut g: serde_json::Value = match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t)?,
+        Err(_) => serde_json::json!({}),
+    };
+    let mut ids: Vec<i64> = match &g["eos_token_id"] {
+        serde_json::Value::Number(n) => n.as_i64().into_iter().collect(),
+        serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_i64()).collect(),
+        _ => vec![],
+    };
+    ids.extend(extra.iter().filter(|t| !ids.contains(t)).collect::<Vec<_>>());
+    g["eos_token_id"] = serde_json::json!(ids);
+    std::fs::write(&path, serde_json::to_string_pretty(&g)?)?;
+    Ok(())
 }
 
 /// One GRPO step at TRL-comparable settings: dapo loss, epsilon 0.2, mu 1, AdamW lr 1e-5,
@@ -183,6 +237,14 @@ pub fn bench_train(a: TrainBench) -> Result<()> {
         tch::set_num_threads(a.threads);
     }
     let tmp = tempfile::tempdir()?;
+    let model_dir = if a.stop_rate > 0.0 {
+        let probe = Policy::load(&a.model, Kind::Float, Device::Cpu)?;
+        let dir = tmp.path().join("model");
+        with_extra_eos(&a.model, &dir, &stop_ids(a.stop_rate, probe.model.cfg.vocab_size, &probe.eos_token_ids()))?;
+        dir
+    } else {
+        a.model.canonicalize()?
+    };
     let data = tmp.path().join("prompts.jsonl");
     let lines: String = (0..a.prompts.max(1) * 4).map(|i| format!("{{\"prompt\": \"What is {i} + {}?\", \"answer\": \"{}\"}}\n", i + 7, 2 * i + 7)).collect();
     std::fs::write(&data, lines)?;
@@ -202,7 +264,7 @@ template = "{{prompt}}"
 group_size = {g}
 prompts_per_step = {p}
 max_new_tokens = {n}
-min_new_tokens = {n}
+min_new_tokens = {min_n}
 temperature = 1.0
 [[rewards]]
 kind = "char_fraction"
@@ -211,6 +273,7 @@ beta = {beta}
 epsilon = 0.2
 loss_type = "dapo"
 num_iterations = 1
+max_tokens_per_micro_batch = {cap}
 [optim]
 lr = 1e-5
 max_grad_norm = 1.0
@@ -221,7 +284,8 @@ save_every = 0
 log_samples_every = 0
 "#,
         out = tmp.path().display(),
-        model = a.model.canonicalize()?.display(),
+        model = model_dir.display(),
+        min_n = if a.stop_rate > 0.0 { 0 } else { a.new_tokens },
         dtype = a.dtype,
         device = a.device,
         data = data.display(),
@@ -230,6 +294,7 @@ log_samples_every = 0
         n = a.new_tokens,
         beta = a.beta,
         steps = a.steps + 1,
+        cap = a.max_tokens_per_micro_batch,
         accum = if a.micro_batch == 0 { 1 } else { (a.prompts * a.group_size).div_ceil(a.micro_batch) },
     );
     let table: toml::Table = recipe.parse()?;
@@ -244,7 +309,7 @@ log_samples_every = 0
     let rows = &rows[1..];
     let get = |k: &str| median(rows.iter().map(|r| r.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN)).collect());
     let step_s = get("time/step_s");
-    let tokens = (a.prompts * a.group_size * a.new_tokens) as f64;
+    let tokens = get("completions/mean_length") * (a.prompts * a.group_size) as f64;
     let seq_tokens = get("num_tokens");
     // Rollout: 2 x params per generated token; learner: 6 x params per token (forward +
     // backward) plus 2 x params for the reference forward when beta > 0.
@@ -253,18 +318,23 @@ log_samples_every = 0
     let device = parse_device(&a.device)?;
     let peak = matmul_peak_gflops(device);
     println!(
-        "bench train: {} ({:.2}M params), {} prompts x G={} x {} new tokens, micro-batch {}, beta {}, dapo, dtype {}, device {}, threads {}",
+        "bench train: {} ({:.2}M params), {} prompts x G={} x {} new tokens, learner passes per step {} (token cap {}), beta {}, dapo, dtype {}, device {}, threads {}",
         a.model.display(),
         params as f64 / 1e6,
         a.prompts,
         a.group_size,
         a.new_tokens,
-        if a.micro_batch == 0 { a.prompts * a.group_size } else { a.micro_batch },
+        get("micro_batches"),
+        a.max_tokens_per_micro_batch,
         a.beta,
         a.dtype,
         a.device,
         tch::get_num_threads()
     );
+    if a.stop_rate > 0.0 {
+        println!("  completion length: mean {:.1}, max {:.0} (stop rate {})", get("completions/mean_length"), get("completions/max_length"), a.stop_rate);
+    }
+    println!("  learner padding fraction: {:.3}", get("learner/padding_fraction"));
     println!("  steps (s): {}", rows.iter().map(|r| format!("{:.3}", r["time/step_s"].as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(" "));
     println!("  seconds per step (median): {step_s:.3}  ({:.3} steps/s)", 1.0 / step_s);
     println!("  rollout tokens/s: {:.0}   learner tokens/s: {:.0}", get("throughput/rollout_tokens_per_s"), get("throughput/learner_tokens_per_s"));

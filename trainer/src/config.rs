@@ -170,6 +170,8 @@ pub struct GrpoCfg {
     /// Cap on padded tokens (rows x sequence length) per forward/backward pass; larger
     /// minibatches are split into equal micro-batches whose gradients accumulate into the
     /// same update (veRL's `ppo_max_token_len_per_gpu`). Bounds learner memory. 0 = no cap.
+    /// Default 4096: peers split by default too (TRL's per_device_train_batch_size is 8),
+    /// and a pass of 4096 tokens already keeps the matmuls large.
     pub max_tokens_per_micro_batch: usize,
     /// Abort (after saving a checkpoint) after this many consecutive non-finite steps.
     pub max_bad_steps: usize,
@@ -189,7 +191,7 @@ impl Default for GrpoCfg {
             drop_zero_std_groups: false,
             ref_sync_every: 0,
             logprob_chunk: 256,
-            max_tokens_per_micro_batch: 0,
+            max_tokens_per_micro_batch: 4096,
             max_bad_steps: 3,
         }
     }

@@ -105,22 +105,42 @@ pub fn token_loss(logp: &Tensor, old: &Tensor, ref_logp: Option<&Tensor>, adv: &
     TokenLoss { per_token, kl, low_clipped, high_clipped }
 }
 
-/// Reduces masked per-token losses of one micro-batch. `norm_tokens` is the token count of
-/// the optimizer step's minibatch (used by `Dapo`), `micro_batches` how many micro-batches
-/// that minibatch has (their losses are summed into one gradient), `max_new_tokens` the
-/// generation budget (`DrGrpo`).
-pub fn aggregate(per_token: &Tensor, mask: &Tensor, loss_type: LossType, norm_tokens: f64, micro_batches: usize, max_new_tokens: usize) -> Tensor {
+/// What a micro-batch's loss is normalised by: totals of the optimizer step's minibatch, so
+/// that micro-batches of any sizes and widths sum to the whole minibatch's loss.
+#[derive(Debug, Clone, Copy)]
+pub struct Norm {
+    /// Unmasked completion tokens in the minibatch (`Dapo`).
+    pub tokens: f64,
+    /// Sequences in the minibatch (`Grpo`, `DrGrpo`).
+    pub rows: f64,
+    /// Micro-batches the minibatch is split into (`Bnpo` normalises each by its own tokens
+    /// and averages them, as TRL does per device batch).
+    pub micro_batches: usize,
+    /// The generation budget (`DrGrpo`).
+    pub max_new_tokens: usize,
+}
+
+impl Norm {
+    /// The normaliser of a minibatch processed in one pass.
+    pub fn whole(mask: &Tensor, max_new_tokens: usize) -> Norm {
+        let tokens = f64::try_from(mask.sum(Kind::Double)).unwrap_or(0.0);
+        Norm { tokens, rows: mask.size()[0] as f64, micro_batches: 1, max_new_tokens }
+    }
+}
+
+/// Reduces the masked per-token losses of one micro-batch (rows x its own width).
+pub fn aggregate(per_token: &Tensor, mask: &Tensor, loss_type: LossType, n: &Norm) -> Tensor {
     let m = mask.to_kind(per_token.kind());
     let masked = per_token * &m;
-    let k = micro_batches as f64;
+    let kind = per_token.kind();
     match loss_type {
         LossType::Grpo => {
-            let per_seq = masked.sum_dim_intlist(&[1i64][..], false, per_token.kind()) / m.sum_dim_intlist(&[1i64][..], false, per_token.kind()).clamp_min(1.0);
-            per_seq.mean(per_token.kind()) / k
+            let per_seq = masked.sum_dim_intlist(&[1i64][..], false, kind) / m.sum_dim_intlist(&[1i64][..], false, kind).clamp_min(1.0);
+            per_seq.sum(kind) / n.rows.max(1.0)
         }
-        LossType::Bnpo => masked.sum(per_token.kind()) / m.sum(per_token.kind()).clamp_min(1.0) / k,
-        LossType::Dapo => masked.sum(per_token.kind()) / norm_tokens.max(1.0),
-        LossType::DrGrpo => masked.sum(per_token.kind()) / (per_token.size()[0] as f64 * max_new_tokens as f64) / k,
+        LossType::Bnpo => masked.sum(kind) / m.sum(kind).clamp_min(1.0) / n.micro_batches.max(1) as f64,
+        LossType::Dapo => masked.sum(kind) / n.tokens.max(1.0),
+        LossType::DrGrpo => masked.sum(kind) / (n.rows.max(1.0) * n.max_new_tokens as f64),
     }
 }
 

@@ -49,6 +49,82 @@ struct Batch {
     old: Tensor,
     adv: Tensor,
     prompt_len: i64,
+    /// Per row: prompt and completion lengths (for length-grouped micro-batches).
+    prompt_lens: Vec<i64>,
+    comp_lens: Vec<i64>,
+}
+
+/// One forward/backward pass: batch rows of similar length, and the columns they use
+/// (`prompt` left-padded prompt columns ending at the batch's prompt end, `completion`
+/// completion columns after it).
+struct Micro {
+    rows: Tensor,
+    prompt: i64,
+    completion: i64,
+}
+
+impl Micro {
+    /// Rows x columns this pass computes.
+    fn positions(&self) -> i64 {
+        self.rows.size()[0] * (self.prompt + self.completion)
+    }
+}
+
+/// A pass's fixed cost in padded positions, when choosing how to group rows: small passes
+/// run matmuls below their efficient size and add per-pass dispatches.
+const PASS_OVERHEAD: i64 = 256;
+
+/// Splits minibatch rows `start..start + len` into passes of at most `max_rows` rows. Rows
+/// are sorted by length and each pass is cut to its own longest row. With a token `budget`
+/// (> 0) the grouping of the sorted rows is the one that computes the fewest padded
+/// positions (plus [`PASS_OVERHEAD`] a pass) with every pass under the budget (a row longer
+/// than the budget goes alone); without one, consecutive runs of `max_rows` rows.
+fn plan_micro(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64, device: Device) -> Vec<Micro> {
+    let mut order: Vec<usize> = (start..start + len).collect();
+    order.sort_by_key(|&r| (b.prompt_lens[r] + b.comp_lens[r], r));
+    let (pl, cl): (Vec<i64>, Vec<i64>) = order.iter().map(|&r| (b.prompt_lens[r], b.comp_lens[r].max(1))).unzip();
+    // cut[j]: where the last pass of the best grouping of the first j sorted rows starts.
+    let m = order.len();
+    let mut cut = vec![0usize; m + 1];
+    if budget > 0 {
+        let mut best = vec![i64::MAX; m + 1];
+        best[0] = 0;
+        for j in 1..=m {
+            let (mut p, mut c) = (0i64, 0i64);
+            for i in (0..j).rev() {
+                let n = (j - i) as i64;
+                (p, c) = (p.max(pl[i]), c.max(cl[i]));
+                if n as usize > max_rows || (n > 1 && n * (p + c) > budget) {
+                    break; // widths only grow as i moves left
+                }
+                let cost = best[i].saturating_add(n * (p + c) + PASS_OVERHEAD);
+                if cost < best[j] {
+                    (best[j], cut[j]) = (cost, i);
+                }
+            }
+        }
+    } else {
+        for j in 1..=m {
+            cut[j] = (j - 1) / max_rows * max_rows;
+        }
+    }
+    let mut bounds = vec![m];
+    while let Some(&j) = bounds.last() {
+        if j == 0 {
+            break;
+        }
+        bounds.push(cut[j]);
+    }
+    bounds.reverse();
+    bounds
+        .windows(2)
+        .map(|w| {
+            let rows: Vec<i64> = order[w[0]..w[1]].iter().map(|&r| r as i64).collect();
+            let prompt = pl[w[0]..w[1]].iter().copied().max().unwrap_or(1);
+            let completion = cl[w[0]..w[1]].iter().copied().max().unwrap_or(1);
+            Micro { rows: Tensor::from_slice(&rows).to_device(device), prompt, completion }
+        })
+        .collect()
 }
 
 pub struct Trainer {
@@ -280,6 +356,8 @@ impl Trainer {
         row.insert("learning_rate".into(), json!(lr));
         row.insert("skipped_updates".into(), json!(learn.skipped));
         row.insert("micro_batches".into(), json!(learn.micro_batches));
+        // Share of the learner's computed positions that were padding (0 = none wasted).
+        row.insert("learner/padding_fraction".into(), json!(1.0 - learn.tokens_processed as f64 / (learn.positions as f64).max(1.0)));
         row.insert("num_tokens".into(), json!(completion_tokens + prompt_tokens));
         row.insert("time/rollout_s".into(), json!(rollout_s));
         row.insert("time/learner_s".into(), json!(learner_s));
@@ -383,78 +461,67 @@ impl Trainer {
             old: Tensor::from_slice(&old).view([n, c]).to_device(d),
             adv: Tensor::from_slice(&a).to_device(d),
             prompt_len: p,
+            prompt_lens: keep.iter().map(|&i| prompts[i / g].len() as i64).collect(),
+            comp_lens: keep.iter().map(|&i| comps[i].token_ids.len() as i64).collect(),
         })
     }
 
-    /// Completion-token log-probs (and entropies) of `model` for rows `rows` of the batch.
-    fn logprobs(&self, model: &rollout::CausalLm, b: &Batch, rows: &Tensor, entropy: bool) -> (Tensor, Option<Tensor>) {
-        let input = b.input.index_select(0, rows);
-        let attn = b.attn.index_select(0, rows);
-        let targets = b.targets.index_select(0, rows);
+    /// Completion-token log-probs (and entropies) of `model` for one pass: [rows, completion].
+    fn logprobs(&self, model: &rollout::CausalLm, b: &Batch, m: &Micro, entropy: bool) -> (Tensor, Option<Tensor>) {
+        let cols = |t: &Tensor| t.index_select(0, &m.rows).narrow(1, b.prompt_len - m.prompt, m.prompt + m.completion);
+        let (input, attn) = (cols(&b.input), cols(&b.attn));
+        let targets = b.targets.index_select(0, &m.rows).narrow(1, 0, m.completion);
         let positions = rollout::model::positions_from_mask(&attn);
         let hidden = model.forward_hidden(&input, &positions, &attn.to_kind(Kind::Bool), None);
-        let c = targets.size()[1];
-        let h = hidden.narrow(1, b.prompt_len - 1, c);
+        let h = hidden.narrow(1, m.prompt - 1, m.completion);
         grpo::chunked_logprobs(&h, &model.lm_head, &targets, self.recipe.rollout.temperature, self.recipe.grpo.logprob_chunk, entropy)
     }
 
     fn learn(&mut self, b: &Batch) -> Result<LearnStats> {
         let cfg = self.recipe.grpo.clone();
-        let n = b.input.size()[0];
-        let mb = if cfg.minibatch_size == 0 { n } else { (cfg.minibatch_size as i64).min(n) };
-        let accum = self.recipe.optim.grad_accumulation.max(1) as i64;
+        let n = b.input.size()[0] as usize;
+        let mb = if cfg.minibatch_size == 0 { n } else { cfg.minibatch_size.min(n) };
+        let accum = self.recipe.optim.grad_accumulation.max(1);
         let eps_high = cfg.epsilon_high.unwrap_or(cfg.epsilon);
-        let d = self.device;
-        let all_rows = |s: i64, len: i64| Tensor::arange_start(s, s + len, (Kind::Int64, d));
-        let seq_len = b.input.size()[1];
-        let budget = cfg.max_tokens_per_micro_batch as i64;
-        // Rows per forward/backward pass for a minibatch of `rows`: the accumulation split,
-        // then the token cap with equal parts (a divisor of `rows`), which keeps every
-        // loss type's accumulated value equal to the whole-minibatch one.
-        let micro_rows = |rows: i64| -> i64 {
-            let mut micro = (rows + accum - 1) / accum;
-            let cap = if budget > 0 { (budget / seq_len).max(1) } else { micro };
-            if micro > cap {
-                let mut k = (rows + cap - 1) / cap;
-                while rows % k != 0 {
-                    k += 1;
-                }
-                micro = rows / k;
-            }
-            micro
-        };
-        // Reference log-probs once per batch (no grad), micro-batch by micro-batch.
-        let ref_lp: Option<Tensor> = self.reference.as_ref().map(|r| {
-            tch::no_grad(|| {
-                let micro = micro_rows(mb);
-                let parts: Vec<Tensor> = (0..n).step_by(micro as usize).map(|s| self.logprobs(&r.model, b, &all_rows(s, micro.min(n - s)), false).0).collect();
-                Tensor::cat(&parts, 0)
+        // Passes per minibatch: at least `grad_accumulation` of them, each under the token cap,
+        // rows grouped by length. Every loss type except bnpo is normalised by minibatch
+        // totals, so the passes sum to the whole minibatch's loss whatever their sizes.
+        let plans: Vec<(usize, usize, Vec<Micro>)> = (0..n)
+            .step_by(mb)
+            .map(|ms| {
+                let mlen = mb.min(n - ms);
+                (ms, mlen, plan_micro(b, ms, mlen, mlen.div_ceil(accum), cfg.max_tokens_per_micro_batch as i64, self.device))
             })
+            .collect();
+        // Reference log-probs once per batch (no grad), pass by pass.
+        let ref_lp: Option<Vec<Vec<Tensor>>> = self.reference.as_ref().map(|r| {
+            tch::no_grad(|| plans.iter().map(|(_, _, micros)| micros.iter().map(|m| self.logprobs(&r.model, b, m, false).0).collect()).collect())
         });
         let mut st = LearnStats::default();
         let (mut kl_sum, mut ent_sum, mut low_sum, mut high_sum, mut loss_sum, mut tok_sum) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         let mut norms = vec![];
-        let total_updates = (self.recipe.train.steps * self.updates_per_step(n as usize)) as u64;
+        let total_updates = (self.recipe.train.steps * self.updates_per_step(n)) as u64;
+        let sel = |t: &Tensor, m: &Micro| t.index_select(0, &m.rows).narrow(1, 0, m.completion);
         for _ in 0..cfg.num_iterations {
-            for ms in (0..n).step_by(mb as usize) {
-                let mlen = mb.min(n - ms);
-                let norm_tokens = f64::try_from(b.mask.narrow(0, ms, mlen).sum(Kind::Double))?;
-                let micro = micro_rows(mlen);
-                let k = (mlen + micro - 1) / micro;
-                st.micro_batches = st.micro_batches.max(k as usize);
+            for (pi, (ms, mlen, micros)) in plans.iter().enumerate() {
+                let norm = grpo::Norm {
+                    tokens: f64::try_from(b.mask.narrow(0, *ms as i64, *mlen as i64).sum(Kind::Double))?,
+                    rows: *mlen as f64,
+                    micro_batches: micros.len(),
+                    max_new_tokens: self.recipe.rollout.max_new_tokens,
+                };
+                st.micro_batches = st.micro_batches.max(micros.len());
                 self.opt.zero_grad();
                 let mut finite = true;
-                for us in (ms..ms + mlen).step_by(micro as usize) {
-                    let ulen = micro.min(ms + mlen - us);
-                    let rows = all_rows(us, ulen);
-                    let (logp, ent) = self.logprobs(&self.policy.model, b, &rows, true);
-                    let mask = b.mask.narrow(0, us, ulen);
+                for (ui, m) in micros.iter().enumerate() {
+                    let (logp, ent) = self.logprobs(&self.policy.model, b, m, true);
+                    let mask = sel(&b.mask, m);
                     // mu = 1: old = current (ratio 1, no extra forward pass); else the
                     // rollout's log-probs.
-                    let old = if cfg.num_iterations == 1 { logp.detach() } else { b.old.narrow(0, us, ulen) };
-                    let rl = ref_lp.as_ref().map(|r| r.narrow(0, us, ulen));
-                    let tl = grpo::token_loss(&logp, &old, rl.as_ref(), &b.adv.narrow(0, us, ulen), cfg.epsilon, eps_high, cfg.beta);
-                    let loss = grpo::aggregate(&tl.per_token, &mask, cfg.loss_type, norm_tokens, k as usize, self.recipe.rollout.max_new_tokens);
+                    let old = if cfg.num_iterations == 1 { logp.detach() } else { sel(&b.old, m) };
+                    let rl = ref_lp.as_ref().map(|r| &r[pi][ui]);
+                    let tl = grpo::token_loss(&logp, &old, rl, &b.adv.index_select(0, &m.rows), cfg.epsilon, eps_high, cfg.beta);
+                    let loss = grpo::aggregate(&tl.per_token, &mask, cfg.loss_type, &norm);
                     let lv = f64::try_from(&loss)?;
                     if !lv.is_finite() {
                         finite = false;
@@ -468,7 +535,8 @@ impl Trainer {
                     ent_sum += grpo::masked_mean(ent.as_ref().unwrap(), &mask) * ntok;
                     low_sum += grpo::masked_mean(&tl.low_clipped, &mask) * ntok;
                     high_sum += grpo::masked_mean(&tl.high_clipped, &mask) * ntok;
-                    st.tokens_processed += (ulen * b.input.size()[1]) as usize;
+                    st.positions += m.positions() as usize;
+                    st.tokens_processed += i64::try_from(b.attn.index_select(0, &m.rows).sum(Kind::Int64))? as usize;
                 }
                 let gn = if finite { self.opt.grad_norm() } else { f64::NAN };
                 if !gn.is_finite() {
@@ -560,7 +628,10 @@ struct LearnStats {
     clip_high: f64,
     grad_norm: f64,
     skipped: u64,
+    /// Real (unpadded) prompt + completion tokens through forward/backward.
     tokens_processed: usize,
+    /// Positions computed, padding included.
+    positions: usize,
     /// Forward/backward passes per optimizer step (after accumulation and the token cap).
     micro_batches: usize,
 }

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use tch::{Kind, Tensor};
-use trainer::grpo::{advantages, aggregate, masked_mean, token_loss, LossType, ScaleRewards};
+use trainer::grpo::{advantages, aggregate, masked_mean, token_loss, LossType, Norm, ScaleRewards};
 
 fn fixture() -> Value {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grpo_loss.json");
@@ -42,7 +42,7 @@ fn advantages_and_every_loss_type_match_reference() {
         let advt = Tensor::from_slice(&adv);
         let tl = token_loss(&logp, &old, Some(&refl), &advt, el, eh, beta);
         for (name, lt) in [("grpo", LossType::Grpo), ("bnpo", LossType::Bnpo), ("dapo", LossType::Dapo), ("dr_grpo", LossType::DrGrpo)] {
-            let got = f64::try_from(aggregate(&tl.per_token, &mask, lt, ntok, 1, max_new)).unwrap();
+            let got = f64::try_from(aggregate(&tl.per_token, &mask, lt, &Norm::whole(&mask, max_new))).unwrap();
             close(got, case["loss"][name].as_f64().unwrap(), &format!("{name} {scale:?} eps=({el},{eh}) beta={beta}"));
             checked += 1;
         }
@@ -61,19 +61,30 @@ fn advantages_and_every_loss_type_match_reference() {
 
 #[test]
 fn micro_batches_sum_to_the_whole_batch_loss() {
-    // Gradient accumulation: splitting a minibatch into micro-batches and summing their
-    // losses gives the whole-batch value for token-normalised and constant-normalised types,
-    // and for grpo when micro-batches have equal row counts.
+    // Gradient accumulation: micro-batches of unequal sizes, each cut to its own width (the
+    // learner groups rows of similar length), sum to the whole-batch loss for every loss
+    // type normalised by minibatch totals (all but bnpo, which is per micro-batch by
+    // definition; its equal halves average to the whole only when token counts match).
     let f = fixture();
     let (mask, logp, old) = (t2(&f["mask"]), t2(&f["logp"]), t2(&f["old"]));
     let rewards: Vec<f64> = serde_json::from_value(f["rewards"].clone()).unwrap();
     let adv = Tensor::from_slice(&advantages(&rewards, 4, ScaleRewards::Group, 1e-4));
     let tl = token_loss(&logp, &old, None, &adv, 0.2, 0.28, 0.0);
-    let ntok = f64::try_from(mask.sum(Kind::Double)).unwrap();
+    let rows = mask.size()[0];
+    let whole_norm = Norm::whole(&mask, 9);
+    let split = Norm { micro_batches: 3, ..whole_norm };
+    // Rows [0, 2), [2, 7), [7, rows): the widths keep only columns some row of the part uses.
+    let cuts = [0, 2, 7, rows];
     for lt in [LossType::Grpo, LossType::Dapo, LossType::DrGrpo] {
-        let whole = f64::try_from(aggregate(&tl.per_token, &mask, lt, ntok, 1, 9)).unwrap();
-        let parts: f64 = (0..2)
-            .map(|k| f64::try_from(aggregate(&tl.per_token.narrow(0, 6 * k, 6), &mask.narrow(0, 6 * k, 6), lt, ntok, 2, 9)).unwrap())
+        let whole = f64::try_from(aggregate(&tl.per_token, &mask, lt, &whole_norm)).unwrap();
+        let parts: f64 = cuts
+            .windows(2)
+            .map(|w| {
+                let (pt, m) = (tl.per_token.narrow(0, w[0], w[1] - w[0]), mask.narrow(0, w[0], w[1] - w[0]));
+                let used = m.sum_dim_intlist(&[0i64][..], false, Kind::Double).gt(0.0).nonzero().max();
+                let width = i64::try_from(used).unwrap() + 1;
+                f64::try_from(aggregate(&pt.narrow(1, 0, width), &m.narrow(1, 0, width), lt, &split)).unwrap()
+            })
             .sum();
         close(parts, whole, &format!("{lt:?} accumulated"));
     }
@@ -86,6 +97,6 @@ fn ratio_one_gives_plain_policy_gradient_value() {
     let adv = Tensor::from_slice(&[1.5f64, -0.5]);
     let mask = Tensor::from_slice2(&[[1.0f64, 1.0], [1.0, 0.0]]);
     let tl = token_loss(&logp, &logp, None, &adv, 0.2, 0.2, 0.0);
-    let l = f64::try_from(aggregate(&tl.per_token, &mask, LossType::Grpo, 3.0, 1, 2)).unwrap();
+    let l = f64::try_from(aggregate(&tl.per_token, &mask, LossType::Grpo, &Norm::whole(&mask, 2))).unwrap();
     close(l, -(1.5 + -0.5) / 2.0, "grpo at ratio 1");
 }
