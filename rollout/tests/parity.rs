@@ -407,3 +407,71 @@ fn finished_rows_leave_the_batch_without_changing_the_others() {
         }
     }
 }
+
+/// `forward_prefixed` (each shared prompt computed once, rows attending to it) equals the
+/// plain forward over every row's prompt + continuation: hidden states and the gradients of
+/// every weight, for prompts of different lengths and continuations of different lengths.
+#[test]
+fn shared_prefix_forward_matches_the_plain_forward_with_gradients() {
+    for name in MODELS {
+        let p = load(name);
+        let r = reference(name);
+        let prefixes = &r.prompts[..2];
+        let row_prefix = [0usize, 1, 0, 1, 1];
+        let conts: Vec<Vec<i64>> = vec![vec![5, 9, 11], vec![7], vec![3, 4, 5, 6, 8], vec![12, 2], vec![9, 9, 9, 1]];
+        let (tp, tc) = (prefixes.iter().map(Vec::len).max().unwrap(), conts.iter().map(Vec::len).max().unwrap());
+        let pad = |rows: &[Vec<i64>], w: usize, left: bool| -> (Tensor, Tensor) {
+            let ids: Vec<i64> = rows.iter().flat_map(|x| {
+                let fill = vec![0i64; w - x.len()];
+                if left { [fill, x.clone()].concat() } else { [x.clone(), fill].concat() }
+            }).collect();
+            let valid: Vec<bool> = rows.iter().flat_map(|x| {
+                let (on, off) = (vec![true; x.len()], vec![false; w - x.len()]);
+                if left { [off, on].concat() } else { [on, off].concat() }
+            }).collect();
+            (Tensor::from_slice(&ids).view([rows.len() as i64, w as i64]), Tensor::from_slice(&valid).view([rows.len() as i64, w as i64]))
+        };
+        let (pids, pvalid) = pad(prefixes, tp, true);
+        let (cids, cvalid) = pad(&conts, tc, false);
+        let rp = Tensor::from_slice(&row_prefix.map(|x| x as i64));
+        // The plain layout the learner used: prompt left-padded to tp, continuation after it.
+        let full_ids = Tensor::cat(&[pids.index_select(0, &rp), cids.shallow_clone()], 1);
+        let full_valid = Tensor::cat(&[pvalid.index_select(0, &rp), cvalid.shallow_clone()], 1);
+        // A fixed random projection of the hidden states as the "loss".
+        let h = p.model.cfg.hidden_size;
+        let proj = Tensor::randn([h], (Kind::Float, Device::Cpu));
+        let grads = |loss: Tensor| -> Vec<Tensor> {
+            let vars: Vec<Tensor> = p.named_tensors().into_values().collect();
+            for v in &vars {
+                let mut g = v.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            loss.backward();
+            // lm_head gets none when untied: the loss reads hidden states only.
+            vars.iter().map(|v| { let g = v.grad(); if g.defined() { g.copy() } else { v.zeros_like() } }).collect()
+        };
+        let (hp, hs) = p.model.forward_prefixed(&pids, &pvalid, &rp, &cids, &cvalid);
+        let plain = p.model.forward_hidden(&full_ids, &rollout::model::positions_from_mask(&full_valid.to_kind(Kind::Int64)), &full_valid, None);
+        let cmask = cvalid.to_kind(Kind::Float).unsqueeze(-1);
+        let pmask = pvalid.to_kind(Kind::Float).unsqueeze(-1);
+        // Continuations: every valid position; prompts: every valid position of each prefix
+        // (rows 0 and 1 carry prefixes 0 and 1 in the plain layout).
+        let d_s = max_abs_diff(&(&hs * &cmask), &(plain.narrow(1, tp as i64, tc as i64) * &cmask));
+        let d_p = max_abs_diff(&(&hp * &pmask), &(plain.narrow(1, 0, tp as i64).narrow(0, 0, 2) * &pmask));
+        assert!(d_s < 1e-5 && d_p < 1e-5, "{name}: shared-prefix hidden states differ by {d_s} (rows) / {d_p} (prefixes)");
+        // Gradients: each row's loss counts its prefix once per row in the plain layout,
+        // so the prefixed loss weights each prefix position by its number of rows.
+        let uses = Tensor::from_slice(&[2.0f32, 3.0]).view([2, 1, 1]);
+        let loss_shared = ((&hs * &cmask).matmul(&proj)).sum(Kind::Float) + ((&hp * &pmask * &uses).matmul(&proj)).sum(Kind::Float);
+        let full_mask = full_valid.to_kind(Kind::Float).unsqueeze(-1);
+        let loss_plain = ((&plain * &full_mask).matmul(&proj)).sum(Kind::Float);
+        let (gs, gp) = (grads(loss_shared), grads(loss_plain));
+        for (a, b) in gs.iter().zip(&gp) {
+            let scale = f64::try_from(b.abs().max()).unwrap().max(1e-3);
+            let d = max_abs_diff(a, b);
+            assert!(d < 1e-4 * scale, "{name}: a weight gradient differs by {d} (scale {scale})");
+        }
+    }
+}

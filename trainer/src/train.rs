@@ -40,64 +40,79 @@ pub struct Options {
 
 /// A rollout batch ready for the learner.
 struct Batch {
-    /// [N, P + C] prompt (left-padded) + completion (right-padded).
-    input: Tensor,
-    attn: Tensor,
-    /// [N, C] completion ids (0 where padded), mask, rollout log-probs.
+    /// The step's prompts (token ids), and which one each row continues.
+    prompts: Vec<Vec<i64>>,
+    row_prompt: Vec<usize>,
+    /// [N, C] completion ids (0 where padded), real-token flags, loss mask, rollout log-probs.
     targets: Tensor,
+    valid: Tensor,
     mask: Tensor,
     old: Tensor,
     adv: Tensor,
-    prompt_len: i64,
-    /// Per row: prompt and completion lengths (for length-grouped micro-batches).
+    /// Per row: prompt and completion lengths (for planning the learner's passes).
     prompt_lens: Vec<i64>,
     comp_lens: Vec<i64>,
 }
 
-/// One forward/backward pass: batch rows of similar length, and the columns they use
-/// (`prompt` left-padded prompt columns ending at the batch's prompt end, `completion`
-/// completion columns after it).
+/// One forward/backward pass: batch rows of similar completion length and the prompts they
+/// continue, each prompt computed once for all its rows in the pass.
 struct Micro {
     rows: Tensor,
+    /// The distinct prompts (indices into `Batch::prompts`), and each row's index among them.
+    prompts: Vec<usize>,
+    row_prefix: Tensor,
+    /// Longest prompt and completion in the pass (the two streams' widths).
     prompt: i64,
     completion: i64,
 }
 
 impl Micro {
-    /// Rows x columns this pass computes.
+    /// Positions this pass computes, padding included.
     fn positions(&self) -> i64 {
-        self.rows.size()[0] * (self.prompt + self.completion)
+        self.rows.size()[0] * self.completion + self.prompts.len() as i64 * self.prompt
     }
 }
 
-/// A pass's fixed cost in padded positions, when choosing how to group rows: small passes
-/// run matmuls below their efficient size and add per-pass dispatches.
+/// A pass's fixed cost in positions, when choosing how to group rows: small passes run
+/// matmuls below their efficient size and add per-pass dispatches.
 const PASS_OVERHEAD: i64 = 256;
 
 /// Splits minibatch rows `start..start + len` into passes of at most `max_rows` rows. Rows
-/// are sorted by length and each pass is cut to its own longest row. With a token `budget`
-/// (> 0) the grouping of the sorted rows is the one that computes the fewest padded
+/// are sorted by completion length; a pass computes each distinct prompt among its rows once
+/// (GRPO's G completions share one) and its completions cut to the longest. With a token
+/// `budget` (> 0) the grouping of the sorted rows is the one that computes the fewest
 /// positions (plus [`PASS_OVERHEAD`] a pass) with every pass under the budget (a row longer
 /// than the budget goes alone); without one, consecutive runs of `max_rows` rows.
 fn plan_micro(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64, device: Device) -> Vec<Micro> {
     let mut order: Vec<usize> = (start..start + len).collect();
-    order.sort_by_key(|&r| (b.prompt_lens[r] + b.comp_lens[r], r));
-    let (pl, cl): (Vec<i64>, Vec<i64>) = order.iter().map(|&r| (b.prompt_lens[r], b.comp_lens[r].max(1))).unzip();
-    // cut[j]: where the last pass of the best grouping of the first j sorted rows starts.
+    order.sort_by_key(|&r| (b.comp_lens[r], r));
+    let cl: Vec<i64> = order.iter().map(|&r| b.comp_lens[r].max(1)).collect();
     let m = order.len();
+    // cut[j]: where the last pass of the best grouping of the first j sorted rows starts.
     let mut cut = vec![0usize; m + 1];
     if budget > 0 {
         let mut best = vec![i64::MAX; m + 1];
         best[0] = 0;
+        let mut seen = vec![0u32; b.prompts.len()];
         for j in 1..=m {
-            let (mut p, mut c) = (0i64, 0i64);
+            let (mut distinct, mut p) = (0i64, 0i64);
+            for x in seen.iter_mut() {
+                *x = 0;
+            }
             for i in (0..j).rev() {
                 let n = (j - i) as i64;
-                (p, c) = (p.max(pl[i]), c.max(cl[i]));
-                if n as usize > max_rows || (n > 1 && n * (p + c) > budget) {
-                    break; // widths only grow as i moves left
+                let g = b.row_prompt[order[i]];
+                if seen[g] == 0 {
+                    distinct += 1;
                 }
-                let cost = best[i].saturating_add(n * (p + c) + PASS_OVERHEAD);
+                seen[g] += 1;
+                p = p.max(b.prompt_lens[order[i]]);
+                // Completions are sorted, so the pass's width is its last row's.
+                let positions = n * cl[j - 1] + distinct * p;
+                if n as usize > max_rows || (n > 1 && positions > budget) {
+                    break; // only grows as i moves left
+                }
+                let cost = best[i].saturating_add(positions + PASS_OVERHEAD);
                 if cost < best[j] {
                     (best[j], cut[j]) = (cost, i);
                 }
@@ -119,10 +134,19 @@ fn plan_micro(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64,
     bounds
         .windows(2)
         .map(|w| {
-            let rows: Vec<i64> = order[w[0]..w[1]].iter().map(|&r| r as i64).collect();
-            let prompt = pl[w[0]..w[1]].iter().copied().max().unwrap_or(1);
-            let completion = cl[w[0]..w[1]].iter().copied().max().unwrap_or(1);
-            Micro { rows: Tensor::from_slice(&rows).to_device(device), prompt, completion }
+            let rows = &order[w[0]..w[1]];
+            let mut prompts: Vec<usize> = rows.iter().map(|&r| b.row_prompt[r]).collect();
+            prompts.sort_unstable();
+            prompts.dedup();
+            let row_prefix: Vec<i64> = rows.iter().map(|&r| prompts.binary_search(&b.row_prompt[r]).unwrap() as i64).collect();
+            let rows_i: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            Micro {
+                rows: Tensor::from_slice(&rows_i).to_device(device),
+                prompt: prompts.iter().map(|&g| b.prompts[g].len() as i64).max().unwrap_or(1),
+                completion: cl[w[0]..w[1]].iter().copied().max().unwrap_or(1),
+                prompts,
+                row_prefix: Tensor::from_slice(&row_prefix).to_device(device),
+            }
         })
         .collect()
 }
@@ -333,7 +357,7 @@ impl Trainer {
         let lr = lr_at(&cfg.optim, self.opt.step, (cfg.train.steps * self.updates_per_step(keep.len())) as u64);
         let mut learn = LearnStats::default();
         if !keep.is_empty() {
-            let batch = self.build_batch(&keep, &idx, &prompts, &comps, &adv)?;
+            let batch = self.build_batch(&keep, &prompts, &comps, &adv)?;
             learn = self.learn(&batch)?;
             self.pool.sync_weights(&self.policy.named_tensors())?;
         }
@@ -357,7 +381,9 @@ impl Trainer {
         row.insert("skipped_updates".into(), json!(learn.skipped));
         row.insert("micro_batches".into(), json!(learn.micro_batches));
         // Share of the learner's computed positions that were padding (0 = none wasted).
-        row.insert("learner/padding_fraction".into(), json!(1.0 - learn.tokens_processed as f64 / (learn.positions as f64).max(1.0)));
+        row.insert("learner/rollout_logprob_diff_max".into(), json!(learn.lp_diff_max));
+        row.insert("learner/rollout_logprob_diff_mean".into(), json!(learn.lp_diff_sum / learn.lp_diff_n.max(1.0)));
+        row.insert("learner/padding_fraction".into(), json!(1.0 - learn.computed as f64 / (learn.positions as f64).max(1.0)));
         row.insert("num_tokens".into(), json!(completion_tokens + prompt_tokens));
         row.insert("time/rollout_s".into(), json!(rollout_s));
         row.insert("time/learner_s".into(), json!(learner_s));
@@ -425,61 +451,63 @@ impl Trainer {
         row.insert("completions/mean_terminated_length".into(), json!(mean(&term)));
     }
 
-    fn build_batch(&self, keep: &[usize], _idx: &[usize], prompts: &[Vec<i64>], comps: &[&Completion], adv: &[f64]) -> Result<Batch> {
+    fn build_batch(&self, keep: &[usize], prompts: &[Vec<i64>], comps: &[&Completion], adv: &[f64]) -> Result<Batch> {
         let g = self.recipe.rollout.group_size;
-        let p = keep.iter().map(|&i| prompts[i / g].len()).max().unwrap() as i64;
         let c = keep.iter().map(|&i| comps[i].token_ids.len()).max().unwrap().max(1) as i64;
         let n = keep.len() as i64;
-        let (mut ids, mut attn) = (vec![0i64; (n * (p + c)) as usize], vec![0i64; (n * (p + c)) as usize]);
-        let (mut tgt, mut mask, mut old) = (vec![0i64; (n * c) as usize], vec![0f32; (n * c) as usize], vec![0f32; (n * c) as usize]);
+        let (mut tgt, mut valid, mut mask, mut old) = (vec![0i64; (n * c) as usize], vec![false; (n * c) as usize], vec![0f32; (n * c) as usize], vec![0f32; (n * c) as usize]);
         let mut a = vec![0f32; n as usize];
         for (r, &i) in keep.iter().enumerate() {
-            let pr = &prompts[i / g];
             let comp = comps[i];
-            let base = r * (p + c) as usize;
-            let off = p as usize - pr.len();
-            for (j, &t) in pr.iter().enumerate() {
-                ids[base + off + j] = t;
-                attn[base + off + j] = 1;
-            }
             let masked_out = self.recipe.grpo.mask_truncated_completions && comp.finish_reason == FinishReason::Length;
             for (j, (&t, &lp)) in comp.token_ids.iter().zip(&comp.logprobs).enumerate() {
-                ids[base + p as usize + j] = t;
-                attn[base + p as usize + j] = 1;
-                tgt[r * c as usize + j] = t;
-                old[r * c as usize + j] = lp;
-                mask[r * c as usize + j] = if masked_out { 0.0 } else { 1.0 };
+                let at = r * c as usize + j;
+                (tgt[at], valid[at], old[at]) = (t, true, lp);
+                mask[at] = if masked_out { 0.0 } else { 1.0 };
             }
             a[r] = adv[i] as f32;
         }
         let d = self.device;
         Ok(Batch {
-            input: Tensor::from_slice(&ids).view([n, p + c]).to_device(d),
-            attn: Tensor::from_slice(&attn).view([n, p + c]).to_device(d),
+            prompts: prompts.to_vec(),
+            row_prompt: keep.iter().map(|&i| i / g).collect(),
             targets: Tensor::from_slice(&tgt).view([n, c]).to_device(d),
+            valid: Tensor::from_slice(&valid).view([n, c]).to_device(d),
             mask: Tensor::from_slice(&mask).view([n, c]).to_device(d),
             old: Tensor::from_slice(&old).view([n, c]).to_device(d),
             adv: Tensor::from_slice(&a).to_device(d),
-            prompt_len: p,
             prompt_lens: keep.iter().map(|&i| prompts[i / g].len() as i64).collect(),
             comp_lens: keep.iter().map(|&i| comps[i].token_ids.len() as i64).collect(),
         })
     }
 
     /// Completion-token log-probs (and entropies) of `model` for one pass: [rows, completion].
+    /// Each distinct prompt goes through the model once; its rows attend to it.
     fn logprobs(&self, model: &rollout::CausalLm, b: &Batch, m: &Micro, entropy: bool) -> (Tensor, Option<Tensor>) {
-        let cols = |t: &Tensor| t.index_select(0, &m.rows).narrow(1, b.prompt_len - m.prompt, m.prompt + m.completion);
-        let (input, attn) = (cols(&b.input), cols(&b.attn));
-        let targets = b.targets.index_select(0, &m.rows).narrow(1, 0, m.completion);
-        let positions = rollout::model::positions_from_mask(&attn);
-        let hidden = model.forward_hidden(&input, &positions, &attn.to_kind(Kind::Bool), None);
-        let h = hidden.narrow(1, m.prompt - 1, m.completion);
+        let (u, tp, tc) = (m.prompts.len(), m.prompt, m.completion);
+        let mut ids = vec![0i64; u * tp as usize];
+        let mut on = vec![false; u * tp as usize];
+        for (k, &g) in m.prompts.iter().enumerate() {
+            let pr = &b.prompts[g];
+            let off = k * tp as usize + tp as usize - pr.len(); // left-padded
+            ids[off..off + pr.len()].copy_from_slice(pr);
+            on[off..off + pr.len()].iter_mut().for_each(|x| *x = true);
+        }
+        let d = self.device;
+        let prefix = Tensor::from_slice(&ids).view([u as i64, tp]).to_device(d);
+        let prefix_valid = Tensor::from_slice(&on).view([u as i64, tp]).to_device(d);
+        let sel = |t: &Tensor| t.index_select(0, &m.rows).narrow(1, 0, tc);
+        let (targets, valid) = (sel(&b.targets), sel(&b.valid));
+        let (hp, hs) = model.forward_prefixed(&prefix, &prefix_valid, &m.row_prefix, &targets, &valid);
+        // Completion token 0 is predicted from its prompt's last position, token j from j - 1.
+        let first = hp.select(1, tp - 1).index_select(0, &m.row_prefix).unsqueeze(1);
+        let h = Tensor::cat(&[first, hs.narrow(1, 0, tc - 1)], 1);
         grpo::chunked_logprobs(&h, &model.lm_head, &targets, self.recipe.rollout.temperature, self.recipe.grpo.logprob_chunk, entropy)
     }
 
     fn learn(&mut self, b: &Batch) -> Result<LearnStats> {
         let cfg = self.recipe.grpo.clone();
-        let n = b.input.size()[0] as usize;
+        let n = b.adv.size()[0] as usize;
         let mb = if cfg.minibatch_size == 0 { n } else { cfg.minibatch_size.min(n) };
         let accum = self.recipe.optim.grad_accumulation.max(1);
         let eps_high = cfg.epsilon_high.unwrap_or(cfg.epsilon);
@@ -502,7 +530,7 @@ impl Trainer {
         let mut norms = vec![];
         let total_updates = (self.recipe.train.steps * self.updates_per_step(n)) as u64;
         let sel = |t: &Tensor, m: &Micro| t.index_select(0, &m.rows).narrow(1, 0, m.completion);
-        for _ in 0..cfg.num_iterations {
+        for it in 0..cfg.num_iterations {
             for (pi, (ms, mlen, micros)) in plans.iter().enumerate() {
                 let norm = grpo::Norm {
                     tokens: f64::try_from(b.mask.narrow(0, *ms as i64, *mlen as i64).sum(Kind::Double))?,
@@ -516,6 +544,16 @@ impl Trainer {
                 for (ui, m) in micros.iter().enumerate() {
                     let (logp, ent) = self.logprobs(&self.policy.model, b, m, true);
                     let mask = sel(&b.mask, m);
+                    if it == 0 && pi == 0 {
+                        // Before any update the learner scores the rollout's own weights: its
+                        // log-probs must match what the sampler recorded (veRL logs the same
+                        // check as rollout_probs_diff). A gap means the two paths disagree.
+                        let valid = sel(&b.valid, m).to_kind(Kind::Float);
+                        let diff = (logp.detach() - sel(&b.old, m)).abs() * &valid;
+                        st.lp_diff_max = st.lp_diff_max.max(f64::try_from(diff.max())?);
+                        st.lp_diff_sum += f64::try_from(diff.sum(Kind::Double))?;
+                        st.lp_diff_n += f64::try_from(valid.sum(Kind::Double))?;
+                    }
                     // mu = 1: old = current (ratio 1, no extra forward pass); else the
                     // rollout's log-probs.
                     let old = if cfg.num_iterations == 1 { logp.detach() } else { sel(&b.old, m) };
@@ -536,7 +574,10 @@ impl Trainer {
                     low_sum += grpo::masked_mean(&tl.low_clipped, &mask) * ntok;
                     high_sum += grpo::masked_mean(&tl.high_clipped, &mask) * ntok;
                     st.positions += m.positions() as usize;
-                    st.tokens_processed += i64::try_from(b.attn.index_select(0, &m.rows).sum(Kind::Int64))? as usize;
+                    let completion_tokens = i64::try_from(b.valid.index_select(0, &m.rows).sum(Kind::Int64))? as usize;
+                    let rows: Vec<i64> = Vec::try_from(&m.rows)?;
+                    st.tokens_processed += completion_tokens + rows.iter().map(|&r| b.prompt_lens[r as usize] as usize).sum::<usize>();
+                    st.computed += completion_tokens + m.prompts.iter().map(|&g| b.prompts[g].len()).sum::<usize>();
                 }
                 let gn = if finite { self.opt.grad_norm() } else { f64::NAN };
                 if !gn.is_finite() {
@@ -628,10 +669,16 @@ struct LearnStats {
     clip_high: f64,
     grad_norm: f64,
     skipped: u64,
-    /// Real (unpadded) prompt + completion tokens through forward/backward.
+    /// Rows' prompt + completion tokens learned from (a shared prompt counts once per row).
     tokens_processed: usize,
-    /// Positions computed, padding included.
+    /// Real tokens computed (a shared prompt once per pass) and positions computed, padding
+    /// included.
+    computed: usize,
     positions: usize,
+    /// |learner - rollout| log-probs over the first minibatch, before its update.
+    lp_diff_max: f64,
+    lp_diff_sum: f64,
+    lp_diff_n: f64,
     /// Forward/backward passes per optimizer step (after accumulation and the token cap).
     micro_batches: usize,
 }

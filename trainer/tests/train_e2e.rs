@@ -251,6 +251,12 @@ fn token_capped_micro_batches_give_the_same_update() {
         assert!(ms[0]["micro_batches"].as_u64().unwrap() > 2, "{lt}: the cap should split 16 rows into several passes");
         let (lo, hi) = (ms[0]["completions/min_length"].as_f64().unwrap(), ms[0]["completions/max_length"].as_f64().unwrap());
         assert!(lo < hi, "{lt}: completion lengths should vary ({lo}..{hi})");
+        // The learner (each prompt computed once per pass, rows attending to it) scores
+        // the sampled tokens as the sampler did (KV-cache decoding, one row at a time).
+        for m in [&mw[0], &ms[0]] {
+            let d = m["learner/rollout_logprob_diff_max"].as_f64().unwrap();
+            assert!(d < 1e-4, "{lt}: learner vs rollout log-probs differ by {d}");
+        }
         // Grouping by length wastes less than padding every row to the longest.
         let (pw, ps) = (mw[0]["learner/padding_fraction"].as_f64().unwrap(), ms[0]["learner/padding_fraction"].as_f64().unwrap());
         assert!(ps < pw, "{lt}: padding {ps} split vs {pw} whole");

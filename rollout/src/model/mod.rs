@@ -125,13 +125,11 @@ impl Attention {
         }
     }
 
-    /// `x`: [B, T, H]; `cos`/`sin`: [B, 1, T, head_dim]; `mask`: bool [B, 1, T, S] where
-    /// S = cached + T (true = may attend). With a cache, the new keys/values are written at
-    /// positions `[cache.len, cache.len + T)` of layer `layer`.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+    /// Rotated queries and keys, and values: [B, heads, T, head_dim] each.
+    fn qkv(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (b, t, _) = x.size3().expect("attention input is [B, T, H]");
         let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
-        let (q, k, v) = match &self.qkv {
+        match &self.qkv {
             // One matmul instead of three, and one rotary pass over the q and k heads
             // together (fused weights are frozen: no gradients wanted).
             Some((w, bias)) => {
@@ -145,16 +143,14 @@ impl Attention {
                 let v = self.v_proj.forward(x).view([b, t, nkv, hd]).transpose(1, 2);
                 (rope::apply(&q, cos, sin), rope::apply(&k, cos, sin), v)
             }
-        };
-        let (k, v) = match cache {
-            Some((cache, layer)) => {
-                let start = cache.len;
-                cache.k[layer].narrow(2, start, t).copy_(&k);
-                cache.v[layer].narrow(2, start, t).copy_(&v);
-                (cache.k[layer].narrow(2, 0, start + t), cache.v[layer].narrow(2, 0, start + t))
-            }
-            None => (k, v),
-        };
+        }
+    }
+
+    /// Attention of queries `q` [B, heads, T, hd] over keys/values [B, kv_heads, S, hd] under
+    /// `mask` (bool [B, 1, T, S], true = may attend), then the output projection: [B, T, H].
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
+        let (b, _, t, _) = q.size4().expect("queries are [B, heads, T, head_dim]");
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
         let y = if t == 1 && b >= 16 && self.qkv.is_some() {
             // Decoding one token for a large batch: two batched matmuls over [B, kv, G, S]
             // (the G query heads that share a kv head side by side) beat SDPA's kernel at
@@ -166,13 +162,30 @@ impl Attention {
             let scores = qg.matmul(&k.transpose(-1, -2)) * (1.0 / (hd as f64).sqrt());
             let scores = scores.masked_fill(&mask.view([b, 1, 1, s_len]).logical_not(), f64::NEG_INFINITY);
             let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-            probs.matmul(&v).reshape([b, nh, 1, hd])
+            probs.matmul(v).reshape([b, nh, 1, hd])
         } else {
             // Explicit mask: SDPA's is_causal is anchored top-left, wrong once a cache is used.
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, self.n_kv != self.n_heads)
+            Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None, nkv != nh)
         };
-        let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
-        self.o_proj.forward(&y)
+        self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, nh * hd]))
+    }
+
+    /// `x`: [B, T, H]; `cos`/`sin`: [B, 1, T, head_dim]; `mask`: bool [B, 1, T, S] where
+    /// S = cached + T (true = may attend). With a cache, the new keys/values are written at
+    /// positions `[cache.len, cache.len + T)` of layer `layer`.
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+        let t = x.size()[1];
+        let (q, k, v) = self.qkv(x, cos, sin);
+        let (k, v) = match cache {
+            Some((cache, layer)) => {
+                let start = cache.len;
+                cache.k[layer].narrow(2, start, t).copy_(&k);
+                cache.v[layer].narrow(2, start, t).copy_(&v);
+                (cache.k[layer].narrow(2, 0, start + t), cache.v[layer].narrow(2, 0, start + t))
+            }
+            None => (k, v),
+        };
+        self.attend(&q, &k, &v, mask)
     }
 }
 
@@ -321,6 +334,40 @@ impl CausalLm {
             c.len += t;
         }
         self.norm.forward(&x)
+    }
+
+    /// Final hidden states for rows that continue shared prefixes, each prefix computed
+    /// once: GRPO's G completions of one prompt share it. Prefixes `prefix_ids` [U, Tp]
+    /// (left-padded, `prefix_valid` bool [U, Tp]); row n continues prefix `row_prefix[n]`
+    /// (i64 [N]) with `ids` [N, Tc] (right-padded, `valid` bool [N, Tc]). Returns the
+    /// prefixes' hidden states [U, Tp, H] and the rows' [N, Tc, H]: the same values as
+    /// [`forward_hidden`](Self::forward_hidden) over each row's prefix + continuation, with
+    /// gradients reaching the prefix through every row that attends to it.
+    pub fn forward_prefixed(&self, prefix_ids: &Tensor, prefix_valid: &Tensor, row_prefix: &Tensor, ids: &Tensor, valid: &Tensor) -> (Tensor, Tensor) {
+        let (tp, tc) = (prefix_ids.size()[1], ids.size()[1]);
+        let pos_p = positions_from_mask(prefix_valid);
+        let prefix_len = prefix_valid.to_kind(Kind::Int64).sum_dim_intlist(&[1i64][..], true, Kind::Int64);
+        let pos_s = (positions_from_mask(valid) + prefix_len.index_select(0, row_prefix)) * valid.to_kind(Kind::Int64);
+        let mask_p = attention_mask(prefix_valid, 0, tp);
+        // A row's queries see its prefix's real keys, then its own keys causally.
+        let see_prefix = prefix_valid.index_select(0, row_prefix).unsqueeze(1).unsqueeze(1).expand([-1, 1, tc, tp], false);
+        let mask_s = Tensor::cat(&[see_prefix, attention_mask(valid, 0, tc)], 3);
+        let (cos_p, sin_p) = self.rope.cos_sin(&pos_p, self.kind());
+        let (cos_s, sin_s) = self.rope.cos_sin(&pos_s, self.kind());
+        let mut xp = Tensor::embedding(&self.embed_tokens, prefix_ids, -1, false, false);
+        let mut xs = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        for layer in &self.layers {
+            let a = &layer.self_attn;
+            let (qp, kp, vp) = a.qkv(&layer.input_layernorm.forward(&xp), &cos_p, &sin_p);
+            let (qs, ks, vs) = a.qkv(&layer.input_layernorm.forward(&xs), &cos_s, &sin_s);
+            let k = Tensor::cat(&[kp.index_select(0, row_prefix), ks], 2);
+            let v = Tensor::cat(&[vp.index_select(0, row_prefix), vs], 2);
+            xs = &xs + a.attend(&qs, &k, &v, &mask_s);
+            xp = &xp + a.attend(&qp, &kp, &vp, &mask_p);
+            xp = &xp + layer.mlp.forward(&layer.post_attention_layernorm.forward(&xp));
+            xs = &xs + layer.mlp.forward(&layer.post_attention_layernorm.forward(&xs));
+        }
+        (self.norm.forward(&xp), self.norm.forward(&xs))
     }
 
     /// Logits for hidden states: [.., H] -> [.., V], in the model's dtype.
