@@ -119,8 +119,8 @@ fn plan_micro(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64,
             }
         }
     } else {
-        for j in 1..=m {
-            cut[j] = (j - 1) / max_rows * max_rows;
+        for (j, c) in cut.iter_mut().enumerate().skip(1) {
+            *c = (j - 1) / max_rows * max_rows;
         }
     }
     let mut bounds = vec![m];
@@ -380,9 +380,9 @@ impl Trainer {
         row.insert("learning_rate".into(), json!(lr));
         row.insert("skipped_updates".into(), json!(learn.skipped));
         row.insert("micro_batches".into(), json!(learn.micro_batches));
-        // Share of the learner's computed positions that were padding (0 = none wasted).
         row.insert("learner/rollout_logprob_diff_max".into(), json!(learn.lp_diff_max));
         row.insert("learner/rollout_logprob_diff_mean".into(), json!(learn.lp_diff_sum / learn.lp_diff_n.max(1.0)));
+        // Share of the learner's computed positions that were padding (0 = none wasted).
         row.insert("learner/padding_fraction".into(), json!(1.0 - learn.computed as f64 / (learn.positions as f64).max(1.0)));
         row.insert("num_tokens".into(), json!(completion_tokens + prompt_tokens));
         row.insert("time/rollout_s".into(), json!(rollout_s));
