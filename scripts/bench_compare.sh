@@ -118,50 +118,38 @@ echo "Reference: $versions. Model: $MODEL ($(grep -o '"hidden_size": *[0-9]*' "$
 echo
 echo "| benchmark | ponder | reference | ponder / reference speed (memory) |"
 echo "|---|---:|---:|---:|"
-row_speed() { # label ponder ref (higher is better)
-  echo "| $1 | $(fmt "$2") | $(fmt "$3") | $(ratio "$2" "$3")x |"
-}
-row_time() { # label ponder ref (lower is better)
-  echo "| $1 | $(fmt "$2") | $(fmt "$3") | $(ratio "$3" "$2")x |"
-}
-row_mem() {
-  echo "| $1 | $(fmt "$2") | $(fmt "$3") | $(ratio "$2" "$3")x |"
+# row NAME KIND PATTERN LABEL: one table row from the medians of both sides' logs. KIND:
+# speed (higher is better), time (lower is better), mem (ponder / reference), plain (no ratio).
+row() {
+  local p r
+  p=$(collect "$1" ponder "$3"); r=$(collect "$1" ref "$3")
+  case $2 in
+    speed|mem) echo "| $4 | $(fmt "$p") | $(fmt "$r") | $(ratio "$p" "$r")x |" ;;
+    time) echo "| $4 | $(fmt "$p") | $(fmt "$r") | $(ratio "$r" "$p")x |" ;;
+    plain) echo "| $4 | $(fmt "$p") | $(fmt "$r") | |" ;;
+  esac
 }
 for b in $ONLY; do
   case $b in
     gen)
-      p=$(collect gen ponder "tokens/s (median)"); r=$(collect gen ref "tokens/s (median)")
-      row_speed "generate ${GEN_BATCH}x${GEN_TOKENS}, sampling T=1 (transformers): tokens/s" "$p" "$r"
-      p=$(collect gen ponder "ms per decode step"); r=$(collect gen ref "ms per decode step")
-      row_time "generate ${GEN_BATCH}x${GEN_TOKENS}: ms per decode step" "$p" "$r"
-      p=$(collect gen ponder "peak memory (RSS)"); r=$(collect gen ref "peak memory (RSS)")
-      row_mem "generate ${GEN_BATCH}x${GEN_TOKENS}: peak RSS (MiB)" "$p" "$r" ;;
+      row gen speed "tokens/s (median)" "generate ${GEN_BATCH}x${GEN_TOKENS}, sampling T=1 (transformers): tokens/s"
+      row gen time "ms per decode step" "generate ${GEN_BATCH}x${GEN_TOKENS}: ms per decode step"
+      row gen mem "peak memory (RSS)" "generate ${GEN_BATCH}x${GEN_TOKENS}: peak RSS (MiB)" ;;
     gen1)
-      p=$(collect gen1 ponder "tokens/s (median)"); r=$(collect gen1 ref "tokens/s (median)")
-      row_speed "generate 1x${GEN1_TOKENS}, greedy (transformers): tokens/s" "$p" "$r"
-      p=$(collect gen1 ponder "ms per decode step"); r=$(collect gen1 ref "ms per decode step")
-      row_time "generate 1x${GEN1_TOKENS}: ms per decode step" "$p" "$r"
-      p=$(collect gen1 ponder "peak memory (RSS)"); r=$(collect gen1 ref "peak memory (RSS)")
-      row_mem "generate 1x${GEN1_TOKENS}: peak RSS (MiB)" "$p" "$r" ;;
+      row gen1 speed "tokens/s (median)" "generate 1x${GEN1_TOKENS}, greedy (transformers): tokens/s"
+      row gen1 time "ms per decode step" "generate 1x${GEN1_TOKENS}: ms per decode step"
+      row gen1 mem "peak memory (RSS)" "generate 1x${GEN1_TOKENS}: peak RSS (MiB)" ;;
     genvar)
-      p=$(collect genvar ponder "tokens/s (median)"); r=$(collect genvar ref "tokens/s (median)")
-      row_speed "generate ${GEN_BATCH}x<=${GENVAR_TOKENS}, rows end at random (stop rate ${GENVAR_STOP_RATE}): tokens/s" "$p" "$r"
-      p=$(collect genvar ponder "completion length: mean"); r=$(collect genvar ref "completion length: mean")
-      echo "| genvar: mean completion length (tokens) | $(fmt "$p") | $(fmt "$r") | |"
-      p=$(collect genvar ponder "peak memory (RSS)"); r=$(collect genvar ref "peak memory (RSS)")
-      row_mem "genvar: peak RSS (MiB)" "$p" "$r" ;;
+      row genvar speed "tokens/s (median)" "generate ${GEN_BATCH}x<=${GENVAR_TOKENS}, rows end at random (stop rate ${GENVAR_STOP_RATE}): tokens/s"
+      row genvar plain "completion length: mean" "genvar: mean completion length (tokens)"
+      row genvar mem "peak memory (RSS)" "genvar: peak RSS (MiB)" ;;
     train)
-      p=$(collect train ponder "seconds per step (median)"); r=$(collect train ref "seconds per step (median)")
-      row_time "GRPO step ${TRAIN_PROMPTS}x${TRAIN_G}x${TRAIN_TOKENS}, beta 0.04, dapo (TRL GRPOTrainer): s/step" "$p" "$r"
-      p=$(collect train ponder "peak memory (RSS)"); r=$(collect train ref "peak memory (RSS)")
-      row_mem "GRPO step: peak RSS (MiB)" "$p" "$r" ;;
+      row train time "seconds per step (median)" "GRPO step ${TRAIN_PROMPTS}x${TRAIN_G}x${TRAIN_TOKENS}, beta 0.04, dapo (TRL GRPOTrainer): s/step"
+      row train mem "peak memory (RSS)" "GRPO step: peak RSS (MiB)" ;;
     trainvar)
-      p=$(collect trainvar ponder "seconds per step (median)"); r=$(collect trainvar ref "seconds per step (median)")
-      row_time "GRPO step ${TRAIN_PROMPTS}x${TRAIN_G}x<=${TRAINVAR_TOKENS}, rows end at random (stop rate ${TRAINVAR_STOP_RATE}): s/step" "$p" "$r"
-      p=$(collect trainvar ponder "completion length: mean"); r=$(collect trainvar ref "completion length: mean")
-      echo "| trainvar: mean completion length (tokens) | $(fmt "$p") | $(fmt "$r") | |"
-      p=$(collect trainvar ponder "peak memory (RSS)"); r=$(collect trainvar ref "peak memory (RSS)")
-      row_mem "trainvar: peak RSS (MiB)" "$p" "$r" ;;
+      row trainvar time "seconds per step (median)" "GRPO step ${TRAIN_PROMPTS}x${TRAIN_G}x<=${TRAINVAR_TOKENS}, rows end at random (stop rate ${TRAINVAR_STOP_RATE}): s/step"
+      row trainvar plain "completion length: mean" "trainvar: mean completion length (tokens)"
+      row trainvar mem "peak memory (RSS)" "trainvar: peak RSS (MiB)" ;;
   esac
 done
 echo

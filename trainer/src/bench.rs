@@ -204,8 +204,9 @@ fn stop_ids(rate: f64, vocab: i64, eos: &[i64]) -> Vec<i64> {
     (vocab - n..vocab).filter(|t| !eos.contains(t)).collect()
 }
 
-/// A copy of model folder `src` in `dst` whose generation_config.json lists `extra` EOS ids too.
-fn with_extra_eos(src: &std::path::Path, dst: &std::path::Path, extra: &[i64]) -> Result<()> {
+/// A copy of model folder `src` in `dst` whose generation_config.json lists `eos` (the
+/// model's EOS ids and the extra ones) as its EOS ids.
+fn with_eos(src: &std::path::Path, dst: &std::path::Path, eos: &[i64]) -> Result<()> {
     std::fs::create_dir_all(dst)?;
     for e in std::fs::read_dir(src)? {
         let e = e?;
@@ -218,13 +219,7 @@ fn with_extra_eos(src: &std::path::Path, dst: &std::path::Path, extra: &[i64]) -
         Ok(t) => serde_json::from_str(&t)?,
         Err(_) => serde_json::json!({}),
     };
-    let mut ids: Vec<i64> = match &g["eos_token_id"] {
-        serde_json::Value::Number(n) => n.as_i64().into_iter().collect(),
-        serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_i64()).collect(),
-        _ => vec![],
-    };
-    ids.extend(extra.iter().filter(|t| !ids.contains(t)).collect::<Vec<_>>());
-    g["eos_token_id"] = serde_json::json!(ids);
+    g["eos_token_id"] = serde_json::json!(eos);
     std::fs::write(&path, serde_json::to_string_pretty(&g)?)?;
     Ok(())
 }
@@ -238,9 +233,12 @@ pub fn bench_train(a: TrainBench) -> Result<()> {
     }
     let tmp = tempfile::tempdir()?;
     let model_dir = if a.stop_rate > 0.0 {
+        // The model's own EOS ids may come from config.json: write them all out.
         let probe = Policy::load(&a.model, Kind::Float, Device::Cpu)?;
+        let mut eos = probe.eos_token_ids();
+        eos.extend(stop_ids(a.stop_rate, probe.model.cfg.vocab_size, &eos));
         let dir = tmp.path().join("model");
-        with_extra_eos(&a.model, &dir, &stop_ids(a.stop_rate, probe.model.cfg.vocab_size, &probe.eos_token_ids()))?;
+        with_eos(&a.model, &dir, &eos)?;
         dir
     } else {
         a.model.canonicalize()?

@@ -64,6 +64,10 @@ struct Micro {
     /// Longest prompt and completion in the pass (the two streams' widths).
     prompt: i64,
     completion: i64,
+    /// The rows' prompt + completion tokens (a shared prompt counted once per row), and the
+    /// real tokens the pass computes (a shared prompt once).
+    tokens: usize,
+    computed: usize,
 }
 
 impl Micro {
@@ -140,10 +144,15 @@ fn plan_micro(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64,
             prompts.dedup();
             let row_prefix: Vec<i64> = rows.iter().map(|&r| prompts.binary_search(&b.row_prompt[r]).unwrap() as i64).collect();
             let rows_i: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let completion_tokens: i64 = rows.iter().map(|&r| b.comp_lens[r]).sum();
+            let prompt_tokens: i64 = rows.iter().map(|&r| b.prompt_lens[r]).sum();
+            let distinct_prompt_tokens: usize = prompts.iter().map(|&g| b.prompts[g].len()).sum();
             Micro {
                 rows: Tensor::from_slice(&rows_i).to_device(device),
                 prompt: prompts.iter().map(|&g| b.prompts[g].len() as i64).max().unwrap_or(1),
                 completion: cl[w[0]..w[1]].iter().copied().max().unwrap_or(1),
+                tokens: (completion_tokens + prompt_tokens) as usize,
+                computed: completion_tokens as usize + distinct_prompt_tokens,
                 prompts,
                 row_prefix: Tensor::from_slice(&row_prefix).to_device(device),
             }
@@ -574,10 +583,8 @@ impl Trainer {
                     low_sum += grpo::masked_mean(&tl.low_clipped, &mask) * ntok;
                     high_sum += grpo::masked_mean(&tl.high_clipped, &mask) * ntok;
                     st.positions += m.positions() as usize;
-                    let completion_tokens = i64::try_from(b.valid.index_select(0, &m.rows).sum(Kind::Int64))? as usize;
-                    let rows: Vec<i64> = Vec::try_from(&m.rows)?;
-                    st.tokens_processed += completion_tokens + rows.iter().map(|&r| b.prompt_lens[r as usize] as usize).sum::<usize>();
-                    st.computed += completion_tokens + m.prompts.iter().map(|&g| b.prompts[g].len()).sum::<usize>();
+                    st.tokens_processed += m.tokens;
+                    st.computed += m.computed;
                 }
                 let gn = if finite { self.opt.grad_norm() } else { f64::NAN };
                 if !gn.is_finite() {
