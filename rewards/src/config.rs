@@ -25,7 +25,8 @@ fn one() -> f64 {
 ///
 /// Common keys: `kind` (required, one of [`KINDS`]), `name` (default: the kind; names
 /// must be unique within a set), `weight` (default `1.0`), `timeout_ms` (default
-/// `1000`: a module that takes longer on one sample scores 0 for it and is counted).
+/// `1000`: a module that takes longer on one sample scores 0 for it and is counted), `tasks`
+/// (default: every sample; else only samples whose `task` field is listed).
 /// Every other key is a parameter of the module (see [`crate::modules`]); unknown
 /// keys are errors that name the key and the closest valid one.
 ///
@@ -40,6 +41,11 @@ pub struct RewardSpec {
     pub weight: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Reward routing: the tasks (a sample's `task` field) this reward scores; empty = every
+    /// sample. A sample outside the list is not scored by this reward (it adds 0 to the
+    /// total and is left out of the reward's mean), as veRL routes by `data_source`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
     /// Module parameters (every key other than the common ones).
     #[serde(flatten)]
     pub params: Map<String, Value>,
@@ -53,6 +59,7 @@ impl RewardSpec {
             name: None,
             weight: 1.0,
             timeout_ms: None,
+            tasks: Vec::new(),
             params: Map::new(),
         }
     }
@@ -63,7 +70,7 @@ impl RewardSpec {
     }
 }
 
-const COMMON: &[&str] = &["kind", "name", "weight", "timeout_ms"];
+const COMMON: &[&str] = &["kind", "name", "weight", "timeout_ms", "tasks"];
 
 fn closest<'a>(key: &str, valid: impl IntoIterator<Item = &'a str>) -> String {
     let mut best: Option<(f64, &str)> = None;

@@ -34,7 +34,7 @@ mod set;
 pub mod text;
 
 pub use config::{RewardSpec, KINDS};
-pub use set::{BatchCounts, BatchScores, Failure, FailureKind, Note, RewardSet, Scores};
+pub use set::{sample_task, BatchCounts, BatchScores, Failure, FailureKind, Note, RewardSet, Scores};
 
 use serde::{Deserialize, Serialize};
 

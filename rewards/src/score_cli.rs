@@ -98,21 +98,27 @@ pub fn run(
         ..Default::default()
     };
     let mut total_sum = 0.0;
+    let mut applied = vec![0usize; names.len()];
     let mut objs: Vec<Map<String, Value>> = Vec::with_capacity(CHUNK);
     let mut samples: Vec<Sample> = Vec::with_capacity(CHUNK);
     let flush = |objs: &mut Vec<Map<String, Value>>,
                  samples: &mut Vec<Sample>,
                  report: &mut ScoreReport,
                  total_sum: &mut f64,
+                 applied: &mut Vec<usize>,
                  w: &mut Box<dyn Write>|
      -> Result<(), RewardsError> {
         let scores = set.score_batch(samples);
         report.counts.add(&scores.counts);
         for (mut obj, sc) in objs.drain(..).zip(scores.scores) {
             let mut r = Map::new();
+            // A reward routed away from the sample's task is left out (not a 0).
             for (i, (name, v)) in sc.per_module.iter().enumerate() {
-                r.insert(name.clone(), Value::from(*v));
-                report.means[i].1 += v;
+                if sc.applied[i] {
+                    r.insert(name.clone(), Value::from(*v));
+                    report.means[i].1 += v;
+                    applied[i] += 1;
+                }
             }
             *total_sum += sc.total;
             obj.insert("rewards".into(), Value::Object(r));
@@ -151,6 +157,7 @@ pub fn run(
                         &mut samples,
                         &mut report,
                         &mut total_sum,
+                        &mut applied,
                         &mut writer,
                     )?;
                 }
@@ -170,12 +177,13 @@ pub fn run(
         &mut samples,
         &mut report,
         &mut total_sum,
+        &mut applied,
         &mut writer,
     )?;
     writer.flush().map_err(out_err)?;
     let n = report.scored.max(1) as f64;
-    for m in &mut report.means {
-        m.1 /= n;
+    for (m, k) in report.means.iter_mut().zip(&applied) {
+        m.1 /= (*k).max(1) as f64;
     }
     report.mean_total = total_sum / n;
     eprintln!(
@@ -191,8 +199,8 @@ pub fn run(
     );
     let c = &report.counts;
     eprintln!(
-        "  errors: {} panics, {} timeouts, {} unparseable references, {} missing inputs; {} without answer",
-        c.panics, c.timeouts, c.unparseable_references, c.missing_inputs, c.no_answer
+        "  errors: {} panics, {} timeouts, {} unparseable references, {} missing inputs, {} unrouted; {} without answer",
+        c.panics, c.timeouts, c.unparseable_references, c.missing_inputs, c.unrouted, c.no_answer
     );
     Ok(report)
 }

@@ -15,7 +15,20 @@ struct Entry {
     name: String,
     weight: f64,
     timeout: Duration,
+    /// Routing: the tasks this module scores (empty = all).
+    tasks: Vec<String>,
     module: Box<dyn RewardModule>,
+}
+
+impl Entry {
+    fn applies(&self, task: Option<&str>) -> bool {
+        self.tasks.is_empty() || task.is_some_and(|t| self.tasks.iter().any(|x| x == t))
+    }
+}
+
+/// The task a sample belongs to, for reward routing: its `task` field.
+pub fn sample_task(s: &Sample) -> Option<&str> {
+    s.extra.get("task").and_then(|v| v.as_str())
 }
 
 /// A weighted set of reward modules, built from `[[rewards]]` tables.
@@ -45,6 +58,8 @@ pub enum FailureKind {
     UnparseableReference,
     /// A field the module needs (reference, `numbers`, `target`, ...) is missing or malformed.
     MissingInput,
+    /// No reward of the set applies to the sample's task (routing by `tasks`).
+    Unrouted,
 }
 
 /// One failure, for logging.
@@ -65,8 +80,13 @@ pub struct Note {
 /// The scores of one sample.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Scores {
-    /// `(module name, unweighted score)` in [`RewardSet::names`] order.
+    /// `(module name, unweighted score)` in [`RewardSet::names`] order (0 where the module
+    /// does not apply to the sample's task).
     pub per_module: Vec<(String, f64)>,
+    /// Whether each module scored this sample (false: routed away by its `tasks`).
+    pub applied: Vec<bool>,
+    /// The sample's task (its `task` field), when it has one.
+    pub task: Option<String>,
     /// Weighted sum of the module scores.
     pub total: f64,
     pub failures: Vec<Failure>,
@@ -90,6 +110,8 @@ pub struct BatchCounts {
     pub timeouts: usize,
     pub unparseable_references: usize,
     pub missing_inputs: usize,
+    /// Samples no reward applies to (their task is not routed to any reward).
+    pub unrouted: usize,
     /// Samples where a module found no answer in the completion (a normal 0).
     pub no_answer: usize,
 }
@@ -100,6 +122,7 @@ impl BatchCounts {
         self.timeouts += o.timeouts;
         self.unparseable_references += o.unparseable_references;
         self.missing_inputs += o.missing_inputs;
+        self.unrouted += o.unrouted;
         self.no_answer += o.no_answer;
     }
 }
@@ -118,18 +141,26 @@ impl BatchScores {
         self.scores.iter().map(|s| s.total).collect()
     }
 
-    /// Mean unweighted score per module, in `names` order.
+    /// Mean unweighted score per module, in `names` order, over the samples each module
+    /// applies to (0 when it applies to none).
     pub fn means(&self) -> Vec<(String, f64)> {
-        let n = self.scores.len().max(1) as f64;
         self.names
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                (
-                    name.clone(),
-                    self.scores.iter().map(|s| s.per_module[i].1).sum::<f64>() / n,
-                )
+                let v = self.values(i);
+                let m = if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+                (name.clone(), m)
             })
+            .collect()
+    }
+
+    /// The scores of module `i` on the samples it applies to, in batch order.
+    pub fn values(&self, i: usize) -> Vec<f64> {
+        self.scores
+            .iter()
+            .filter(|s| s.applied[i])
+            .map(|s| s.per_module[i].1)
             .collect()
     }
 }
@@ -161,6 +192,7 @@ impl RewardSet {
                 name,
                 weight: spec.weight,
                 timeout: Duration::from_millis(spec.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+                tasks: spec.tasks.clone(),
                 module,
             });
         }
@@ -177,6 +209,42 @@ impl RewardSet {
         self.entries.iter().map(|e| e.name.clone()).collect()
     }
 
+    /// Checks reward routing against the tasks of a dataset (each sample's `task`, `None`
+    /// for samples without one): every task must be scored by at least one reward. The
+    /// error names the first task that no reward covers.
+    pub fn check_tasks<'a>(
+        &self,
+        tasks: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Result<(), RewardsError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for t in tasks {
+            if !seen.insert(t) {
+                continue;
+            }
+            if !self.entries.iter().any(|e| e.applies(t)) {
+                let routed: std::collections::BTreeSet<&str> = self
+                    .entries
+                    .iter()
+                    .flat_map(|e| e.tasks.iter().map(String::as_str))
+                    .collect();
+                let what = match t {
+                    Some(t) => format!("task `{t}`"),
+                    None => "samples without a `task` field".to_string(),
+                };
+                return Err(RewardsError::Invalid(format!(
+                    "no reward scores {what}: every reward is routed to other tasks ({}); add it to a reward's `tasks`, or give a reward no `tasks` so it scores every sample",
+                    routed.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tasks each reward is routed to (empty = every sample), in [`names`](Self::names) order.
+    pub fn routes(&self) -> Vec<Vec<String>> {
+        self.entries.iter().map(|e| e.tasks.clone()).collect()
+    }
+
     /// The weights, in [`names`](Self::names) order.
     pub fn weights(&self) -> Vec<f64> {
         self.entries.iter().map(|e| e.weight).collect()
@@ -185,10 +253,18 @@ impl RewardSet {
     /// Scores one sample on the current thread.
     pub fn score_one(&self, sample: &Sample) -> Scores {
         let mut per_module = Vec::with_capacity(self.entries.len());
+        let mut applied = Vec::with_capacity(self.entries.len());
         let mut failures = Vec::new();
         let mut notes = Vec::new();
         let mut total = 0.0;
+        let task = sample_task(sample);
         for e in &self.entries {
+            if !e.applies(task) {
+                per_module.push((e.name.clone(), 0.0));
+                applied.push(false);
+                continue;
+            }
+            applied.push(true);
             let start = Instant::now();
             let ctx = Ctx {
                 deadline: start + e.timeout,
@@ -245,8 +321,20 @@ impl RewardSet {
             total += e.weight * score;
             per_module.push((e.name.clone(), score));
         }
+        if !applied.iter().any(|&a| a) {
+            failures.push(Failure {
+                module: String::new(),
+                kind: FailureKind::Unrouted,
+                message: format!(
+                    "no reward applies to task {}: add it to a reward's `tasks`",
+                    task.map_or("(none)".to_string(), |t| format!("`{t}`"))
+                ),
+            });
+        }
         Scores {
             per_module,
+            applied,
+            task: task.map(str::to_string),
             total,
             failures,
             notes,
@@ -275,6 +363,7 @@ impl RewardSet {
                     FailureKind::Timeout => counts.timeouts += 1,
                     FailureKind::UnparseableReference => counts.unparseable_references += 1,
                     FailureKind::MissingInput => counts.missing_inputs += 1,
+                    FailureKind::Unrouted => counts.unrouted += 1,
                 }
             }
             counts.no_answer += s.notes.len();
@@ -295,6 +384,7 @@ impl RewardSet {
                     name: n.to_string(),
                     weight: w,
                     timeout: Duration::from_millis(t),
+                    tasks: Vec::new(),
                     module: m,
                 })
                 .collect(),

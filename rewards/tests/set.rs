@@ -159,3 +159,63 @@ fn parallel_equals_sequential_on_many_samples() {
     assert_eq!(a, b);
     let _ = json!(1);
 }
+
+/// Reward routing by task: a sample is scored only by the rewards routed to its `task`
+/// (and by rewards without `tasks`); the others neither add to its total nor enter their
+/// means; a task no reward covers is an error naming it.
+#[test]
+fn rewards_route_by_task() {
+    let set = RewardSet::from_toml_str(
+        r#"
+        [[rewards]]
+        kind = "accuracy"
+        [[rewards]]
+        kind = "format"
+        tasks = ["addition"]
+        [[rewards]]
+        kind = "char_fraction"
+        weight = 0.5
+        tasks = ["compare"]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(set.routes(), vec![vec![], vec!["addition".to_string()], vec!["compare".to_string()]]);
+    // An addition sample in the R1 format, right: accuracy 1 + format 1; char_fraction routed away.
+    let add = Sample::new("What is 2 + 3?", "<think> 2 + 3 = 5 </think> <answer> 5 </answer>", Some("5")).with("task", json!("addition"));
+    // A compare sample without think tags, right: format does not apply to it.
+    let cmp = Sample::new("Which is larger, 7 or 9?", "<answer> 9 </answer>", Some("9")).with("task", json!("compare"));
+    let out = set.score_batch(&[add.clone(), cmp.clone()]);
+    assert_eq!(out.scores[0].applied, vec![true, true, false]);
+    assert_eq!(out.scores[1].applied, vec![true, false, true]);
+    assert_eq!(out.scores[0].total, 2.0);
+    // char_fraction of "<answer> 9 </answer>": 1 digit among 16 non-space characters.
+    let frac = 1.0 / "<answer>9</answer>".len() as f64;
+    assert!((out.scores[1].per_module[2].1 - frac).abs() < 1e-12);
+    assert!((out.scores[1].total - (1.0 + 0.5 * frac)).abs() < 1e-12);
+    assert_eq!(out.scores[1].task.as_deref(), Some("compare"));
+    // Means are over the samples a reward applies to: format's is the addition sample's 1.0,
+    // not (1 + 0) / 2.
+    let means = out.means();
+    assert_eq!(means[1], ("format".to_string(), 1.0));
+    assert_eq!(out.values(2).len(), 1);
+    // Scoring the compare sample with format directly would have given 0: routing matters.
+    let fmt_only = RewardSet::from_toml_str("[[rewards]]\nkind = \"format\"").unwrap();
+    assert_eq!(fmt_only.score_batch(&[cmp.clone()]).scores[0].total, 0.0);
+
+    // Checking a dataset's tasks: covered tasks pass, an uncovered one is named.
+    set.check_tasks([Some("addition"), Some("compare"), None]).unwrap();
+    let routed_only = RewardSet::from_toml_str("[[rewards]]\nkind = \"accuracy\"\ntasks = [\"addition\"]").unwrap();
+    let e = routed_only.check_tasks([Some("addition"), Some("poetry")]).unwrap_err().to_string();
+    assert!(e.contains("task `poetry`") && e.contains("addition"), "{e}");
+    let e = routed_only.check_tasks([None]).unwrap_err().to_string();
+    assert!(e.contains("without a `task` field"), "{e}");
+    // At scoring time an unrouted sample scores 0 and is counted, never silently.
+    let stray = Sample::new("q", "<answer> 1 </answer>", Some("1")).with("task", json!("poetry"));
+    let out = routed_only.score_batch(&[stray]);
+    assert_eq!(out.counts.unrouted, 1);
+    assert_eq!(out.scores[0].total, 0.0);
+    assert!(out.scores[0].failures[0].message.contains("`poetry`"));
+    // `tasks` is a common key: a typo in it is caught like any other.
+    let e = err("[[rewards]]\nkind = \"accuracy\"\ntaks = [\"a\"]");
+    assert!(e.contains("did you mean `tasks`"), "{e}");
+}
