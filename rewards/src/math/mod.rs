@@ -130,15 +130,19 @@ fn boxed_group(text: &str) -> Option<&str> {
     if !text[inner_end..].starts_with('}') {
         return Some(last); // `\boxed 5`
     }
+    // where the box whose content starts at `inner` begins: `\boxed{`, `\boxed {`, `\fbox{`
     let box_start = |inner: usize| {
-        let head = &text[..inner];
-        match (head.rfind("\\boxed"), head.rfind("\\fbox")) {
-            (Some(a), Some(b)) => a.max(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => inner,
+        let head = text[..inner].trim_end_matches('{').trim_end();
+        if head.ends_with("\\boxed") {
+            head.len() - 6
+        } else if head.ends_with("\\fbox") {
+            head.len() - 5
+        } else {
+            inner
         }
     };
-    let mut start = box_start(inner_start);
+    let first = box_start(inner_start);
+    let mut start = first;
     let mut all_same = true;
     for _ in 0..16 {
         // quick reject: the text before the group must end with `}` after separators
@@ -164,7 +168,7 @@ fn boxed_group(text: &str) -> Option<&str> {
         all_same &= prev.trim() == last.trim();
         start = box_start(p_start);
     }
-    if start == box_start(inner_start) || all_same {
+    if start == first || all_same {
         return Some(last);
     }
     Some(&text[start..=inner_end])

@@ -420,14 +420,21 @@ pub fn normalize(ans: &str) -> String {
         return ans.trim().to_string();
     }
     let mut s = ans.trim().to_string();
-    s = s
-        .replace("\\dfrac", "\\frac")
-        .replace("\\tfrac", "\\frac")
-        .replace("\\cfrac", "\\frac");
-    s = s
-        .replace("\\dbinom", "\\binom")
-        .replace("\\tbinom", "\\binom");
-    s = s.replace("{,}", ",");
+    let latex = s.contains('\\');
+    if latex && s.contains("frac") {
+        s = s
+            .replace("\\dfrac", "\\frac")
+            .replace("\\tfrac", "\\frac")
+            .replace("\\cfrac", "\\frac");
+    }
+    if latex && s.contains("binom") {
+        s = s
+            .replace("\\dbinom", "\\binom")
+            .replace("\\tbinom", "\\binom");
+    }
+    if s.contains("{,}") {
+        s = s.replace("{,}", ",");
+    }
     if s.contains("\\boxed") || s.contains("\\fbox") {
         s = unwrap_boxes(&s);
     }
@@ -438,29 +445,38 @@ pub fn normalize(ans: &str) -> String {
     if s.contains("matrix}") || s.contains("array}") {
         s = matrices(&s);
     }
+    // (a piece starting with `\\` needs a backslash in `s`, a non-ASCII one non-ASCII text)
+    let (latex, ascii) = (s.contains('\\'), s.is_ascii());
     for d in DROP {
+        let first = d.as_bytes()[0];
+        if (first == b'\\' && !latex) || (first >= 0x80 && ascii) {
+            continue;
+        }
         if s.contains(d) {
             s = s.replace(d, " ");
         }
     }
     // "1 000" style was turned into "1  000" by `\,` removal: join digit groups later in the parser.
-    s = s
-        .replace('\u{2212}', "-")
-        .replace('\u{00d7}', "\\times ")
-        .replace('\u{00f7}', "\\div ");
-    s = s
-        .replace('\u{221a}', "\\sqrt")
-        .replace('\u{03c0}', "\\pi ")
-        .replace('\u{221e}', "\\infty ");
     if !s.is_ascii() {
         s = s
+            .replace('\u{2212}', "-")
+            .replace('\u{00d7}', "\\times ")
+            .replace('\u{00f7}', "\\div ")
+            .replace('\u{221a}', "\\sqrt")
+            .replace('\u{03c0}', "\\pi ")
+            .replace('\u{221e}', "\\infty ")
             .replace('\u{00b2}', "^2")
             .replace('\u{00b3}', "^3")
             .replace('\u{2260}', "\\neq ");
     }
-    let mut t = s.trim().trim_end_matches(['.', ' ']).trim().to_string();
-    // markdown bold
-    t = t.trim_matches('*').trim().to_string();
+    // trailing full stops, markdown bold
+    let mut t = s
+        .trim()
+        .trim_end_matches(['.', ' '])
+        .trim()
+        .trim_matches('*')
+        .trim()
+        .to_string();
     // a trailing remark in parentheses: "1/2 (simplified)"
     if t.ends_with(')') {
         if let Some(open) = t.rfind('(') {
