@@ -4,17 +4,19 @@
 //! `$PONDER_BENCH_SAMPLES` (default: `<tmp>/ponder-rewards-bench.jsonl`) for
 //! `scripts/bench_math_verify.py`.
 //!
-//! Options (after `--`): `--n N` (default 10000).
+//! Options (after `--`): `--n N` (default 10000); `--only KIND` (one module, e.g.
+//! `accuracy`); `--rounds R` (best of R timed rounds, default 3; more rounds give steadier
+//! figures on a shared machine).
 
 use rewards::bench_data::{labelled_samples, to_json};
 use rewards::{RewardSet, Sample};
 use std::io::Write;
 use std::time::Instant;
 
-fn rate(set: &RewardSet, samples: &[Sample], parallel: bool) -> f64 {
-    // best of 3
+fn rate(set: &RewardSet, samples: &[Sample], parallel: bool, rounds: usize) -> f64 {
+    // best of `rounds`
     let mut best = f64::INFINITY;
-    for _ in 0..3 {
+    for _ in 0..rounds.max(1) {
         let t = Instant::now();
         let out = if parallel {
             set.score_batch(samples)
@@ -35,6 +37,14 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let only = opt("--only");
+    let rounds: usize = opt("--rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
     let labelled = labelled_samples(n, 42);
     let samples: Vec<Sample> = labelled.iter().map(|(s, _)| s.clone()).collect();
     let avg_len = samples.iter().map(|s| s.completion.len()).sum::<usize>() as f64 / n as f64;
@@ -69,25 +79,30 @@ fn main() {
         ("repetition", "kind = \"repetition\""),
     ];
     for (name, body) in kinds {
+        if only.as_ref().is_some_and(|o| o != name) {
+            continue;
+        }
         let set = RewardSet::from_toml_str(&format!("[[rewards]]\n{body}\n")).unwrap();
         println!(
             "{:<24} {:>14.0} {:>14.0}",
             name,
-            rate(&set, &samples, false),
-            rate(&set, &samples, true)
+            rate(&set, &samples, false, rounds),
+            rate(&set, &samples, true, rounds)
         );
     }
-    let all: String = kinds
-        .iter()
-        .map(|(_, b)| format!("[[rewards]]\n{b}\n"))
-        .collect();
-    let set = RewardSet::from_toml_str(&all).unwrap();
-    println!(
-        "{:<24} {:>14.0} {:>14.0}",
-        "all seven together",
-        rate(&set, &samples, false),
-        rate(&set, &samples, true)
-    );
+    if only.is_none() {
+        let all: String = kinds
+            .iter()
+            .map(|(_, b)| format!("[[rewards]]\n{b}\n"))
+            .collect();
+        let set = RewardSet::from_toml_str(&all).unwrap();
+        println!(
+            "{:<24} {:>14.0} {:>14.0}",
+            "all seven together",
+            rate(&set, &samples, false, rounds),
+            rate(&set, &samples, true, rounds)
+        );
+    }
 
     let acc = RewardSet::from_toml_str("[[rewards]]\nkind = \"accuracy\"\n").unwrap();
     let out = acc.score_batch(&samples);

@@ -1,7 +1,9 @@
 //! Deterministic benchmark samples: ~2,000-character completions whose final answers are
 //! taken from the labelled equivalence table (`data/accuracy_cases.tsv`), written in
 //! several styles (boxed inside `<answer>`, bare inside `<answer>`, boxed without tags,
-//! "the answer is ...", phrase inside `<answer>`). The label is the table's verdict.
+//! "the answer is ...", phrase inside `<answer>`; a prediction with its own delimiters,
+//! such as `Answer $ 9 $` or `\boxed{1}\boxed{2}`, always bare inside `<answer>`). The
+//! label is the table's verdict.
 
 use crate::Sample;
 use serde_json::{json, Value};
@@ -130,7 +132,15 @@ pub fn labelled_samples(n: usize, seed: u64) -> Vec<(Sample, bool)> {
     (0..n)
         .map(|i| {
             let (eq, r, p) = cases[i % cases.len()];
-            let style = (i / cases.len() + i) % STYLES;
+            // a prediction that is itself a sentence or carries its own delimiters
+            // (`Answer $ 9 $`, `\boxed{1}\boxed{2}`) is written as is inside `<answer>`
+            let own_delims = ["\\(", "\\[", "\\boxed"].iter().any(|d| p.contains(d))
+                || (p.replace("\\$", "").contains('$') && p.contains(' '));
+            let style = if own_delims {
+                1
+            } else {
+                (i / cases.len() + i) % STYLES
+            };
             let c = completion(&mut rng, p, style);
             (Sample::new("Solve the problem.", &c, Some(r)), eq)
         })

@@ -1,6 +1,9 @@
 //! Table-driven tests of math answer equivalence and extraction.
 
 use rewards::math::{equivalent, extract_answer, extract_reference, EquivOptions, Source, Verdict};
+use rewards::modules::accuracy::{Accuracy, AccuracyParams, Judgement};
+use rewards::modules::Ctx;
+use rewards::{RewardSet, Sample};
 
 const CASES: &str = include_str!("../data/accuracy_cases.tsv");
 
@@ -105,6 +108,30 @@ const EXTRACT: &[(&str, Option<&str>)] = &[
     ("", None),
     ("\\boxed{unbalanced", None),
     ("The answer is\n", None),
+    // consecutive boxes are one answer (compared as a whole list), never the last alone
+    (
+        "<answer>\\boxed{1}\\boxed{2}</answer>",
+        Some("\\boxed{1}\\boxed{2}"),
+    ),
+    (
+        "<answer>\\boxed{1}, \\boxed{2}</answer>",
+        Some("\\boxed{1}, \\boxed{2}"),
+    ),
+    (
+        "<answer>\\boxed{(1,2)} \\text{ and } \\boxed{(3,4)}</answer>",
+        Some("\\boxed{(1,2)} \\text{ and } \\boxed{(3,4)}"),
+    ),
+    (
+        "The answer is $\\boxed{1} \\quad \\boxed{2}$.",
+        Some("\\boxed{1} \\quad \\boxed{2}"),
+    ),
+    ("so \\boxed{3}, \\boxed{3}", Some("3")),
+    ("\\boxed{1} is wrong, so \\boxed{2}", Some("2")),
+    (
+        "<answer>Final Answer: The final answer is $9$. I hope it is correct.</answer>",
+        Some("9"),
+    ),
+    ("<answer>Answer $ 9 $</answer>", Some("Answer $ 9 $")),
 ];
 
 #[test]
@@ -177,4 +204,198 @@ fn gsm8k_and_math_references_grade() {
         g("\\boxed{\\pi}", "thus $\\boxed{\\frac{\\pi}{2}}$"),
         Verdict::Wrong
     );
+}
+
+fn judge(completion: &str, reference: Option<&str>) -> Judgement {
+    Accuracy::new(AccuracyParams::default())
+        .judge(&Sample::new("", completion, reference), &Ctx::unlimited())
+}
+
+/// Real answer forms (issue 16) through the `accuracy` module, inside `<answer>` blocks.
+const END_TO_END: &[(&str, &str, bool)] = &[
+    ("<answer>Answer $ 9 $</answer>", "9", true),
+    ("<answer>Answer $ 8 $</answer>", "9", false),
+    ("<answer>\\( 9 \\)</answer>", "9", true),
+    ("<answer>\\[ 9 \\]</answer>", "9", true),
+    ("<answer>\\[ 9 \\]</answer>", "#### 9", true),
+    (
+        "<answer>Final Answer: The largest $n$ is 34.</answer>",
+        "34",
+        true,
+    ),
+    (
+        "<answer>Final Answer: The largest $n$ is 34.</answer>",
+        "35",
+        false,
+    ),
+    ("<answer>\nThe largest $n$ is $34$.\n</answer>", "34", true),
+    ("<answer>x = 5+5+1 = 11</answer>", "11", true),
+    ("<answer>x = 5+5+1 = 11</answer>", "12", false),
+    ("<answer>x = 5+5+1 = 12</answer>", "11", false),
+    ("<answer>$x \\geq 5$</answer>", "x >= 5", true),
+    ("<answer>$x \\geq 5$</answer>", "x > 5", false),
+    ("<answer>x != 3</answer>", "x \\neq 3", true),
+    ("<answer>$-x > -1$</answer>", "x < 1", true),
+    ("<answer>$-x > -1$</answer>", "x > 1", false),
+    ("<answer>$x > 3$</answer>", "(3, \\infty)", true),
+    ("<answer>$x \\geq 3$</answer>", "(3, \\infty)", false),
+    ("<answer>$(p,q)=(3,2)$</answer>", "(3,2)", true),
+    ("<answer>$(p,q)=(3,2)$</answer>", "(2,3)", false),
+    ("<answer>AB=4,CD=5</answer>", "4, 5", true),
+    ("<answer>AB=5,CD=4</answer>", "4, 5", false),
+    (
+        "<answer>$\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}$</answer>",
+        "\\frac{1}{\\sqrt{6}}",
+        true,
+    ),
+    (
+        "<answer>\\boxed{1}\\boxed{2}</answer>",
+        "$\\boxed{1,2}$",
+        true,
+    ),
+    ("<answer>\\boxed{1}\\boxed{2}</answer>", "\\{1,2\\}", true),
+    ("<answer>\\boxed{1}\\boxed{2}</answer>", "1", false),
+    ("<answer>\\boxed{1}\\boxed{2}</answer>", "2", false),
+    (
+        "<answer>\\boxed{1}, \\boxed{2}, \\boxed{3}</answer>",
+        "1, 2",
+        false,
+    ),
+    (
+        "<answer>The solutions are $\\boxed{1}$ and $\\boxed{2}$.</answer>",
+        "2, 1",
+        true,
+    ),
+    (
+        "<answer>\\boxed{(1,2)} \\boxed{(3,4)}</answer>",
+        "\\{(3,4),(1,2)\\}",
+        true,
+    ),
+    (
+        "<answer>\\boxed{(1,2)} \\boxed{(4,3)}</answer>",
+        "\\{(3,4),(1,2)\\}",
+        false,
+    ),
+    (
+        "<answer>\\{(3,4),(1,2)\\}</answer>",
+        "\\{(1,2),(3,4)\\}",
+        true,
+    ),
+    (
+        "<answer>$W(x)=1$ or $W(x)=-1$</answer>",
+        "W(x)=\\pm 1",
+        true,
+    ),
+    ("<answer>$W(x)=1$</answer>", "W(x)=\\pm 1", false),
+    (
+        "<answer>\\boxed{\\begin{bmatrix} \\frac12 & 0 \\\\ 0 & 2 \\end{bmatrix}}</answer>",
+        "\\begin{pmatrix} 0.5 & 0 \\\\ 0 & 2 \\end{pmatrix}",
+        true,
+    ),
+    (
+        "<answer>\\begin{bmatrix} 2 & 0 \\\\ 0 & \\frac12 \\end{bmatrix}</answer>",
+        "\\begin{pmatrix} 0.5 & 0 \\\\ 0 & 2 \\end{pmatrix}",
+        false,
+    ),
+    ("<answer>28 pct</answer>", "28\\%", true),
+    ("<answer>\\boxed{€18}</answer>", "18", true),
+    ("<answer>4 m²</answer>", "4", true),
+    ("<answer>$11,\\! 111$</answer>", "11111", true),
+    ("<answer>1,22</answer>", "1.22", true),
+    ("<answer>1, 22</answer>", "1.22", false),
+    ("<answer>1,222</answer>", "1.222", false),
+    ("<answer>\\text{Odd}</answer>", "\\text{odd}", true),
+    (
+        "<answer>The function is even.</answer>",
+        "\\text{odd}",
+        false,
+    ),
+    // several candidates: no credit for containing the right one
+    ("<answer>1, 2, 3, 4, 5</answer>", "3", false),
+    ("<answer>It is 3 or 4.</answer>", "3", false),
+    ("<answer>$3$ or $4$</answer>", "4", false),
+    ("<answer>\\boxed{3} or \\boxed{4}</answer>", "3", false),
+    ("<answer>\\boxed{3} or \\boxed{4}</answer>", "4", false),
+    ("<answer>x is 3 or x is 4</answer>", "4", false),
+    // the last block and the box inside it win over earlier boxes
+    (
+        "<think>maybe \\boxed{3}</think><answer>4</answer>",
+        "4",
+        true,
+    ),
+    (
+        "<think>maybe \\boxed{3}</think><answer>4</answer>",
+        "3",
+        false,
+    ),
+];
+
+#[test]
+fn accuracy_module_end_to_end() {
+    let mut bad = Vec::new();
+    for (c, r, want) in END_TO_END {
+        let j = judge(&format!("<think>work</think>\n{c}"), Some(r));
+        let want_j = if *want {
+            Judgement::Correct
+        } else {
+            Judgement::Wrong
+        };
+        if j != want_j {
+            bad.push(format!("{c:?} vs {r:?}: got {j:?}, want {want_j:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn accuracy_judgements_are_typed() {
+    assert!(matches!(
+        judge("<think>no answer here</think>", Some("3")),
+        Judgement::NoAnswer(_)
+    ));
+    assert!(matches!(
+        judge("<think>x</think><answer> </answer>", Some("3")),
+        Judgement::NoAnswer(_)
+    ));
+    assert!(matches!(
+        judge("<answer>3</answer>", Some("\\frac{1}{")),
+        Judgement::UnparseableReference(_)
+    ));
+    assert_eq!(
+        judge("<answer>3</answer>", None),
+        Judgement::MissingReference
+    );
+    assert_eq!(judge("<answer>3</answer>", Some("3")), Judgement::Correct);
+    assert_eq!(judge("<answer>4</answer>", Some("3")), Judgement::Wrong);
+    // a deadline already past: a time-out, not a wrong answer
+    let past = std::time::Instant::now()
+        .checked_sub(std::time::Duration::from_millis(5))
+        .unwrap();
+    let acc = Accuracy::new(AccuracyParams::default());
+    let s = Sample::new("", "<answer>3</answer>", Some("3"));
+    assert_eq!(acc.judge(&s, &Ctx { deadline: past }), Judgement::Timeout);
+    // no answer is checked first: it needs no time
+    let s = Sample::new("", "nothing", Some("3"));
+    assert!(matches!(
+        acc.judge(&s, &Ctx { deadline: past }),
+        Judgement::NoAnswer(_)
+    ));
+}
+
+#[test]
+fn judgements_reach_the_batch_counts() {
+    let set =
+        RewardSet::from_toml_str("[[rewards]]\nkind = \"accuracy\"\ncorrect = 2.0\n").unwrap();
+    let out = set.score_batch(&[
+        Sample::new("", "<answer>Answer $ 9 $</answer>", Some("9")),
+        Sample::new("", "<answer>\\boxed{1}\\boxed{2}</answer>", Some("2")),
+        Sample::new("", "no answer", Some("9")),
+        Sample::new("", "<answer>9</answer>", Some("\\weird{9}")),
+        Sample::new("", "<answer>9</answer>", None),
+    ]);
+    assert_eq!(out.totals(), vec![2.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(out.counts.no_answer, 1);
+    assert_eq!(out.counts.unparseable_references, 1);
+    assert_eq!(out.counts.missing_inputs, 1);
+    assert_eq!(out.counts.timeouts, 0);
 }

@@ -83,6 +83,10 @@ const UNITS: &[&str] = &[
     "radian",
     "rad",
     "percent",
+    "pct",
+    "usd",
+    "eur",
+    "gbp",
     "points",
     "point",
     "people",
@@ -99,6 +103,10 @@ const UNITS: &[&str] = &[
     "items",
     "per",
 ];
+
+/// One- or two-letter unit symbols (`12 m`, `40 s`, `3.5 g`): dropped only when what
+/// precedes them is a plain number, since elsewhere they are usually variables.
+const SHORT_UNITS: &[&str] = &["m", "g", "s", "h", "l", "kl", "dm", "mg", "ms", "t", "cl"];
 
 /// Commands whose braced argument is kept as text: `\text{cm}` -> ` cm `.
 const TEXT_CMDS: &[&str] = &[
@@ -154,6 +162,14 @@ const DROP: &[&str] = &[
     "%",
     "\\$",
     "$",
+    "€",
+    "£",
+    "¥",
+    "₹",
+    "\\euro",
+    "\\pounds",
+    "\\angle",
+    "\\measuredangle",
     "\\(",
     "\\)",
     "\\[",
@@ -162,7 +178,7 @@ const DROP: &[&str] = &[
 ];
 
 /// Unwraps `\text{..}`-like commands, keeping their content surrounded by spaces.
-fn unwrap_text_cmds(s: &str) -> String {
+pub(crate) fn unwrap_text_cmds(s: &str) -> String {
     if !s.contains('\\') {
         return s.to_string();
     }
@@ -204,6 +220,27 @@ fn unwrap_text_cmds(s: &str) -> String {
 /// nested tuples; a column vector becomes a tuple).
 fn matrices(s: &str) -> String {
     let mut out = s.to_string();
+    // `\begin{array}{cc} ... \end{array}`: drop the column specification
+    while let Some(p) = out.find("\\begin{array}{") {
+        let spec = p + "\\begin{array}{".len();
+        match crate::text::matching_brace(&out[spec..]) {
+            Some(c) => out.replace_range(p..spec + c + 1, "\\begin{matrix}"),
+            None => break,
+        }
+    }
+    out = out.replace("\\end{array}", "\\end{matrix}");
+    // a trailing `\\` before `\end{...}` ends the last row: no empty row after it
+    let mut from = 0;
+    while let Some(q) = out[from..].find("\\end{") {
+        let p = from + q;
+        if let Some(h) = out[..p].trim_end().strip_suffix("\\\\") {
+            let h = h.len();
+            out.replace_range(h..p, " ");
+            from = h + 1 + "\\end{".len();
+        } else {
+            from = p + "\\end{".len();
+        }
+    }
     for env in [
         "pmatrix",
         "bmatrix",
@@ -217,6 +254,142 @@ fn matrices(s: &str) -> String {
             .replace(&format!("\\end{{{env}}}"), "))");
     }
     out.replace("\\\\", "),(").replace('&', ",")
+}
+
+/// Separators allowed between consecutive `\boxed{}` answers (`\boxed{1}, \boxed{2}`,
+/// `\boxed{1} \text{ and } \boxed{2}`).
+const BOX_GAP: &[&str] = &[
+    ",",
+    ";",
+    ".",
+    "$",
+    "\\quad",
+    "\\qquad",
+    "\\,",
+    "\\;",
+    "\\ ",
+    "\\(",
+    "\\)",
+    "and",
+    "or",
+    "\\text{",
+    "\\textrm{",
+    "\\mbox{",
+    "}",
+];
+
+/// Whether `gap` (the text between two boxes) holds only separators; `Some(true)` when
+/// it holds no comma-like separator (`\boxed{1}\boxed{2}`), so one must be added.
+pub(crate) fn box_gap(gap: &str) -> Option<bool> {
+    let mut g = gap.trim_start();
+    let mut bare = true;
+    while !g.is_empty() {
+        let p = BOX_GAP.iter().find(|p| g.starts_with(**p))?;
+        if !matches!(
+            *p,
+            "$" | "\\quad" | "\\qquad" | "\\," | "\\;" | "\\ " | "\\(" | "\\)"
+        ) {
+            bare = false;
+        }
+        g = g[p.len()..].trim_start();
+    }
+    Some(bare)
+}
+
+/// `\boxed{1}\boxed{2}` -> `1, 2`; a single `\boxed{x}` -> `x` (also `\fbox`).
+fn unwrap_boxes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut prev_box_end: Option<usize> = None; // index in `out` after the last box
+    loop {
+        let pos = match (rest.find("\\boxed"), rest.find("\\fbox")) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => break,
+        };
+        let len = if rest[pos..].starts_with("\\boxed") {
+            6
+        } else {
+            5
+        };
+        let after = rest[pos + len..].trim_start();
+        let Some(inner) = after.strip_prefix('{') else {
+            out.push_str(&rest[..pos + len]);
+            rest = &rest[pos + len..];
+            continue;
+        };
+        let Some(close) = crate::text::matching_brace(inner) else {
+            break;
+        };
+        let gap = &rest[..pos];
+        out.push_str(gap);
+        if prev_box_end == Some(out.len() - gap.len()) && box_gap(gap) == Some(true) {
+            out.push_str(", ");
+        }
+        out.push_str(&inner[..close]);
+        prev_box_end = Some(out.len());
+        rest = &inner[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `11,\! 111` / `11,\,111`: a comma followed by LaTeX spacing and exactly three digits
+/// (after a digit) is a thousands separator; the spacing is removed so that `11,111`
+/// remains. A plain space (`1, 222`) is left alone: that is a list.
+fn tight_thousands(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        if b[i] == b',' && i > 0 && b[i - 1].is_ascii_digit() && b.get(i + 1) == Some(&b'\\') {
+            let mut j = i + 1;
+            let mut spaced = false;
+            while j + 1 < b.len()
+                && b[j] == b'\\'
+                && matches!(b[j + 1], b'!' | b',' | b';' | b' ' | b':')
+            {
+                j += 2;
+                spaced = true;
+                while j < b.len() && b[j] == b' ' {
+                    j += 1;
+                }
+            }
+            let digits = b[j..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if spaced && digits == 3 {
+                out.push_str(&s[last..=i]);
+                last = j;
+                i = j;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&s[last..]);
+    out
+}
+
+fn is_plain_number(s: &str) -> bool {
+    let s = s.trim();
+    let s = s.strip_prefix('-').unwrap_or(s);
+    !s.is_empty()
+        && s.bytes().any(|c| c.is_ascii_digit())
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || c == b'.' || c == b',')
+}
+
+/// `12 km/h`, `12 m/s`: a trailing `unit/unit` token after a number.
+fn strip_compound_unit(t: &str) -> Option<&str> {
+    let (before, tok) = t.rsplit_once(' ')?;
+    let (u1, u2) = tok.split_once('/')?;
+    let unit = |u: &str| {
+        let l = u.to_ascii_lowercase();
+        !u.is_empty()
+            && u.bytes().all(|c| c.is_ascii_alphabetic())
+            && (UNITS.contains(&l.as_str()) || SHORT_UNITS.contains(&l.as_str()))
+    };
+    (unit(u1) && unit(u2) && is_plain_number(before)).then_some(before.trim_end())
 }
 
 fn is_thousands_number(s: &str) -> bool {
@@ -247,35 +420,63 @@ pub fn normalize(ans: &str) -> String {
         return ans.trim().to_string();
     }
     let mut s = ans.trim().to_string();
-    s = s
-        .replace("\\dfrac", "\\frac")
-        .replace("\\tfrac", "\\frac")
-        .replace("\\cfrac", "\\frac");
-    s = s
-        .replace("\\dbinom", "\\binom")
-        .replace("\\tbinom", "\\binom");
-    s = s.replace("{,}", ",");
+    let latex = s.contains('\\');
+    if latex && s.contains("frac") {
+        s = s
+            .replace("\\dfrac", "\\frac")
+            .replace("\\tfrac", "\\frac")
+            .replace("\\cfrac", "\\frac");
+    }
+    if latex && s.contains("binom") {
+        s = s
+            .replace("\\dbinom", "\\binom")
+            .replace("\\tbinom", "\\binom");
+    }
+    if s.contains("{,}") {
+        s = s.replace("{,}", ",");
+    }
+    if s.contains("\\boxed") || s.contains("\\fbox") {
+        s = unwrap_boxes(&s);
+    }
+    if s.contains(",\\") {
+        s = tight_thousands(&s);
+    }
     s = unwrap_text_cmds(&s);
-    if s.contains("matrix}") {
+    if s.contains("matrix}") || s.contains("array}") {
         s = matrices(&s);
     }
+    // (a piece starting with `\\` needs a backslash in `s`, a non-ASCII one non-ASCII text)
+    let (latex, ascii) = (s.contains('\\'), s.is_ascii());
     for d in DROP {
+        let first = d.as_bytes()[0];
+        if (first == b'\\' && !latex) || (first >= 0x80 && ascii) {
+            continue;
+        }
         if s.contains(d) {
             s = s.replace(d, " ");
         }
     }
     // "1 000" style was turned into "1  000" by `\,` removal: join digit groups later in the parser.
-    s = s
-        .replace('\u{2212}', "-")
-        .replace('\u{00d7}', "\\times ")
-        .replace('\u{00f7}', "\\div ");
-    s = s
-        .replace('\u{221a}', "\\sqrt")
-        .replace('\u{03c0}', "\\pi ")
-        .replace('\u{221e}', "\\infty ");
-    let mut t = s.trim().trim_end_matches(['.', ' ']).trim().to_string();
-    // markdown bold
-    t = t.trim_matches('*').trim().to_string();
+    if !s.is_ascii() {
+        s = s
+            .replace('\u{2212}', "-")
+            .replace('\u{00d7}', "\\times ")
+            .replace('\u{00f7}', "\\div ")
+            .replace('\u{221a}', "\\sqrt")
+            .replace('\u{03c0}', "\\pi ")
+            .replace('\u{221e}', "\\infty ")
+            .replace('\u{00b2}', "^2")
+            .replace('\u{00b3}', "^3")
+            .replace('\u{2260}', "\\neq ");
+    }
+    // trailing full stops, markdown bold
+    let mut t = s
+        .trim()
+        .trim_end_matches(['.', ' '])
+        .trim()
+        .trim_matches('*')
+        .trim()
+        .to_string();
     // a trailing remark in parentheses: "1/2 (simplified)"
     if t.ends_with(')') {
         if let Some(open) = t.rfind('(') {
@@ -288,7 +489,12 @@ pub fn normalize(ans: &str) -> String {
             }
         }
     }
-    // strip trailing unit words ("5 cm", "18 square units", "4 cm^2")
+    // strip trailing unit words ("5 cm", "18 square units", "4 cm^2", "12 km/h")
+    if t.contains('/') {
+        if let Some(b) = strip_compound_unit(&t) {
+            t = b.to_string();
+        }
+    }
     loop {
         let trimmed = t.trim_end();
         let cut = trimmed
@@ -314,11 +520,9 @@ pub fn normalize(ans: &str) -> String {
         let prev_ok = before
             .ends_with(|c: char| c.is_ascii_digit() || c == ')' || c == '}' || c == ' ')
             || before.ends_with(|c: char| c.is_ascii_alphabetic());
-        if UNITS.contains(&lw.as_str())
-            && cut[..word_start].ends_with(' ')
-            && prev_ok
-            && !before.is_empty()
-        {
+        let known = UNITS.contains(&lw.as_str())
+            || (SHORT_UNITS.contains(&lw.as_str()) && is_plain_number(before));
+        if known && cut[..word_start].ends_with(' ') && prev_ok && !before.is_empty() {
             t = before.to_string();
         } else {
             break;

@@ -162,6 +162,8 @@ pub fn tokenize(s: &str) -> Option<Vec<(Tok, bool)>> {
                 | "emptyset" | "varnothing" | "in" | "neq" | "ne" | "approx" => {
                     Tok::Cmd(name.to_string())
                 }
+                // `W(x) \equiv 1`: an identity, compared as an equation
+                "equiv" => Tok::Op('='),
                 "cdot" | "times" | "ast" => Tok::Op('*'),
                 "div" => Tok::Op('/'),
                 "le" | "leq" | "leqslant" => Tok::Op('≤'),
@@ -186,7 +188,15 @@ pub fn tokenize(s: &str) -> Option<Vec<(Tok, bool)>> {
         let tok = match c {
             b'+' | b'-' | b'*' | b'/' | b'^' | b'_' | b'!' | b'=' | b'<' | b'>' | b',' | b';'
             | b'|' => {
-                if c == b'<' && b.get(i + 1) == Some(&b'=') {
+                if c == b'!'
+                    && b.get(i + 1) == Some(&b'=')
+                    && (sp || i == 0 || b[i - 1].is_ascii_alphabetic())
+                {
+                    // `x != 3`, `x!=3` (but `5!=120` is a factorial then `=`)
+                    i += 2;
+                    out.push((Tok::Cmd("neq".into()), sp));
+                    continue;
+                } else if c == b'<' && b.get(i + 1) == Some(&b'=') {
                     i += 1;
                     Tok::Op('≤')
                 } else if c == b'>' && b.get(i + 1) == Some(&b'=') {
@@ -208,6 +218,7 @@ pub fn tokenize(s: &str) -> Option<Vec<(Tok, bool)>> {
                 let t = match ch {
                     '≤' => Tok::Op('≤'),
                     '≥' => Tok::Op('≥'),
+                    '≠' => Tok::Cmd("neq".into()),
                     '·' | '⋅' => Tok::Op('*'),
                     'π' => Tok::Cmd("pi".into()),
                     '∞' => Tok::Cmd("infty".into()),

@@ -1,9 +1,13 @@
 //! `kind = "accuracy"`: math answer correctness (1 or 0).
 //!
 //! Reads `completion` and `answer` (the reference). Extraction and equivalence rules are
-//! in [`crate::math`]. A missing reference is a `missing_input` failure; a reference that
-//! cannot be parsed is an `unparseable_reference` failure (both score 0 and are counted);
-//! a completion without an answer scores 0 with a note saying why.
+//! in [`crate::math`]. [`Accuracy::judge`] says what happened as a [`Judgement`]: correct,
+//! wrong, no answer, unparseable reference, missing reference or time-out. As a reward
+//! module it scores `correct` or `wrong`; a missing reference is a `missing_input`
+//! failure and a reference that cannot be parsed an `unparseable_reference` failure (both
+//! score `wrong` and are counted); a completion without an answer scores `wrong` with a
+//! note saying why (counted as `no_answer`); past the deadline it scores `wrong` and the
+//! reward set counts the time-out.
 
 use super::{Ctx, Issue, Outcome, RewardModule};
 use crate::math::{self, EquivOptions, Verdict};
@@ -36,6 +40,29 @@ impl Default for AccuracyParams {
     }
 }
 
+/// What `accuracy` concluded for one sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// The extracted answer matches the reference.
+    Correct,
+    /// An answer was found and it does not match.
+    Wrong,
+    /// No answer in the completion (the reason is given).
+    NoAnswer(String),
+    /// The reference could not be parsed: a data problem, not a wrong answer.
+    UnparseableReference(String),
+    /// The sample has no reference `answer`.
+    MissingReference,
+    /// The per-sample deadline passed before a verdict.
+    Timeout,
+}
+
+impl Judgement {
+    pub fn is_correct(&self) -> bool {
+        *self == Judgement::Correct
+    }
+}
+
 pub struct Accuracy {
     p: AccuracyParams,
 }
@@ -45,35 +72,67 @@ impl Accuracy {
         Accuracy { p }
     }
 
+    fn options(&self) -> EquivOptions {
+        EquivOptions {
+            rel_tol: self.p.rel_tol,
+        }
+    }
+
     /// Whether the completion's answer is correct (`Err` with a reason when it cannot tell).
     pub fn verdict(&self, completion: &str, reference: &str) -> Result<Verdict, String> {
         math::grade(
             completion,
             reference,
             self.p.last_number_fallback,
-            &EquivOptions {
-                rel_tol: self.p.rel_tol,
-            },
+            &self.options(),
         )
+    }
+
+    /// Judges one sample: correct, wrong, no answer, unparseable or missing reference, or
+    /// a time-out (the deadline is checked after extraction and after comparison).
+    pub fn judge(&self, s: &Sample, ctx: &Ctx) -> Judgement {
+        let Some(reference) = s.answer.as_deref() else {
+            return Judgement::MissingReference;
+        };
+        let ans = match math::extract_answer(&s.completion, self.p.last_number_fallback) {
+            Ok((a, _)) => a,
+            Err(reason) => return Judgement::NoAnswer(reason),
+        };
+        if ctx.expired() {
+            return Judgement::Timeout;
+        }
+        let v = math::equivalent(ans, math::extract_reference(reference), &self.options());
+        if ctx.expired() {
+            return Judgement::Timeout;
+        }
+        match v {
+            Verdict::Correct => Judgement::Correct,
+            Verdict::Wrong => Judgement::Wrong,
+            Verdict::UnparseableReference(m) => Judgement::UnparseableReference(m),
+        }
+    }
+
+    /// The module's [`Outcome`] for a judgement (a time-out scores `wrong`; the reward
+    /// set sees the expired deadline and counts it).
+    pub fn outcome(&self, j: Judgement) -> Outcome {
+        match j {
+            Judgement::Correct => Outcome::score(self.p.correct),
+            Judgement::Wrong | Judgement::Timeout => Outcome::score(self.p.wrong),
+            Judgement::NoAnswer(reason) => Outcome::with(self.p.wrong, Issue::NoAnswer(reason)),
+            Judgement::UnparseableReference(m) => {
+                Outcome::with(self.p.wrong, Issue::UnparseableReference(m))
+            }
+            Judgement::MissingReference => Outcome::with(
+                self.p.wrong,
+                Issue::MissingInput("no reference `answer`".into()),
+            ),
+        }
     }
 }
 
 impl RewardModule for Accuracy {
-    fn score(&self, s: &Sample, _ctx: &Ctx) -> Outcome {
-        let Some(reference) = s.answer.as_deref() else {
-            return Outcome::with(
-                self.p.wrong,
-                Issue::MissingInput("no reference `answer`".into()),
-            );
-        };
-        match self.verdict(&s.completion, reference) {
-            Ok(Verdict::Correct) => Outcome::score(self.p.correct),
-            Ok(Verdict::Wrong) => Outcome::score(self.p.wrong),
-            Ok(Verdict::UnparseableReference(m)) => {
-                Outcome::with(self.p.wrong, Issue::UnparseableReference(m))
-            }
-            Err(reason) => Outcome::with(self.p.wrong, Issue::NoAnswer(reason)),
-        }
+    fn score(&self, s: &Sample, ctx: &Ctx) -> Outcome {
+        self.outcome(self.judge(s, ctx))
     }
 
     fn validate(&self) -> Result<(), String> {
