@@ -67,14 +67,52 @@ fn default_device() -> String {
     "cpu".into()
 }
 
+/// One file or several: `"a.jsonl"` or `["a.jsonl", "b.jsonl"]` (rows concatenated in order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Paths {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl Paths {
+    pub fn list(&self) -> Vec<&PathBuf> {
+        match self {
+            Paths::One(p) => vec![p],
+            Paths::Many(v) => v.iter().collect(),
+        }
+    }
+
+    pub fn list_mut(&mut self) -> Vec<&mut PathBuf> {
+        match self {
+            Paths::One(p) => vec![p],
+            Paths::Many(v) => v.iter_mut().collect(),
+        }
+    }
+}
+
+impl From<PathBuf> for Paths {
+    fn from(p: PathBuf) -> Self {
+        Paths::One(p)
+    }
+}
+
+impl std::fmt::Display for Paths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v: Vec<String> = self.list().iter().map(|p| p.display().to_string()).collect();
+        f.write_str(&v.join(", "))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataCfg {
-    /// Training prompts, JSONL.
-    pub train: PathBuf,
-    /// Held-out prompts, JSONL (optional; used by `train.eval_every`).
+    /// Training prompts, JSONL: one file or a list (rows concatenated; mix tasks this way,
+    /// each row's `task` field routing its rewards).
+    pub train: Paths,
+    /// Held-out prompts, JSONL, one file or a list (optional; used by `train.eval_every`).
     #[serde(default)]
-    pub eval: Option<PathBuf>,
+    pub eval: Option<Paths>,
     /// Field holding the prompt text (default "prompt").
     #[serde(default = "default_prompt_field")]
     pub prompt_field: String,
@@ -355,9 +393,13 @@ impl Recipe {
             }
         };
         fix(&mut self.model.path);
-        fix(&mut self.data.train);
+        for p in self.data.train.list_mut() {
+            fix(p);
+        }
         if let Some(e) = self.data.eval.as_mut() {
-            fix(e);
+            for p in e.list_mut() {
+                fix(p);
+            }
         }
     }
 

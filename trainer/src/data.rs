@@ -51,6 +51,21 @@ pub fn load_jsonl(path: &Path, cfg: &DataCfg) -> Result<Vec<Example>> {
     Ok(out)
 }
 
+/// Reads several JSONL files, rows concatenated in order.
+pub fn load_many(paths: &crate::config::Paths, cfg: &DataCfg) -> Result<Vec<Example>> {
+    let mut out = vec![];
+    for p in paths.list() {
+        out.extend(load_jsonl(p, cfg)?);
+    }
+    Ok(out)
+}
+
+/// A `DataCfg` for reading prompt files outside a GRPO recipe (eval, sampling stages):
+/// the default field names and the given template.
+pub fn plain_cfg(paths: &crate::config::Paths, template: &str) -> DataCfg {
+    DataCfg { train: paths.clone(), eval: None, prompt_field: "prompt".into(), answer_field: "answer".into(), template: template.into() }
+}
+
 /// Turns a prompt into model input text; returns (text, add_special_tokens). A chat template
 /// already carries its special tokens, so the tokenizer must not add them again.
 pub fn render_prompt(template: &str, prompt: &str, tk: &Tokenizer) -> Result<(String, bool)> {

@@ -33,6 +33,82 @@ pub struct EvalReport {
     pub mean_completion_tokens: f64,
     pub truncated_fraction: f64,
     pub temperature: f64,
+    /// Share of samples whose reasoning is entirely in the target language (a
+    /// `language_consistency` score of 1), over the samples that reward applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_consistency_rate: Option<f64>,
+    /// Mean `language_consistency` score (target-language words / words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_consistency_mean: Option<f64>,
+    /// The same figures per task (the rows' `task` field), when the data has tasks.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tasks: std::collections::BTreeMap<String, TaskReport>,
+}
+
+/// Evaluation figures of one task's samples.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TaskReport {
+    pub samples: usize,
+    pub accuracy: f64,
+    pub format_rate: Option<f64>,
+    pub language_consistency_rate: Option<f64>,
+    pub language_consistency_mean: Option<f64>,
+    pub mean_completion_tokens: f64,
+}
+
+/// What evaluation reads off one scored sample.
+struct Graded {
+    correct: bool,
+    /// Format and language scores, where those rewards apply to the sample.
+    format: Option<f64>,
+    language: Option<f64>,
+    tokens: usize,
+    task: Option<String>,
+}
+
+fn rate(v: impl Iterator<Item = Option<f64>>, f: impl Fn(f64) -> f64) -> Option<f64> {
+    let xs: Vec<f64> = v.flatten().map(f).collect();
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+}
+
+fn full(x: f64) -> f64 {
+    (x >= 1.0 - 1e-9) as u8 as f64
+}
+
+fn task_report(gs: &[&Graded]) -> TaskReport {
+    let n = gs.len().max(1) as f64;
+    TaskReport {
+        samples: gs.len(),
+        accuracy: gs.iter().filter(|g| g.correct).count() as f64 / n,
+        format_rate: rate(gs.iter().map(|g| g.format), full),
+        language_consistency_rate: rate(gs.iter().map(|g| g.language), full),
+        language_consistency_mean: rate(gs.iter().map(|g| g.language), |x| x),
+        mean_completion_tokens: gs.iter().map(|g| g.tokens as f64).sum::<f64>() / n,
+    }
+}
+
+/// Grades scored samples: correct when a module of kind `accuracy` / `countdown` that
+/// applies to the sample gives full marks (without one, when the total is positive).
+fn grade(set: &RewardSet, scores: &rewards::BatchScores, tokens: impl Iterator<Item = usize>) -> Vec<Graded> {
+    let kinds: Vec<String> = set.specs().iter().map(|s| s.kind.clone()).collect();
+    let of_kind = |k: &[&str]| -> Vec<usize> { kinds.iter().enumerate().filter(|(_, x)| k.contains(&x.as_str())).map(|(i, _)| i).collect() };
+    let (acc, fmt, lang) = (of_kind(&["accuracy", "countdown"]), of_kind(&["format"]), of_kind(&["language_consistency"]));
+    scores
+        .scores
+        .iter()
+        .zip(tokens)
+        .map(|(s, tokens)| {
+            let first = |idx: &[usize]| idx.iter().find(|&&i| s.applied[i]).map(|&i| s.per_module[i].1);
+            let acc_applied: Vec<f64> = acc.iter().filter(|&&i| s.applied[i]).map(|&i| s.per_module[i].1).collect();
+            Graded {
+                correct: if acc_applied.is_empty() { s.total > 0.0 } else { acc_applied.iter().any(|&x| x >= 1.0 - 1e-9) },
+                format: first(&fmt),
+                language: first(&lang),
+                tokens,
+                task: s.task.clone(),
+            }
+        })
+        .collect()
 }
 
 /// Default reward set for evaluation: accuracy + R1-Zero format.
@@ -105,20 +181,19 @@ pub fn evaluate(model_dir: &Path, examples: &[Example], spec: &EvalSpec, pool: O
             g.iter().map(move |c| reward_sample(e, c, spec.params.max_new_tokens))
         })
         .collect();
+    set.check_tasks(samples.iter().map(rewards::sample_task)).map_err(|e| anyhow!("eval rewards: {e}"))?;
     let scores = set.score_batch(&samples);
     let names = set.names();
-    let kinds: Vec<String> = set.specs().iter().map(|s| s.kind.clone()).collect();
-    let acc_idx = kinds.iter().position(|k| k == "accuracy" || k == "countdown");
-    let fmt_idx = kinds.iter().position(|k| k == "format");
     let n = samples.len().max(1) as f64;
-    let correct: Vec<bool> = scores
-        .scores
-        .iter()
-        .map(|s| match acc_idx {
-            Some(i) => s.per_module[i].1 >= 1.0 - 1e-9,
-            None => s.total > 0.0,
-        })
-        .collect();
+    let graded = grade(&set, &scores, groups.iter().flatten().map(|c| c.token_ids.len()));
+    let correct: Vec<bool> = graded.iter().map(|g| g.correct).collect();
+    let all = task_report(&graded.iter().collect::<Vec<_>>());
+    let mut tasks: std::collections::BTreeMap<String, Vec<&Graded>> = Default::default();
+    for g in &graded {
+        if let Some(t) = &g.task {
+            tasks.entry(t.clone()).or_default().push(g);
+        }
+    }
     let k = spec.samples;
     let mut pass = 0.0;
     let mut maj = 0.0;
@@ -146,8 +221,8 @@ pub fn evaluate(model_dir: &Path, examples: &[Example], spec: &EvalSpec, pool: O
         data: String::new(),
         num_prompts: groups.len(),
         samples_per_prompt: k,
-        accuracy: correct.iter().filter(|&&c| c).count() as f64 / n,
-        format_rate: fmt_idx.map(|i| scores.scores.iter().filter(|s| s.per_module[i].1 >= 1.0 - 1e-9).count() as f64 / n),
+        accuracy: all.accuracy,
+        format_rate: all.format_rate,
         pass_at_k: (k > 1).then_some(pass / np),
         majority_accuracy: (k > 1).then_some(maj / np),
         mean_reward: scores.totals().iter().sum::<f64>() / n,
@@ -155,6 +230,9 @@ pub fn evaluate(model_dir: &Path, examples: &[Example], spec: &EvalSpec, pool: O
         mean_completion_tokens: comps.iter().map(|c| c.token_ids.len() as f64).sum::<f64>() / n,
         truncated_fraction: comps.iter().filter(|c| c.finish_reason == FinishReason::Length).count() as f64 / n,
         temperature: spec.params.temperature,
+        language_consistency_rate: all.language_consistency_rate,
+        language_consistency_mean: all.language_consistency_mean,
+        tasks: tasks.into_iter().map(|(t, gs)| (t, task_report(&gs))).collect(),
     })
 }
 

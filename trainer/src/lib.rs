@@ -15,5 +15,6 @@ pub mod eval;
 pub mod lm;
 pub mod pipeline;
 pub mod plots;
+pub mod stages;
 pub mod tasks;
 pub mod wandb_sink;

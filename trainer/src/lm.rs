@@ -48,6 +48,23 @@ impl Default for LmCfg {
 }
 
 impl LmCfg {
+    /// Checks the values before any model loads.
+    pub fn check(&self, origin: &str) -> anyhow::Result<()> {
+        if self.steps == 0 || self.batch_size == 0 {
+            bail!("{origin}: train.steps and train.batch_size must be >= 1");
+        }
+        if self.max_len < 2 {
+            bail!("{origin}: train.max_len must be >= 2 (one input and one target token)");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("{origin}: train.lr must be a positive number, got {}", self.lr);
+        }
+        if !(self.weight_decay >= 0.0 && self.max_grad_norm >= 0.0) {
+            bail!("{origin}: train.weight_decay and train.max_grad_norm must be >= 0");
+        }
+        Ok(())
+    }
+
     pub fn optim(&self) -> OptimCfg {
         OptimCfg {
             lr: self.lr,

@@ -41,6 +41,52 @@ enum Cmd {
     Bench(bench::BenchCmd),
     /// Upload a run folder's metrics to Weights & Biases (offline runs, failed uploads).
     WandbSync(WandbSyncArgs),
+    /// Plot metrics of several runs in one chart (PNG), e.g. a curve with and without a reward.
+    Plot(PlotArgs),
+}
+
+#[derive(Args)]
+#[command(after_long_help = "Example (the language-consistency curve of reasoning RL with and without the language reward):\n  \
+ponder plot --metric rewards/language_consistency/full_rate \\\n    --run R1-Zero=runs/tiny-r1-zero/stages/grpo --run R1=runs/tiny-r1/stages/reasoning-rl \\\n    --out lang.png\n\n\
+Each --run is LABEL=FOLDER (a run or stage folder holding metrics.jsonl) or just FOLDER. \
+With several --metric, every (run, metric) pair is a line.")]
+struct PlotArgs {
+    /// Metric name as in metrics.jsonl (repeatable).
+    #[arg(long, required = true)]
+    metric: Vec<String>,
+    /// LABEL=FOLDER or FOLDER (repeatable).
+    #[arg(long, required = true)]
+    run: Vec<String>,
+    /// The PNG to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Chart title (default: the metric names).
+    #[arg(long)]
+    title: Option<String>,
+}
+
+fn run_plot(a: PlotArgs) -> Result<()> {
+    let mut lines: Vec<(String, Vec<(f64, f64)>)> = vec![];
+    for r in &a.run {
+        let (label, dir) = match r.split_once('=') {
+            Some((l, d)) => (l.to_string(), PathBuf::from(d)),
+            None => (r.clone(), PathBuf::from(r)),
+        };
+        let series = trainer::plots::read_series(&dir.join("metrics.jsonl"))?;
+        for m in &a.metric {
+            let v = series.get(m).cloned().ok_or_else(|| {
+                let known: Vec<&str> = series.keys().map(String::as_str).filter(|k| !k.starts_with("time/")).collect();
+                anyhow::anyhow!("{}: no metric `{m}` (it has: {})", dir.join("metrics.jsonl").display(), known.join(", "))
+            })?;
+            let name = if a.metric.len() > 1 { format!("{label} {m}") } else { label.clone() };
+            lines.push((name, v));
+        }
+    }
+    let refs: Vec<(&str, &[(f64, f64)])> = lines.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    let title = a.title.clone().unwrap_or_else(|| a.metric.join(", "));
+    trainer::plots::line_chart(&a.out, &title, &refs)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -108,6 +154,7 @@ fn main() {
         Cmd::Demo(a) => cmd_generate::demo(a).map(|_| 0),
         Cmd::Bench(b) => bench::run(b).map(|_| 0),
         Cmd::WandbSync(a) => trainer::wandb_sink::sync_dir(&a.run_dir).map(|_| 0),
+        Cmd::Plot(a) => run_plot(a).map(|_| 0),
     };
     match r {
         Ok(code) => std::process::exit(code),
@@ -161,8 +208,8 @@ struct EvalArgs {
 
 fn run_eval(a: EvalArgs) -> Result<()> {
     use trainer::eval::{evaluate, EvalSpec};
-    let dcfg = trainer::config::DataCfg { train: a.data.clone(), eval: None, prompt_field: "prompt".into(), answer_field: "answer".into(), template: a.template.clone() };
-    let mut examples = trainer::data::load_jsonl(&a.data, &dcfg)?;
+    let paths = trainer::config::Paths::One(a.data.clone());
+    let mut examples = trainer::data::load_many(&paths, &trainer::data::plain_cfg(&paths, &a.template))?;
     if a.limit > 0 {
         examples.truncate(a.limit);
     }

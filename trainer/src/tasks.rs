@@ -19,6 +19,32 @@ pub enum TaskKind {
     Increment,
     /// TinyZero's Countdown: use each of the given numbers once to reach the target.
     Countdown,
+    /// "Which is larger, a or b?": a non-reasoning task, answered directly (an empty
+    /// `<think>` block), the miniature of R1's non-reasoning (writing, QA) data.
+    Compare,
+}
+
+impl TaskKind {
+    /// The name rows carry in their `task` field (reward routing reads it).
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Addition => "addition",
+            TaskKind::Multiplication => "multiplication",
+            TaskKind::Increment => "increment",
+            TaskKind::Countdown => "countdown",
+            TaskKind::Compare => "compare",
+        }
+    }
+
+    /// Operand digits a task accepts (`digits` of a tasks / pretrain stage): bounded so
+    /// that every value fits in 64 bits.
+    pub fn digit_range(self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            TaskKind::Addition | TaskKind::Increment | TaskKind::Compare => 1..=18,
+            TaskKind::Multiplication => 1..=9,
+            TaskKind::Countdown => 3..=6,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,17 +54,62 @@ pub enum Split {
     Heldout,
 }
 
-/// One generated problem, with a worked solution for corpora.
+/// The language a reasoning step's words are written in. The tiny world's target
+/// language is English; the sloppy solver sometimes writes a step's words in Chinese
+/// (the language mixing DeepSeek-R1-Zero showed), with the same digits and symbols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Zh,
+}
+
+/// One step of a worked solution: the arithmetic, and for column steps the digit place
+/// it works on (written as a word: "tens 4 + 3 + 1 = 8", "十位 4 + 3 + 1 = 8").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub place: Option<u32>,
+    pub text: String,
+}
+
+/// The word for digit place `p` (0 = ones).
+pub fn place_word(p: u32, lang: Lang) -> String {
+    const EN: [&str; 4] = ["ones", "tens", "hundreds", "thousands"];
+    const ZH: [&str; 9] = ["个位", "十位", "百位", "千位", "万位", "十万位", "百万位", "千万位", "亿位"];
+    match lang {
+        Lang::En => EN.get(p as usize).map_or_else(|| format!("digit {}", p + 1), |w| w.to_string()),
+        Lang::Zh => ZH.get(p as usize).map_or_else(|| format!("第{}位", p + 1), |w| w.to_string()),
+    }
+}
+
+impl Step {
+    pub fn render(&self, lang: Lang) -> String {
+        match self.place {
+            Some(p) => format!("{} {}", place_word(p, lang), self.text),
+            None => self.text.clone(),
+        }
+    }
+}
+
+/// Steps joined as solutions write them, each step's words in the language `lang` picks
+/// (called once per step, in order).
+pub fn render_steps(steps: &[Step], mut lang: impl FnMut() -> Lang) -> String {
+    steps.iter().map(|s| s.render(lang())).collect::<Vec<_>>().join(" , ")
+}
+
+/// One generated problem, with worked solutions for corpora.
 #[derive(Debug, Clone)]
 pub struct Problem {
+    pub task: TaskKind,
     pub prompt: String,
     pub answer: String,
     /// Fields the rewards need (`numbers`, `target` for Countdown).
     pub extra: Map<String, Value>,
-    /// A correct step-by-step solution (the text inside <think>).
-    pub reasoning: String,
-    /// A plausible wrong solution (reasoning, answer): the slip a sloppy solver makes.
-    pub slip: Option<(String, String)>,
+    /// The careful solver's steps (the text inside <think>); empty for tasks answered directly.
+    pub steps: Vec<Step>,
+    /// A plausible wrong solution (steps, answer): the slip a sloppy solver makes.
+    pub slip: Option<(Vec<Step>, String)>,
+    /// One line restating the result, closing a readable solution ("so 47 + 38 = 85").
+    pub summary: String,
 }
 
 impl Problem {
@@ -46,7 +117,24 @@ impl Problem {
         let mut o = self.extra.clone();
         o.insert("prompt".into(), self.prompt.clone().into());
         o.insert("answer".into(), self.answer.clone().into());
+        o.insert("task".into(), self.task.name().into());
         Value::Object(o)
+    }
+
+    /// The careful solver's steps in English, without a summary (the pretraining corpus's
+    /// correct solutions).
+    pub fn reasoning(&self) -> String {
+        render_steps(&self.steps, || Lang::En)
+    }
+
+    /// The completion a careful annotator writes (R1's cold-start data): every step in
+    /// the target language, then the summary, in the R1 format; tasks without steps are
+    /// answered directly with an empty `<think>` block, as DeepSeek-R1 answers simple queries.
+    pub fn readable_completion(&self) -> String {
+        if self.steps.is_empty() {
+            return format!(" <think> </think> <answer> {} </answer>", self.answer);
+        }
+        format!(" <think> {} , {} </think> <answer> {} </answer>", self.reasoning(), self.summary, self.answer)
     }
 }
 
@@ -75,35 +163,57 @@ fn spaced(n: u64) -> String {
     n.to_string()
 }
 
-fn addition(a: u64, b: u64) -> Problem {
-    // Column addition from the units up, carrying explicitly; the slip forgets the carries.
+fn addition(a: u64, b: u64, task: TaskKind) -> Problem {
+    // Column addition from the ones up, each step naming its place and carrying
+    // explicitly; the slip forgets the carries.
     let (mut x, mut y, mut carry) = (a, b, 0);
     let (mut steps, mut slip_steps) = (vec![], vec![]);
     let mut slip_digits = vec![];
     let mut forgot = false;
+    let mut place = 0;
     while x > 0 || y > 0 || carry > 0 {
         let (dx, dy) = (x % 10, y % 10);
         let s = dx + dy + carry;
-        steps.push(if carry > 0 { format!("{dx} + {dy} + {carry} = {}", spaced(s)) } else { format!("{dx} + {dy} = {}", spaced(s)) });
+        let text = if carry > 0 { format!("{dx} + {dy} + {carry} = {}", spaced(s)) } else { format!("{dx} + {dy} = {}", spaced(s)) };
+        steps.push(Step { place: Some(place), text });
         if x > 0 || y > 0 {
             let ss = dx + dy;
-            slip_steps.push(format!("{dx} + {dy} = {}", spaced(ss)));
+            slip_steps.push(Step { place: Some(place), text: format!("{dx} + {dy} = {}", spaced(ss)) });
             slip_digits.push(ss % 10);
             forgot |= carry > 0;
         }
         carry = s / 10;
         x /= 10;
         y /= 10;
+        place += 1;
+    }
+    if steps.is_empty() {
+        // 0 + 0: one step, so every solution shows its work.
+        steps.push(Step { place: Some(0), text: "0 + 0 = 0".into() });
     }
     let sum = a + b;
     let slip_val: u64 = slip_digits.iter().rev().fold(0, |acc, d| acc * 10 + d);
-    let slip = (forgot || slip_val != sum).then(|| (slip_steps.join(" , "), spaced(slip_val)));
+    let slip = (forgot || slip_val != sum).then(|| (slip_steps, spaced(slip_val)));
     Problem {
+        task,
         prompt: format!("What is {a} + {b}?"),
         answer: sum.to_string(),
         extra: Map::new(),
-        reasoning: steps.join(" , "),
+        summary: format!("so {a} + {b} = {sum}"),
+        steps,
         slip,
+    }
+}
+
+fn compare(a: u64, b: u64) -> Problem {
+    Problem {
+        task: TaskKind::Compare,
+        prompt: format!("Which is larger, {a} or {b}?"),
+        answer: a.max(b).to_string(),
+        extra: Map::new(),
+        steps: vec![],
+        slip: None,
+        summary: format!("{} is larger", a.max(b)),
     }
 }
 
@@ -118,15 +228,21 @@ fn multiplication(a: u64, b: u64) -> Problem {
         bb /= 10;
         place *= 10;
     }
-    let steps: Vec<String> = partials.iter().map(|(d, p)| format!("{a} * {d} -> {}", spaced(*p))).collect();
+    let mut steps: Vec<Step> = partials.iter().map(|(d, p)| Step { place: None, text: format!("{a} * {d} -> {}", spaced(*p)) }).collect();
     let prod = a * b;
-    let slip_val: u64 = partials[..partials.len().saturating_sub(1).max(1)].iter().map(|p| p.1).sum();
-    let slip = (slip_val != prod).then(|| (steps[..steps.len().saturating_sub(1).max(1)].join(" , "), spaced(slip_val)));
+    let kept = steps.len().saturating_sub(1).max(1);
+    let slip_val: u64 = partials[..kept].iter().map(|p| p.1).sum();
+    let mut slip_steps = steps[..kept].to_vec();
+    slip_steps.push(Step { place: None, text: format!("total {}", spaced(slip_val)) });
+    let slip = (slip_val != prod).then(|| (slip_steps, spaced(slip_val)));
+    steps.push(Step { place: None, text: format!("total {}", spaced(prod)) });
     Problem {
+        task: TaskKind::Multiplication,
         prompt: format!("What is {a} * {b}?"),
         answer: prod.to_string(),
         extra: Map::new(),
-        reasoning: format!("{} , total {}", steps.join(" , "), spaced(prod)),
+        summary: format!("so {a} * {b} = {prod}"),
+        steps,
         slip,
     }
 }
@@ -172,47 +288,82 @@ fn countdown(rng: &mut StdRng, n_numbers: usize) -> Problem {
         extra.insert("numbers".into(), json!(shown));
         extra.insert("target".into(), json!(val));
         return Problem {
+            task: TaskKind::Countdown,
             prompt: format!("Using the numbers [{list}], create an equation that equals {val}. Use each number once, with + - * /."),
             answer: expr.clone(),
             extra,
-            reasoning: format!("try {expr} = {val}"),
+            steps: vec![Step { place: None, text: format!("try {expr} = {val}") }],
             slip: None,
+            summary: format!("so {expr} = {val}"),
         };
     }
 }
 
+/// Why a task generator cannot produce what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("`digits = {digits}` is out of range for task `{task}`: use {lo}..={hi}")]
+    Digits { task: &'static str, digits: u32, lo: u32, hi: u32 },
+    #[error("`heldout_fraction = {0}` must be in (0, 1)")]
+    Fraction(f64),
+    #[error("cannot draw {n} {task} problems from the {split:?} split with digits = {digits} and heldout_fraction = {fraction}: that split holds (almost) no problems; raise `digits` or change `heldout_fraction`")]
+    TooFew { n: usize, task: &'static str, split: Split, digits: u32, fraction: f64 },
+}
+
+/// Checks a task's `digits` and `heldout_fraction` before any work.
+pub fn check(kind: TaskKind, digits: u32, heldout_fraction: f64) -> Result<(), TaskError> {
+    let r = kind.digit_range();
+    if !r.contains(&digits) {
+        return Err(TaskError::Digits { task: kind.name(), digits, lo: *r.start(), hi: *r.end() });
+    }
+    if !(heldout_fraction > 0.0 && heldout_fraction < 1.0) {
+        return Err(TaskError::Fraction(heldout_fraction));
+    }
+    Ok(())
+}
+
 /// Draws `n` problems of `kind` from `split`, seeded. `digits` bounds operand size.
-pub fn generate(kind: TaskKind, split: Split, n: usize, digits: u32, seed: u64, heldout_fraction: f64) -> Vec<Problem> {
+pub fn generate(kind: TaskKind, split: Split, n: usize, digits: u32, seed: u64, heldout_fraction: f64) -> Result<Vec<Problem>, TaskError> {
+    check(kind, digits, heldout_fraction)?;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x7a5c_0000 ^ (kind as u64) << 8);
     let hi = 10u64.pow(digits);
     let mut out = Vec::with_capacity(n);
     let mut tries = 0usize;
     while out.len() < n {
         tries += 1;
-        assert!(tries < n * 1000 + 100_000, "cannot draw {n} {kind:?} problems from the {split:?} split; widen `digits`");
+        if tries >= n * 1000 + 100_000 {
+            return Err(TaskError::TooFew { n, task: kind.name(), split, digits, fraction: heldout_fraction });
+        }
         let p = match kind {
             TaskKind::Addition => {
                 let (a, b) = (rng.random_range(0..hi), rng.random_range(0..hi));
-                (format!("add:{a}:{b}"), addition(a, b))
+                (format!("add:{a}:{b}"), addition(a, b, kind))
             }
             TaskKind::Increment => {
                 let a = rng.random_range(hi / 10..hi);
-                (format!("inc:{a}"), addition(a, 1))
+                (format!("inc:{a}"), addition(a, 1, kind))
             }
             TaskKind::Multiplication => {
                 let (a, b) = (rng.random_range(0..hi), rng.random_range(0..10u64.pow(digits.saturating_sub(1).max(1))));
                 (format!("mul:{a}:{b}"), multiplication(a, b))
             }
             TaskKind::Countdown => {
-                let p = countdown(&mut rng, digits.max(3) as usize);
+                let p = countdown(&mut rng, digits as usize);
                 (format!("cd:{}", p.prompt), p)
+            }
+            TaskKind::Compare => {
+                let (a, b) = (rng.random_range(0..hi), rng.random_range(0..hi));
+                if a == b {
+                    continue;
+                }
+                (format!("cmp:{a}:{b}"), compare(a, b))
             }
         };
         if split_of(&p.0, heldout_fraction) == split {
             out.push(p.1);
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -221,8 +372,8 @@ mod tests {
 
     #[test]
     fn splits_are_disjoint_and_answers_right() {
-        let tr = generate(TaskKind::Addition, Split::Train, 2000, 2, 1, 0.2);
-        let ho = generate(TaskKind::Addition, Split::Heldout, 300, 2, 1, 0.2);
+        let tr = generate(TaskKind::Addition, Split::Train, 2000, 2, 1, 0.2).unwrap();
+        let ho = generate(TaskKind::Addition, Split::Heldout, 300, 2, 1, 0.2).unwrap();
         let train: std::collections::HashSet<&str> = tr.iter().map(|p| p.prompt.as_str()).collect();
         assert!(ho.iter().all(|p| !train.contains(p.prompt.as_str())));
         for p in tr.iter().chain(&ho) {
@@ -233,11 +384,18 @@ mod tests {
                 assert_ne!(wrong.replace(' ', ""), p.answer);
             }
         }
-        let m = generate(TaskKind::Multiplication, Split::Train, 100, 2, 1, 0.2);
+        let m = generate(TaskKind::Multiplication, Split::Train, 100, 2, 1, 0.2).unwrap();
         for p in &m {
             let nums: Vec<u64> = p.prompt.trim_start_matches("What is ").trim_end_matches('?').split(" * ").map(|x| x.parse().unwrap()).collect();
             assert_eq!(p.answer, (nums[0] * nums[1]).to_string());
-            assert!(p.reasoning.ends_with(&spaced(nums[0] * nums[1])));
+            assert!(p.reasoning().ends_with(&spaced(nums[0] * nums[1])));
+        }
+        let c = generate(TaskKind::Compare, Split::Train, 200, 2, 1, 0.2).unwrap();
+        for p in &c {
+            let nums: Vec<u64> = p.prompt.trim_start_matches("Which is larger, ").trim_end_matches('?').split(" or ").map(|x| x.parse().unwrap()).collect();
+            assert_ne!(nums[0], nums[1]);
+            assert_eq!(p.answer, nums[0].max(nums[1]).to_string());
+            assert_eq!(p.to_json()["task"], "compare");
         }
     }
 
@@ -253,16 +411,31 @@ mod tests {
 
     #[test]
     fn addition_reasoning_carries() {
-        let p = addition(47, 38);
-        assert_eq!(p.reasoning, "7 + 8 = 15 , 4 + 3 + 1 = 8");
+        let p = addition(47, 38, TaskKind::Addition);
+        assert_eq!(p.reasoning(), "ones 7 + 8 = 15 , tens 4 + 3 + 1 = 8");
+        assert_eq!(p.readable_completion(), " <think> ones 7 + 8 = 15 , tens 4 + 3 + 1 = 8 , so 47 + 38 = 85 </think> <answer> 85 </answer>");
+        assert_eq!(render_steps(&p.steps, || Lang::Zh), "个位 7 + 8 = 15 , 十位 4 + 3 + 1 = 8");
         assert_eq!(p.answer, "85");
-        assert_eq!(p.slip.unwrap().1, "75");
-        assert!(addition(12, 30).slip.is_none());
+        let (slip, wrong) = p.slip.unwrap();
+        assert_eq!((render_steps(&slip, || Lang::En).as_str(), wrong.as_str()), ("ones 7 + 8 = 15 , tens 4 + 3 = 7", "75"));
+        assert!(addition(12, 30, TaskKind::Addition).slip.is_none());
+        assert_eq!(addition(95, 7, TaskKind::Addition).reasoning(), "ones 5 + 7 = 12 , tens 9 + 0 + 1 = 10 , hundreds 0 + 0 + 1 = 1");
+        assert_eq!(compare(3, 9).readable_completion(), " <think> </think> <answer> 9 </answer>");
+    }
+
+    #[test]
+    fn bad_task_settings_are_errors_not_panics() {
+        let e = generate(TaskKind::Addition, Split::Train, 10, 20, 0, 0.2).unwrap_err().to_string();
+        assert!(e.contains("digits = 20") && e.contains("1..=18"), "{e}");
+        assert!(generate(TaskKind::Addition, Split::Heldout, 10, 2, 0, 0.0).unwrap_err().to_string().contains("heldout_fraction"));
+        // 1-digit additions: 100 problems in all, none of them in a 1e-9 held-out share.
+        let e = generate(TaskKind::Addition, Split::Heldout, 5, 1, 0, 1e-9).unwrap_err().to_string();
+        assert!(e.contains("holds (almost) no problems"), "{e}");
     }
 
     #[test]
     fn countdown_is_solvable() {
-        let ps = generate(TaskKind::Countdown, Split::Train, 50, 3, 2, 0.2);
+        let ps = generate(TaskKind::Countdown, Split::Train, 50, 3, 2, 0.2).unwrap();
         for p in ps {
             let nums = p.extra["numbers"].as_array().unwrap().len();
             assert_eq!(nums, 3);

@@ -246,11 +246,16 @@ impl Trainer {
             opt.load(&weights_dir.join(checkpoint::OPTIMIZER), state.optimizer_step)?;
         }
         let rewards = RewardSet::from_specs(recipe.rewards.clone()).map_err(|e| anyhow!("[[rewards]]: {e}"))?;
-        let train_set = data::load_jsonl(&recipe.data.train, &recipe.data)?;
+        let train_set = data::load_many(&recipe.data.train, &recipe.data)?;
         let eval_set = match &recipe.data.eval {
-            Some(p) => data::load_jsonl(p, &recipe.data)?,
+            Some(p) => data::load_many(p, &recipe.data)?,
             None => vec![],
         };
+        // Reward routing: every task in the data must be scored by some reward, checked
+        // before the first rollout.
+        rewards
+            .check_tasks(train_set.iter().chain(&eval_set).map(|e| e.extra.get("task").and_then(|v| v.as_str())))
+            .map_err(|e| anyhow!("[[rewards]] against data {}: {e}", recipe.data.train))?;
         let mut sinks: Vec<Box<dyn Sink>> = vec![
             Box::new(JsonlSink::open(&run_dir, resume.then_some(state.step))?),
             Box::new(ConsoleSink::new(state.step, recipe.train.steps as u64, opts.quiet)),
@@ -446,12 +451,30 @@ impl Trainer {
         let group_stds: Vec<f64> = totals.chunks(g).map(grpo::std_unbiased).collect();
         row.insert("reward_std".into(), json!(mean(&group_stds)));
         row.insert("frac_reward_zero_std".into(), json!(zero_std.iter().filter(|&&z| z).count() as f64 / zero_std.len() as f64));
+        // Each reward's figures cover the samples it applies to (routing by task).
+        let routed = self.rewards.routes().iter().any(|r| !r.is_empty());
         for (k, name) in self.rewards.names().iter().enumerate() {
-            let vals: Vec<f64> = scores.scores.iter().map(|s| s.per_module[k].1).collect();
+            let vals = scores.values(k);
             row.insert(format!("rewards/{name}/mean"), json!(mean(&vals)));
             row.insert(format!("rewards/{name}/std"), json!(grpo::std_unbiased(&vals)));
+            if routed {
+                row.insert(format!("rewards/{name}/count"), json!(vals.len()));
+            }
         }
-        row.insert("rewards/failures".into(), json!(scores.counts.panics + scores.counts.timeouts));
+        for (name, r) in full_rates(&self.rewards, scores) {
+            row.insert(format!("rewards/{name}/full_rate"), json!(r));
+        }
+        if routed {
+            let mut by_task: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+            for (s, t) in scores.scores.iter().zip(totals) {
+                by_task.entry(s.task.as_deref().unwrap_or("(none)")).or_default().push(*t);
+            }
+            for (task, v) in by_task {
+                row.insert(format!("tasks/{task}/reward"), json!(mean(&v)));
+                row.insert(format!("tasks/{task}/count"), json!(v.len()));
+            }
+        }
+        row.insert("rewards/failures".into(), json!(scores.counts.panics + scores.counts.timeouts + scores.counts.unrouted));
         row.insert("rewards/unparseable_reference".into(), json!(scores.counts.unparseable_references));
         row.insert("completions/mean_length".into(), json!(mean(&lens)));
         row.insert("completions/min_length".into(), json!(lens.iter().cloned().fold(f64::INFINITY, f64::min)));
@@ -650,6 +673,9 @@ impl Trainer {
         for (name, m) in scores.means() {
             row.insert(format!("eval/rewards/{name}/mean"), json!(m));
         }
+        for (name, r) in full_rates(&self.rewards, &scores) {
+            row.insert(format!("eval/rewards/{name}/full_rate"), json!(r));
+        }
         let lens: f64 = groups.iter().map(|g| g[0].token_ids.len() as f64).sum();
         row.insert("eval/completion_length".into(), json!(lens / n));
         row.insert("eval/num_prompts".into(), json!(n));
@@ -665,6 +691,21 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// For `language_consistency` rewards: the share of samples (that the reward applies to)
+/// whose reasoning is entirely in the target language, i.e. scoring 1.
+fn full_rates(set: &RewardSet, scores: &rewards::BatchScores) -> Vec<(String, f64)> {
+    set.specs()
+        .iter()
+        .zip(set.names())
+        .enumerate()
+        .filter(|(_, (spec, _))| spec.kind == "language_consistency")
+        .map(|(k, (_, name))| {
+            let v = scores.values(k);
+            (name, v.iter().filter(|&&x| x >= 1.0 - 1e-9).count() as f64 / v.len().max(1) as f64)
+        })
+        .collect()
 }
 
 #[derive(Default, Debug)]

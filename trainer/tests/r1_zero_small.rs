@@ -126,7 +126,7 @@ fn grpo_raises_heldout_accuracy_of_a_tiny_base_model() {
     for s in ["data", "base", "eval-base", "grpo", "eval-final"] {
         assert!(state.contains(&format!("\"{s}\"")), "{s} missing from pipeline.json");
     }
-    assert!(run.join("plots/reward.png").exists());
+    assert!(run.join("plots/grpo/reward.png").exists());
     let stage_cfg: toml::Table = std::fs::read_to_string(run.join("stages/grpo/config.toml")).unwrap().parse().unwrap();
     assert_eq!(stage_cfg["wandb"]["group"].as_str(), Some("small"));
     assert_eq!(stage_cfg["wandb"]["name"].as_str(), Some("small/grpo"));

@@ -1,0 +1,102 @@
+//! `kind = "sft"`: supervised fine-tuning, loss on completion tokens only, from JSONL rows
+//! with `prompt` and `completion` (one file or several, e.g. rejection-sampled reasoning
+//! traces plus non-reasoning data, as R1's second SFT mixes them).
+
+use super::{Ctx, Output, StageOutcome};
+use crate::config::Paths;
+use crate::data;
+use crate::lm::{self, LmCfg, LmExample};
+use anyhow::{anyhow, bail, Context, Result};
+use rollout::folder::Policy;
+use rollout::tokenizer::Tokenizer;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftStage {
+    pub name: String,
+    pub kind: String,
+    /// Model folder to start from (default: the previous stage's output). R1's second SFT
+    /// starts from the base model again: `model = "{stages.base.model}"`.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// JSONL with `prompt` and `completion`: one file or a list.
+    pub data: Paths,
+    /// Prompt template (`r1_zero`, `chat`, or a string with `{prompt}`).
+    #[serde(default = "r1")]
+    pub template: String,
+    /// Passes over the data; when set, `train.steps` = ceil(epochs x rows / batch_size), so
+    /// the stage fits a dataset whose size is known only at run time (rejection sampling).
+    #[serde(default)]
+    pub epochs: Option<f64>,
+    #[serde(default)]
+    pub train: LmCfg,
+}
+
+pub(crate) fn r1() -> String {
+    "r1_zero".into()
+}
+
+impl SftStage {
+    pub fn check(&self, origin: &str) -> Result<()> {
+        if let Some(e) = self.epochs {
+            if !(e > 0.0 && e.is_finite()) {
+                bail!("{origin}: `epochs` must be a positive number, got {e}");
+            }
+        }
+        self.train.check(origin)
+    }
+}
+
+pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
+    let mut st: SftStage = ctx.config()?;
+    let src = ctx.model_or_previous(&st.model)?;
+    let model_dir = ctx.dir.join("model");
+    let tk = Tokenizer::from_dir(&src)?;
+    let policy = Policy::load(&src, tch::Kind::Float, tch::Device::Cpu)?;
+    let eos = policy.eos_token_ids().first().copied();
+    let mut examples = vec![];
+    for p in st.data.list() {
+        examples.extend(sft_examples(p, &st.template, &tk, eos)?);
+    }
+    if examples.is_empty() {
+        bail!("{}: no SFT rows in {}", ctx.origin, st.data);
+    }
+    if let Some(e) = st.epochs {
+        st.train.steps = ((e * examples.len() as f64) / st.train.batch_size as f64).ceil().max(1.0) as usize;
+    }
+    eprintln!("  {} rows from {}, {} steps", examples.len(), st.data, st.train.steps);
+    let ckpt = ctx.dir.join("checkpoint");
+    let mut sinks = ctx.lm_sinks(&ckpt, st.train.steps)?;
+    let out = lm::train(&policy, &examples, &st.train, ctx.pipeline.run.seed, &mut sinks, ctx.quiet, Some(&ckpt), ctx.stop)?;
+    if out.interrupted {
+        return Ok(StageOutcome::Interrupted);
+    }
+    policy.save_weights(&model_dir, tch::Kind::Float, None)?;
+    crate::checkpoint::copy_side_files(&src, &model_dir)?;
+    let _ = std::fs::remove_dir_all(&ckpt);
+    Ok(StageOutcome::Done(Output { model: Some(model_dir), data: None }))
+}
+
+/// SFT sequences: template(prompt) + completion + EOS, loss on the completion.
+pub fn sft_examples(path: &Path, template: &str, tk: &Tokenizer, eos: Option<i64>) -> Result<Vec<LmExample>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow!("{}:{}: not valid JSON ({e})", path.display(), i + 1))?;
+        let (Some(p), Some(c)) = (v.get("prompt").and_then(|x| x.as_str()), v.get("completion").and_then(|x| x.as_str())) else {
+            bail!("{}:{}: needs string fields `prompt` and `completion`", path.display(), i + 1);
+        };
+        let (ptext, special) = data::render_prompt(template, p, tk)?;
+        let mut ids = tk.encode(&ptext, special)?;
+        let loss_from = ids.len();
+        ids.extend(tk.encode(c, false)?);
+        ids.extend(eos);
+        out.push(LmExample { ids, loss_from });
+    }
+    Ok(out)
+}
