@@ -108,7 +108,7 @@ pub struct Problem {
     pub steps: Vec<Step>,
     /// A plausible wrong solution (steps, answer): the slip a sloppy solver makes.
     pub slip: Option<(Vec<Step>, String)>,
-    /// One line restating the result, closing a readable solution ("so 47 + 38 = 85").
+    /// One line restating the result, closing a readable solution ("so the sum is 85").
     pub summary: String,
 }
 
@@ -199,7 +199,7 @@ fn addition(a: u64, b: u64, task: TaskKind) -> Problem {
         prompt: format!("What is {a} + {b}?"),
         answer: sum.to_string(),
         extra: Map::new(),
-        summary: format!("so {a} + {b} = {sum}"),
+        summary: format!("so the sum is {sum}"),
         steps,
         slip,
     }
@@ -241,7 +241,7 @@ fn multiplication(a: u64, b: u64) -> Problem {
         prompt: format!("What is {a} * {b}?"),
         answer: prod.to_string(),
         extra: Map::new(),
-        summary: format!("so {a} * {b} = {prod}"),
+        summary: format!("so the product is {prod}"),
         steps,
         slip,
     }
@@ -413,7 +413,7 @@ mod tests {
     fn addition_reasoning_carries() {
         let p = addition(47, 38, TaskKind::Addition);
         assert_eq!(p.reasoning(), "ones 7 + 8 = 15 , tens 4 + 3 + 1 = 8");
-        assert_eq!(p.readable_completion(), " <think> ones 7 + 8 = 15 , tens 4 + 3 + 1 = 8 , so 47 + 38 = 85 </think> <answer> 85 </answer>");
+        assert_eq!(p.readable_completion(), " <think> ones 7 + 8 = 15 , tens 4 + 3 + 1 = 8 , so the sum is 85 </think> <answer> 85 </answer>");
         assert_eq!(render_steps(&p.steps, || Lang::Zh), "个位 7 + 8 = 15 , 十位 4 + 3 + 1 = 8");
         assert_eq!(p.answer, "85");
         let (slip, wrong) = p.slip.unwrap();

@@ -77,9 +77,9 @@ kind = "format"
 [stages.grpo]
 beta = 0.001
 [stages.optim]
-lr = 3e-4
+lr = 1e-4
 [stages.train]
-steps = 30
+steps = 40
 save_every = 0
 log_samples_every = 0
 
@@ -155,6 +155,6 @@ fn grpo_raises_heldout_accuracy_of_a_tiny_base_model() {
         assert_eq!(uploaded, steps, "{stage}: every step once");
         assert_eq!(server.exit_code(id), Some(0));
     }
-    let ck = run.join("stages/grpo/checkpoints/step-30");
+    let ck = run.join("stages/grpo/checkpoints/step-40");
     rollout::folder::Policy::load(&ck, tch::Kind::Float, tch::Device::Cpu).unwrap();
 }

@@ -10,7 +10,7 @@ use crate::lm::{self, LmCfg, LmExample};
 use crate::tasks::{self, Lang, Split, TaskKind};
 use crate::tiny::{self, TinyShape};
 use anyhow::{anyhow, bail, Context, Result};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use rollout::folder::Policy;
 use rollout::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -74,6 +74,14 @@ pub struct PretrainStage {
     /// languages in its `<think>` part, as DeepSeek-R1-Zero did. Default 0.
     #[serde(default)]
     pub mix_rate: f64,
+    /// A second task family in the corpus, answered directly in plain text (" 47"): the
+    /// base model's general knowledge, as DeepSeek-V3-Base could already write and answer
+    /// questions. E.g. `compare`.
+    #[serde(default)]
+    pub direct_task: Option<TaskKind>,
+    /// Share of the corpus's documents drawn from `direct_task` (default 0).
+    #[serde(default)]
+    pub direct_rate: f64,
     pub model: ModelShape,
     #[serde(default)]
     pub train: LmCfg,
@@ -86,7 +94,12 @@ fn one() -> f64 {
 impl PretrainStage {
     pub fn check(&self, origin: &str) -> Result<()> {
         tasks::check(self.task, self.digits, self.heldout_fraction).map_err(|e| anyhow!("{origin}: {e}"))?;
-        for (k, v) in [("slip_rate", self.slip_rate), ("format_rate", self.format_rate), ("template_rate", self.template_rate), ("mix_rate", self.mix_rate)] {
+        if let Some(t) = self.direct_task {
+            tasks::check(t, self.digits, self.heldout_fraction).map_err(|e| anyhow!("{origin}: direct_task: {e}"))?;
+        } else if self.direct_rate > 0.0 {
+            bail!("{origin}: `direct_rate` needs a `direct_task`");
+        }
+        for (k, v) in [("slip_rate", self.slip_rate), ("format_rate", self.format_rate), ("template_rate", self.template_rate), ("mix_rate", self.mix_rate), ("direct_rate", self.direct_rate)] {
             if !(0.0..=1.0).contains(&v) {
                 bail!("{origin}: `{k}` is a share of documents and must be in [0, 1], got {v}");
             }
@@ -102,26 +115,40 @@ impl PretrainStage {
 /// Builds the pretraining corpus: R1-Zero-template documents with (sometimes sloppy,
 /// sometimes untagged, sometimes language-mixed) solutions of train-split problems.
 pub fn corpus(st: &PretrainStage, seed: u64, eos: &str) -> Result<Vec<String>> {
-    let problems = tasks::generate(st.task, Split::Train, st.corpus_size, st.digits, seed, st.heldout_fraction)?;
+    let n_direct = match st.direct_task {
+        Some(_) => (st.corpus_size as f64 * st.direct_rate).round() as usize,
+        None => 0,
+    };
+    let problems = tasks::generate(st.task, Split::Train, st.corpus_size - n_direct, st.digits, seed, st.heldout_fraction)?;
     let mut rng = StdRng::seed_from_u64(seed ^ 0xc0ffee);
-    Ok(problems
+    let head = |p: &tasks::Problem, rng: &mut StdRng| {
+        if rng.random::<f64>() < st.template_rate {
+            R1_ZERO_TEMPLATE.replace("{prompt}", &p.prompt)
+        } else {
+            format!("User: {}. Assistant:", p.prompt)
+        }
+    };
+    let mut docs: Vec<String> = problems
         .iter()
         .map(|p| {
             let (steps, answer) = match &p.slip {
                 Some((s, a)) if rng.random::<f64>() < st.slip_rate => (s, a.clone()),
                 _ => (&p.steps, p.answer.clone()),
             };
-            let head = if rng.random::<f64>() < st.template_rate {
-                R1_ZERO_TEMPLATE.replace("{prompt}", &p.prompt)
-            } else {
-                format!("User: {}. Assistant:", p.prompt)
-            };
+            let head = head(p, &mut rng);
             let tagged = rng.random::<f64>() < st.format_rate;
             let reasoning = tasks::render_steps(steps, || if st.mix_rate > 0.0 && rng.random::<f64>() < st.mix_rate { Lang::Zh } else { Lang::En });
             let body = if tagged { format!(" <think> {reasoning} </think> <answer> {answer} </answer>") } else { format!(" {reasoning} , so {answer}") };
             format!("{head}{body}{eos}")
         })
-        .collect())
+        .collect();
+    if let Some(t) = st.direct_task {
+        for p in tasks::generate(t, Split::Train, n_direct, st.digits, seed, st.heldout_fraction)? {
+            docs.push(format!("{} {}{eos}", head(&p, &mut rng), p.answer));
+        }
+        docs.shuffle(&mut rng);
+    }
+    Ok(docs)
 }
 
 pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
