@@ -126,3 +126,81 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(rows(&run), (1..=last + 2).collect::<Vec<_>>());
 }
+
+/// Bad values a new user might write: each is a clear error naming the key (exit 1), found
+/// when the recipe loads, never a panic (exit 101) or a hang.
+#[test]
+fn bad_recipe_values_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"What is 2 + 3?\", \"answer\": \"5\"}\n").unwrap();
+    let recipe = tmp.path().join("r.toml");
+    let model = fixture("qwen2-tied");
+    std::fs::write(
+        &recipe,
+        format!("[run]\noutput_dir = \"{}\"\n[model]\npath = \"{}\"\n[data]\ntrain = \"{}\"\n[[rewards]]\nkind = \"accuracy\"\n[train]\nsteps = 1\n", tmp.path().join("runs").display(), model.display(), data.display()),
+    )
+    .unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("grpo.logprob_chunk=0", "grpo.logprob_chunk"),
+        ("grpo.logprob_chunk=-3", "grpo.logprob_chunk"),
+        ("grpo.max_bad_steps=0", "grpo.max_bad_steps"),
+        ("grpo.beta=-1.0", "grpo.beta"),
+        ("optim.eps=0.0", "optim.eps"),
+        ("optim.lr=0.0", "optim.lr"),
+        ("optim.betas=[1.0, 0.999]", "optim.betas"),
+        ("optim.grad_accumulation=0", "optim.grad_accumulation"),
+        ("train.steps=0", "train.steps"),
+        ("rollout.group_size=1", "rollout.group_size"),
+        ("rollout.top_p=0.0", "top_p"),
+        ("rollout.top_k=-1", "top_k"),
+        ("rollout.min_p=2.0", "min_p"),
+        ("rollout.min_new_tokens=999", "min_new_tokens"),
+        ("rollout.max_batch=0", "rollout.max_batch"),
+        ("rollout.temperature=0.0", "rollout.temperature"),
+        ("data.template=\"no placeholder\"", "data.template"),
+    ];
+    for (set, key) in cases {
+        let out = ponder().arg("train").arg(&recipe).args(["--set", set]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--set {set}: exit {:?}: {err}", out.status.code());
+        assert!(err.contains(key) && !err.contains("panicked"), "--set {set}: {err}");
+    }
+
+    // A model whose config.json has zero heads: an error naming the field, not a division by zero.
+    let bad_model = tmp.path().join("bad-model");
+    std::fs::create_dir_all(&bad_model).unwrap();
+    for e in std::fs::read_dir(&model).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, bad_model.join(p.file_name().unwrap())).unwrap();
+    }
+    for (field, v) in [("num_attention_heads", 0), ("num_key_value_heads", 0)] {
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+        cfg[field] = v.into();
+        std::fs::write(bad_model.join("config.json"), cfg.to_string()).unwrap();
+        let out = ponder().arg("train").arg(&recipe).args(["--set", &format!("model.path=\"{}\"", bad_model.display())]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{field} = 0: {err}");
+        assert!(err.contains(field) && err.contains(">= 1"), "{field} = 0: {err}");
+    }
+
+    // Pipeline stages: task sizes and model shapes are checked before the first stage runs.
+    let pipeline = |stages: &str| {
+        let p = tmp.path().join("p.toml");
+        std::fs::write(&p, format!("[run]\noutput_dir = \"{}\"\n{stages}", tmp.path().join("runs").display())).unwrap();
+        let out = ponder().arg("train").arg(&p).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let model_shape = "[stages.model]\nhidden = 32\nlayers = 1\nheads = 0\nkv_heads = 1\nintermediate = 64\nvocab = 400\n";
+    for (stages, key) in [
+        ("[[stages]]\nname = \"d\"\nkind = \"tasks\"\ntask = \"addition\"\ndigits = 25\n", "digits = 25"),
+        ("[[stages]]\nname = \"d\"\nkind = \"tasks\"\ntask = \"addition\"\nheldout_fraction = 0.0\n", "heldout_fraction"),
+        (&format!("[[stages]]\nname = \"b\"\nkind = \"pretrain\"\ntask = \"addition\"\ncorpus_size = 10\n{model_shape}"), "heads"),
+        ("[[stages]]\nname = \"d\"\nkind = \"tasks\"\ntask = \"addition\"\n[[stages]]\nname = \"s\"\nkind = \"sft\"\ndata = \"{stages.later.data}\"\n", "names no earlier stage"),
+    ] {
+        let (code, err) = pipeline(stages);
+        assert_eq!(code, Some(1), "{stages}: {err}");
+        assert!(err.contains(key) && !err.contains("panicked"), "{stages}: {err}");
+    }
+    assert!(!tmp.path().join("runs/run/data").exists(), "no stage ran before the checks");
+}

@@ -117,11 +117,22 @@ impl ModelConfig {
         let int = |k: &str| -> Result<i64> {
             obj.get(k).and_then(Value::as_i64).ok_or_else(|| cfg_err(path, format!("missing or non-integer field `{k}`")))
         };
-        let hidden_size = int("hidden_size")?;
-        let num_attention_heads = int("num_attention_heads")?;
-        let num_key_value_heads = obj.get("num_key_value_heads").and_then(Value::as_i64).unwrap_or(num_attention_heads);
+        // Sizes must be >= 1: a 0 would divide by zero or build empty tensors later.
+        let pos = |k: &str, v: i64| -> Result<i64> {
+            if v >= 1 {
+                Ok(v)
+            } else {
+                Err(cfg_err(path, format!("`{k}` must be >= 1, got {v}")))
+            }
+        };
+        let hidden_size = pos("hidden_size", int("hidden_size")?)?;
+        let num_attention_heads = pos("num_attention_heads", int("num_attention_heads")?)?;
+        let num_key_value_heads = pos("num_key_value_heads", obj.get("num_key_value_heads").and_then(Value::as_i64).unwrap_or(num_attention_heads))?;
+        for k in ["vocab_size", "intermediate_size", "num_hidden_layers"] {
+            pos(k, int(k)?)?;
+        }
         let head_dim = match obj.get("head_dim").and_then(Value::as_i64) {
-            Some(h) => h,
+            Some(h) => pos("head_dim", h)?,
             None => {
                 if hidden_size % num_attention_heads != 0 {
                     return Err(cfg_err(path, "hidden_size is not divisible by num_attention_heads and no head_dim is given"));

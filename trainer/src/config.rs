@@ -420,12 +420,34 @@ impl Recipe {
         if r.workers == 0 {
             bail!("rollout.workers must be >= 1");
         }
+        if r.max_batch == 0 {
+            bail!("rollout.max_batch must be >= 1 (rows per generation pass)");
+        }
+        let sp = rollout::generate::SamplingParams {
+            temperature: r.temperature,
+            top_k: r.top_k,
+            top_p: r.top_p,
+            min_p: r.min_p,
+            max_new_tokens: r.max_new_tokens,
+            min_new_tokens: r.min_new_tokens,
+            stop: r.stop.clone(),
+        };
+        sp.validate().map_err(|e| anyhow!("[rollout]: {e}"))?;
         let g = &self.grpo;
         if g.epsilon < 0.0 || g.epsilon_high.is_some_and(|e| e < 0.0) {
             bail!("grpo.epsilon and grpo.epsilon_high must be >= 0");
         }
-        if g.beta < 0.0 {
-            bail!("grpo.beta must be >= 0");
+        if !(g.beta >= 0.0 && g.beta.is_finite()) {
+            bail!("grpo.beta must be a number >= 0, got {}", g.beta);
+        }
+        if !(g.epsilon.is_finite() && g.epsilon_high.is_none_or(f64::is_finite)) {
+            bail!("grpo.epsilon and grpo.epsilon_high must be finite");
+        }
+        if g.logprob_chunk < 1 {
+            bail!("grpo.logprob_chunk must be >= 1 (positions per log-prob chunk), got {}", g.logprob_chunk);
+        }
+        if g.max_bad_steps == 0 {
+            bail!("grpo.max_bad_steps must be >= 1 (consecutive non-finite steps tolerated before stopping)");
         }
         if g.num_iterations == 0 {
             bail!("grpo.num_iterations must be >= 1");
@@ -433,8 +455,21 @@ impl Recipe {
         if self.optim.grad_accumulation == 0 {
             bail!("optim.grad_accumulation must be >= 1");
         }
-        if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
-            bail!("optim.lr must be a positive number");
+        let o = &self.optim;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            bail!("optim.lr must be a positive number, got {}", o.lr);
+        }
+        if !(o.eps > 0.0 && o.eps.is_finite()) {
+            bail!("optim.eps must be > 0 (AdamW divides by sqrt(v) + eps), got {}", o.eps);
+        }
+        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) {
+            bail!("optim.betas must both be in [0, 1), got {:?}", o.betas);
+        }
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) || !(o.max_grad_norm >= 0.0 && o.max_grad_norm.is_finite()) {
+            bail!("optim.weight_decay and optim.max_grad_norm must be numbers >= 0");
+        }
+        if self.train.steps == 0 {
+            bail!("train.steps must be >= 1");
         }
         let t = &self.data.template;
         if t != "r1_zero" && t != "chat" && !t.contains("{prompt}") {

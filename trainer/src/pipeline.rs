@@ -41,6 +41,9 @@ pub struct PipelineState {
     /// Every output of each finished stage (model, dataset), for `{stages.<name>.*}`.
     #[serde(default)]
     pub outputs: BTreeMap<String, Output>,
+    /// Wall time of each finished stage, in seconds (of the run that finished it).
+    #[serde(default)]
+    pub seconds: BTreeMap<String, f64>,
 }
 
 fn state_path(run_dir: &Path) -> PathBuf {
@@ -199,7 +202,9 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                 return Ok(());
             }
         };
-        eprintln!("  stage {name} took {:.1}s", t0.elapsed().as_secs_f64());
+        let took = t0.elapsed().as_secs_f64();
+        eprintln!("  stage {name} took {took:.1}s");
+        state.seconds.insert(name.clone(), took);
         previous = out.model.clone().or(previous);
         state.completed.push((name.clone(), out.model.clone()));
         state.outputs.insert(name, out);
