@@ -36,16 +36,94 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
 
 /// Complete checkpoints (those with a trainer_state.json), oldest first.
 pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let dir = checkpoints_dir(run_dir);
+    list_in(&checkpoints_dir(run_dir), STATE)
+}
+
+/// The newest complete checkpoint, damaged or not (see [`latest_valid`]).
+pub fn latest(run_dir: &Path) -> Result<Option<(u64, PathBuf)>> {
+    Ok(list(run_dir)?.pop())
+}
+
+/// Writes a checkpoint with `fill(tmp_dir)` producing the model files, then the state, then
+/// renames into place and prunes to `keep_last`.
+pub fn write(run_dir: &Path, state: &TrainerState, keep_last: usize, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    write_step_dir(&checkpoints_dir(run_dir), state.step, STATE, keep_last, |tmp| {
+        fill(tmp)?;
+        std::fs::write(tmp.join(STATE), serde_json::to_string_pretty(state)?)?;
+        Ok(())
+    })
+}
+
+/// The one checkpoint writer of every stage kind: `fill` writes the files of `step-N` into
+/// a temporary folder (the state file, named `state_file`, last); the files and the folder
+/// are fsynced, the folder renamed to `parent/step-N` and the parent fsynced, then all but
+/// the newest `keep_last` complete checkpoints are removed (0 = keep all). A kill at any
+/// moment leaves every earlier checkpoint whole, and the new one either whole or absent.
+pub fn write_step_dir(parent: &Path, step: u64, state_file: &str, keep_last: usize, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    std::fs::create_dir_all(parent)?;
+    let final_dir = parent.join(format!("step-{step}"));
+    let tmp = parent.join(format!(".tmp-step-{step}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    fill(&tmp)?;
+    if !tmp.join(state_file).exists() {
+        bail!("checkpoint writer: {} was not written", tmp.join(state_file).display());
+    }
+    // fsync the files so a power cut after the rename cannot leave empty files behind.
+    for e in std::fs::read_dir(&tmp)? {
+        let p = e?.path();
+        if p.is_file() {
+            std::fs::File::open(&p)?.sync_all()?;
+        }
+    }
+    sync_dir(&tmp);
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)?;
+    }
+    std::fs::rename(&tmp, &final_dir).with_context(|| format!("moving checkpoint into {}", final_dir.display()))?;
+    sync_dir(parent);
+    if keep_last > 0 {
+        let all = list_in(parent, state_file)?;
+        if all.len() > keep_last {
+            for (_, p) in &all[..all.len() - keep_last] {
+                std::fs::remove_dir_all(p).with_context(|| format!("removing old checkpoint {}", p.display()))?;
+            }
+        }
+    }
+    Ok(final_dir)
+}
+
+/// Writes `body` to `path` through a temporary file in the same folder (fsync, rename), so
+/// a kill leaves either the whole file or the previous one.
+pub fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    Ok(())
+}
+
+/// fsync a directory (its entries: a rename in it survives a power cut). Best effort: some
+/// filesystems refuse to open directories.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Complete `step-N` folders (holding `state_file`) under `parent`, oldest first.
+pub fn list_in(parent: &Path, state_file: &str) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = vec![];
-    if !dir.exists() {
+    if !parent.exists() {
         return Ok(out);
     }
-    for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+    for e in std::fs::read_dir(parent).with_context(|| format!("listing {}", parent.display()))? {
         let p = e?.path();
         let Some(name) = p.file_name().and_then(|n| n.to_str()) else { continue };
         if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
-            if p.join(STATE).exists() {
+            if p.join(state_file).exists() {
                 out.push((n, p));
             }
         }
@@ -54,44 +132,115 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-pub fn latest(run_dir: &Path) -> Result<Option<(u64, PathBuf)>> {
-    Ok(list(run_dir)?.pop())
+/// Checks that a checkpoint folder is whole: `state_file` parses as JSON, every
+/// `*.safetensors` has a readable header whose tensors end exactly at the end of the file
+/// (a truncated or padded file fails), and `config.json`, when present, parses.
+pub fn validate(dir: &Path, state_file: &str) -> Result<()> {
+    let state = dir.join(state_file);
+    let text = std::fs::read_to_string(&state).with_context(|| format!("reading {}", state.display()))?;
+    serde_json::from_str::<serde_json::Value>(&text).with_context(|| format!("{}: not valid JSON", state.display()))?;
+    let cfg = dir.join("config.json");
+    if cfg.exists() {
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&cfg)?).with_context(|| format!("{}: not valid JSON", cfg.display()))?;
+    }
+    let mut tensors = 0;
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            check_safetensors(&p)?;
+            tensors += 1;
+        }
+    }
+    if tensors == 0 {
+        bail!("{}: no .safetensors file", dir.display());
+    }
+    Ok(())
 }
 
-/// Writes a checkpoint with `fill(tmp_dir)` producing the model files, then the state, then
-/// renames into place and prunes to `keep_last`.
-pub fn write(run_dir: &Path, state: &TrainerState, keep_last: usize, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
-    let dir = checkpoints_dir(run_dir);
-    std::fs::create_dir_all(&dir)?;
-    let final_dir = dir.join(format!("step-{}", state.step));
-    let tmp = dir.join(format!(".tmp-step-{}", state.step));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+/// A safetensors file's header against its size, without reading the tensors.
+fn check_safetensors(p: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |why: String| anyhow::anyhow!("{}: {why}", p.display());
+    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let size = f.metadata()?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| bad("shorter than a safetensors header".into()))?;
+    let n = u64::from_le_bytes(len);
+    if n > size.saturating_sub(8) || n > 100 << 20 {
+        return Err(bad(format!("header length {n} does not fit a file of {size} bytes (truncated?)")));
     }
-    std::fs::create_dir_all(&tmp)?;
-    fill(&tmp)?;
-    let state_path = tmp.join(STATE);
-    std::fs::write(&state_path, serde_json::to_string_pretty(state)?)?;
-    // fsync the files so a power cut after the rename cannot leave empty files behind.
-    for e in std::fs::read_dir(&tmp)? {
-        let p = e?.path();
-        if p.is_file() {
-            std::fs::File::open(&p)?.sync_all()?;
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|_| bad("truncated header".into()))?;
+    let h: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable header ({e})")))?;
+    let mut end = 0u64;
+    for (k, v) in &h {
+        if k == "__metadata__" {
+            continue;
+        }
+        let off = v.get("data_offsets").and_then(|o| o.as_array()).filter(|o| o.len() == 2).ok_or_else(|| bad(format!("tensor `{k}` has no data_offsets")))?;
+        end = end.max(off[1].as_u64().unwrap_or(u64::MAX));
+    }
+    if 8 + n + end != size {
+        return Err(bad(format!("holds {size} bytes but its header describes {} (truncated or damaged)", 8 + n + end)));
+    }
+    Ok(())
+}
+
+/// The newest checkpoint under `parent` that [`validate`]s. A damaged newer one is skipped
+/// with a warning naming what is wrong (it stays on disk for inspection).
+pub fn latest_valid(parent: &Path, state_file: &str) -> Result<Option<(u64, PathBuf)>> {
+    let all = list_in(parent, state_file)?;
+    for (step, dir) in all.iter().rev() {
+        match validate(dir, state_file) {
+            Ok(()) => return Ok(Some((*step, dir.clone()))),
+            Err(e) => eprintln!("warning: checkpoint {} is damaged ({e:#}); falling back to an older one", dir.display()),
         }
     }
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)?;
-    }
-    std::fs::rename(&tmp, &final_dir).with_context(|| format!("moving checkpoint into {}", final_dir.display()))?;
-    if keep_last > 0 {
-        let all = list(run_dir)?;
-        if all.len() > keep_last {
-            for (_, p) in &all[..all.len() - keep_last] {
-                std::fs::remove_dir_all(p).with_context(|| format!("removing old checkpoint {}", p.display()))?;
+    Ok(None)
+}
+
+/// An exclusive lock on a run folder, held while a process writes to it (an OS file lock:
+/// released when the process exits, even by kill -9, so a crash leaves no stale lock).
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes `dir/.lock`, or fails naming the process that holds it.
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(".lock");
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "run folder {} is in use by another ponder process ({}); wait for it to finish or stop it (Ctrl-C saves a checkpoint), then resume",
+                    dir.display(),
+                    if holder.trim().is_empty() { "unknown pid".to_string() } else { holder.trim().to_string() }
+                );
             }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
         }
+        use std::io::{Seek, Write};
+        let previous = std::fs::read_to_string(&path).unwrap_or_default();
+        if !previous.trim().is_empty() {
+            eprintln!("note: {} was last used by {} , which ended without releasing it cleanly (crashed or killed); continuing", dir.display(), previous.trim());
+        }
+        file.set_len(0)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        write!(file, "pid {} on {}", std::process::id(), std::env::var("HOSTNAME").unwrap_or_else(|_| "this host".into()))?;
+        file.flush()?;
+        Ok(RunLock { _file: file })
     }
-    Ok(final_dir)
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Empty the file: the next holder then knows this process ended cleanly.
+        let _ = self._file.set_len(0);
+    }
 }
 
 pub fn read_state(ckpt: &Path) -> Result<TrainerState> {

@@ -10,7 +10,7 @@ use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use rollout::folder::Policy;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -132,31 +132,30 @@ struct LmState {
     optimizer_step: u64,
 }
 
-fn read_state(dir: &Path) -> Option<LmState> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()
+const STATE: &str = "state.json";
+
+/// The newest valid checkpoint under `dir` (`dir/step-N/`) and its state.
+fn latest(dir: &Path) -> Result<Option<(PathBuf, LmState)>> {
+    let Some((_, ck)) = crate::checkpoint::latest_valid(dir, STATE)? else { return Ok(None) };
+    let st = serde_json::from_str(&std::fs::read_to_string(ck.join(STATE))?).with_context(|| format!("{}: corrupt state", ck.display()))?;
+    Ok(Some((ck, st)))
 }
 
-/// The step of the resumable checkpoint in `dir`, if a complete one is there.
+/// The step of the newest valid resumable checkpoint in `dir`, if there is one.
 pub fn checkpoint_step(dir: &Path) -> Option<usize> {
-    read_state(dir).map(|s| s.step)
+    latest(dir).ok().flatten().map(|(_, s)| s.step)
 }
 
-/// Writes weights, optimizer moments and the step to `dir` through a temporary folder, so a
-/// kill mid-write leaves the previous checkpoint whole.
+/// Writes weights, optimizer moments and the step to `dir/step-N/` with the one checkpoint
+/// writer every stage uses (temporary folder, fsync, rename; the newest two are kept), so a
+/// kill at any moment leaves the previous checkpoint whole.
 fn save_checkpoint(dir: &Path, policy: &Policy, opt: &AdamW, st: LmState) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    rollout::model::weights::save_file(&policy.named_tensors(), &tmp.join("model.safetensors"))?;
-    opt.save(&tmp.join("optimizer.safetensors"))?;
-    std::fs::write(tmp.join("state.json"), serde_json::to_string(&st)?)?;
-    let old = dir.with_extension("old");
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(dir, &old)?;
-    }
-    std::fs::rename(&tmp, dir)?;
-    let _ = std::fs::remove_dir_all(&old);
+    crate::checkpoint::write_step_dir(dir, st.step as u64, STATE, 2, |tmp| {
+        rollout::model::weights::save_file(&policy.named_tensors(), &tmp.join("model.safetensors"))?;
+        opt.save(&tmp.join("optimizer.safetensors"))?;
+        std::fs::write(tmp.join(STATE), serde_json::to_string(&st)?)?;
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -181,8 +180,13 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
     let t0 = Instant::now();
     let mut bad = 0;
     let mut start = 0;
-    if let Some((dir, st)) = ckpt.and_then(|d| Some((d, read_state(d)?))) {
+    let resume_from = match ckpt {
+        Some(d) => latest(d)?,
+        None => None,
+    };
+    if let Some((dir, st)) = resume_from {
         let w = rollout::model::weights::load_file(&dir.join("model.safetensors")).with_context(|| format!("reading checkpoint {}", dir.display()))?;
+        let dir = dir.as_path();
         policy.copy_from(&w)?;
         opt.load(&dir.join("optimizer.safetensors"), st.optimizer_step)?;
         // Replay the data order up to the checkpoint (shuffles only, no training).

@@ -113,9 +113,13 @@ the same W&B run. Offline or failed uploads: `ponder wandb-sync RUN_DIR`.")]
 struct TrainArgs {
     /// The recipe (TOML).
     recipe: Option<PathBuf>,
-    /// Continue the run in this folder from its newest complete checkpoint.
+    /// Continue the run in this folder from its newest valid checkpoint (a damaged newer one
+    /// is skipped with a warning).
     #[arg(long, conflicts_with = "recipe")]
     resume: Option<PathBuf>,
+    /// With --resume: continue from this checkpoint (`step-N` in RUN/checkpoints/) instead.
+    #[arg(long, requires = "resume", value_name = "step-N")]
+    from: Option<String>,
     /// Override a recipe key: --set section.key=value (repeatable; values are TOML).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -259,11 +263,14 @@ fn run_train(a: TrainArgs) -> Result<i32> {
                 p.run.output_dir = run.parent().map(PathBuf::from).unwrap_or_default();
                 p.run.name = run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             }
+            if a.from.is_some() {
+                anyhow::bail!("--from picks a checkpoint of a single GRPO run; a pipeline resumes each stage at its newest valid checkpoint by itself (damaged ones are skipped)");
+            }
             trainer::pipeline::run(p, &table, a.resume.is_some(), a.quiet, stop)?;
             return Ok(0);
         }
     }
-    let opts = train::Options { quiet: a.quiet, stop, sinks: vec![] };
+    let opts = train::Options { quiet: a.quiet, stop, sinks: vec![], resume_from: a.from.clone() };
     let out = train::train(a.recipe.as_deref(), a.resume.as_deref(), &a.set, opts)?;
     let ck = out.final_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
     if out.interrupted {

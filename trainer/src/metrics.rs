@@ -41,7 +41,11 @@ impl JsonlSink {
             if !body.is_empty() {
                 body.push('\n');
             }
-            std::fs::write(&path, body)?;
+            // Through a temporary file: a kill here leaves the old file or the new, whole.
+            let tmp = run_dir.join(".metrics.jsonl.tmp");
+            std::fs::write(&tmp, body)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
         let samples_dir = run_dir.join("samples");

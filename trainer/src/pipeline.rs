@@ -52,11 +52,7 @@ fn state_path(run_dir: &Path) -> PathBuf {
 
 /// Writes `pipeline.json` through a temporary file, so a kill never leaves half of it.
 fn save_state(run_dir: &Path, state: &PipelineState) -> Result<()> {
-    let tmp = run_dir.join(".pipeline.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(state)?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, state_path(run_dir))?;
-    Ok(())
+    crate::checkpoint::write_atomic(&state_path(run_dir), serde_json::to_string_pretty(state)?.as_bytes())
 }
 
 fn stage_kind(t: &toml::Table, i: usize) -> Result<(String, String)> {
@@ -165,8 +161,9 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
         bail!("run folder {} already holds a run; continue it with `ponder train --resume {}`, or pick another run.name", run_dir.display(), run_dir.display());
     }
     std::fs::create_dir_all(&run_dir)?;
+    let _lock = crate::checkpoint::RunLock::acquire(&run_dir)?;
     if !resume {
-        std::fs::write(run_dir.join("config.toml"), toml::to_string_pretty(resolved)?)?;
+        crate::checkpoint::write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(resolved)?.as_bytes())?;
     }
     let mut state: PipelineState = if state_path(&run_dir).exists() {
         serde_json::from_str(&std::fs::read_to_string(state_path(&run_dir))?).context("reading pipeline.json")?

@@ -36,6 +36,8 @@ pub struct Options {
     pub stop: Arc<AtomicBool>,
     /// Extra sinks (e.g. W&B).
     pub sinks: Vec<Box<dyn Sink>>,
+    /// On resume: the checkpoint to continue from (`step-N`), instead of the newest valid one.
+    pub resume_from: Option<String>,
 }
 
 /// A rollout batch ready for the learner.
@@ -175,6 +177,8 @@ pub struct Trainer {
     device: Device,
     kind: Kind,
     sinks: Vec<Box<dyn Sink>>,
+    /// Held while the trainer lives: a second process on the same run folder is refused.
+    _lock: checkpoint::RunLock,
 }
 
 fn sampling(recipe: &Recipe) -> SamplingParams {
@@ -194,7 +198,18 @@ impl Trainer {
     /// Starts a new run (`resume = false`) or continues one from its newest checkpoint.
     pub fn new(recipe: Recipe, resolved: &toml::Table, resume: bool, opts: &mut Options) -> Result<Trainer> {
         let run_dir = recipe.run_dir();
-        let latest = checkpoint::latest(&run_dir)?;
+        let lock = checkpoint::RunLock::acquire(&run_dir)?;
+        let latest = match (&opts.resume_from, resume) {
+            (Some(name), true) => {
+                let dir = checkpoint::checkpoints_dir(&run_dir).join(name);
+                checkpoint::validate(&dir, checkpoint::STATE).with_context(|| format!("--from {name}: not a usable checkpoint of {}", run_dir.display()))?;
+                let step = checkpoint::read_state(&dir)?.step;
+                eprintln!("resuming from {} (step {step}); later checkpoints will be overwritten as training passes them", dir.display());
+                Some((step, dir))
+            }
+            (Some(_), false) => bail!("--from needs --resume"),
+            (None, _) => checkpoint::latest_valid(&checkpoint::checkpoints_dir(&run_dir), checkpoint::STATE)?,
+        };
         if !resume && run_dir.join("metrics.jsonl").exists() {
             bail!(
                 "run folder {} already holds a run; continue it with `ponder train --resume {}`, or pick another run.name (--set run.name=...)",
@@ -205,7 +220,7 @@ impl Trainer {
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         if !resume {
             let _ = resolved;
-            std::fs::write(run_dir.join("config.toml"), toml::to_string_pretty(&recipe)?)?;
+            checkpoint::write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&recipe)?.as_bytes())?;
         }
         let device = parse_device(&recipe.model.device)?;
         let kind = parse_kind(&recipe.model.dtype)?;
@@ -267,7 +282,7 @@ impl Trainer {
             state.wandb_run_id = w.run_id().map(str::to_string);
             sinks.push(Box::new(w));
         }
-        Ok(Trainer { recipe, run_dir, tk, policy, reference, pool, opt, rewards, train_set, eval_set, state, device, kind, sinks })
+        Ok(Trainer { recipe, run_dir, tk, policy, reference, pool, opt, rewards, train_set, eval_set, state, device, kind, sinks, _lock: lock })
     }
 
     pub fn state(&self) -> &TrainerState {

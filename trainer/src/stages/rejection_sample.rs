@@ -21,6 +21,7 @@ use super::sft::r1;
 use super::{Ctx, Output, StageOutcome};
 use crate::config::Paths;
 use crate::data::{self, Example};
+use crate::checkpoint::write_atomic;
 use crate::eval::{self, reward_sample};
 use anyhow::{anyhow, bail, Context, Result};
 use rewards::{RewardSet, RewardSpec};
@@ -261,16 +262,6 @@ fn summarize(model: &str, prompts: usize, recs: &[Record], f: &Filters) -> Summa
 
 fn shard_path(dir: &Path, i: usize) -> PathBuf {
     dir.join("shards").join(format!("shard-{i:05}.jsonl"))
-}
-
-/// Writes `body` to `path` through a temporary file in the same folder (fsync, rename), so
-/// a kill leaves either the whole file or none.
-pub fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
-    Ok(())
 }
 
 fn read_shard(path: &Path) -> Result<Vec<Record>> {
