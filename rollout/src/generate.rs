@@ -8,7 +8,8 @@
 use crate::error::{Result, RolloutError};
 use crate::model::{positions_from_mask, CausalLm, KvCache};
 use crate::tokenizer::Tokenizer;
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{Rng, SeedableRng};
+use crate::SeededRng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -221,7 +222,7 @@ fn generate_inner(
         }
         Some(Tensor::from_slice(&m).to_device(device).unsqueeze(0))
     };
-    let mut rngs: Vec<StdRng> = seeds.iter().map(|&s| StdRng::seed_from_u64(s)).collect();
+    let mut rngs: Vec<SeededRng> = seeds.iter().map(|&s| SeededRng::seed_from_u64(s)).collect();
     let mut out: Vec<Completion> =
         (0..b).map(|_| Completion { token_ids: vec![], logprobs: vec![], text: String::new(), finish_reason: FinishReason::Length }).collect();
     // `rows[r]` is the prompt index of batch row r. Finished rows leave the batch (see

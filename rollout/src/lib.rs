@@ -13,3 +13,8 @@ pub mod tokenizer;
 pub use config::{Arch, ModelConfig};
 pub use error::{Result, RolloutError};
 pub use model::CausalLm;
+
+/// The seeded random stream behind data order, corpora and sampling: ChaCha12 by name, so
+/// a seed gives the same values whatever `rand` release is in the tree (`rand`'s `StdRng`
+/// makes no such promise).
+pub type SeededRng = rand_chacha::ChaCha12Rng;

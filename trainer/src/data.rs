@@ -2,7 +2,8 @@
 
 use crate::config::DataCfg;
 use anyhow::{anyhow, bail, Context, Result};
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use rand::{seq::SliceRandom, SeedableRng};
+use rollout::SeededRng;
 use rollout::tokenizer::{ChatMessage, Tokenizer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -91,7 +92,7 @@ impl Cursor {
     /// The permutation of `n` examples in `epoch` for `seed`.
     pub fn order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..n).collect();
-        idx.shuffle(&mut StdRng::seed_from_u64(rollout::pool::mix_seed(seed, epoch)));
+        idx.shuffle(&mut SeededRng::seed_from_u64(rollout::pool::mix_seed(seed, epoch)));
         idx
     }
 

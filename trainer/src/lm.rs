@@ -6,7 +6,8 @@ use crate::grpo;
 use crate::metrics::{Row, Sink};
 use crate::optim::{lr_at, AdamW};
 use anyhow::{bail, Context, Result};
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use rand::{seq::SliceRandom, SeedableRng};
+use rollout::SeededRng;
 use rollout::folder::Policy;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -111,7 +112,7 @@ pub fn batch_loss(policy: &Policy, batch: &[&LmExample], max_len: usize) -> (Ten
 /// shuffled within each bin, cut into batches, and the batches shuffled. Inside a bin the
 /// order is random, so batches stay unbiased mixtures (sorting by exact length would group
 /// examples that share a property, e.g. one answer format, and hurt learning).
-pub fn length_bucketed_batches(examples: &[LmExample], batch_size: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
+pub fn length_bucketed_batches(examples: &[LmExample], batch_size: usize, rng: &mut SeededRng) -> Vec<Vec<usize>> {
     let bs = batch_size.max(1);
     let mut bins: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for (i, e) in examples.iter().enumerate() {
@@ -175,7 +176,7 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
         bail!("no training sequences");
     }
     let mut opt = AdamW::new(policy.named_tensors(), &cfg.optim());
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SeededRng::seed_from_u64(seed);
     let mut batches: Vec<Vec<usize>> = vec![];
     let t0 = Instant::now();
     let mut bad = 0;

@@ -4,7 +4,8 @@
 //! hash of its identity falls in the held-out fraction, so the two splits never share a
 //! problem however many examples are drawn.
 
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{Rng, SeedableRng};
+use rollout::SeededRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -108,8 +109,6 @@ pub struct Problem {
     pub steps: Vec<Step>,
     /// A plausible wrong solution (steps, answer): the slip a sloppy solver makes.
     pub slip: Option<(Vec<Step>, String)>,
-    /// One line restating the result, closing a readable solution ("so the sum is 85").
-    pub summary: String,
 }
 
 impl Problem {
@@ -121,20 +120,23 @@ impl Problem {
         Value::Object(o)
     }
 
-    /// The careful solver's steps in English, without a summary (the pretraining corpus's
+    /// The careful solver's steps in English (the pretraining corpus's
     /// correct solutions).
     pub fn reasoning(&self) -> String {
         render_steps(&self.steps, || Lang::En)
     }
 
-    /// The completion a careful annotator writes (R1's cold-start data): every step in
-    /// the target language, then the summary, in the R1 format; tasks without steps are
-    /// answered directly with an empty `<think>` block, as DeepSeek-R1 answers simple queries.
+    /// The completion a careful annotator writes (R1's cold-start data): every step right
+    /// and in the target language, in the R1 format, the answer block restating the result;
+    /// tasks without steps are answered directly with an empty `<think>` block, as
+    /// DeepSeek-R1 answers simple queries. (A separate summary line before `</think>`, as R1
+    /// writes, cost the tiny model most of its accuracy in cold-start SFT: 0.18 -> 0.03-0.26,
+    /// against 0.78-0.82 without it; see the README.)
     pub fn readable_completion(&self) -> String {
         if self.steps.is_empty() {
             return format!(" <think> </think> <answer> {} </answer>", self.answer);
         }
-        format!(" <think> {} , {} </think> <answer> {} </answer>", self.reasoning(), self.summary, self.answer)
+        format!(" <think> {} </think> <answer> {} </answer>", self.reasoning(), self.answer)
     }
 }
 
@@ -199,7 +201,6 @@ fn addition(a: u64, b: u64, task: TaskKind) -> Problem {
         prompt: format!("What is {a} + {b}?"),
         answer: sum.to_string(),
         extra: Map::new(),
-        summary: format!("so the sum is {sum}"),
         steps,
         slip,
     }
@@ -213,7 +214,6 @@ fn compare(a: u64, b: u64) -> Problem {
         extra: Map::new(),
         steps: vec![],
         slip: None,
-        summary: format!("{} is larger", a.max(b)),
     }
 }
 
@@ -241,14 +241,13 @@ fn multiplication(a: u64, b: u64) -> Problem {
         prompt: format!("What is {a} * {b}?"),
         answer: prod.to_string(),
         extra: Map::new(),
-        summary: format!("so the product is {prod}"),
         steps,
         slip,
     }
 }
 
 /// A Countdown instance built backwards from a random expression, so it is solvable.
-fn countdown(rng: &mut StdRng, n_numbers: usize) -> Problem {
+fn countdown(rng: &mut SeededRng, n_numbers: usize) -> Problem {
     loop {
         let nums: Vec<i64> = (0..n_numbers).map(|_| rng.random_range(1..=20)).collect();
         let mut expr = nums[0].to_string();
@@ -294,7 +293,6 @@ fn countdown(rng: &mut StdRng, n_numbers: usize) -> Problem {
             extra,
             steps: vec![Step { place: None, text: format!("try {expr} = {val}") }],
             slip: None,
-            summary: format!("so {expr} = {val}"),
         };
     }
 }
@@ -325,7 +323,7 @@ pub fn check(kind: TaskKind, digits: u32, heldout_fraction: f64) -> Result<(), T
 /// Draws `n` problems of `kind` from `split`, seeded. `digits` bounds operand size.
 pub fn generate(kind: TaskKind, split: Split, n: usize, digits: u32, seed: u64, heldout_fraction: f64) -> Result<Vec<Problem>, TaskError> {
     check(kind, digits, heldout_fraction)?;
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x7a5c_0000 ^ (kind as u64) << 8);
+    let mut rng = SeededRng::seed_from_u64(seed ^ 0x7a5c_0000 ^ (kind as u64) << 8);
     let hi = 10u64.pow(digits);
     let mut out = Vec::with_capacity(n);
     let mut tries = 0usize;
@@ -413,7 +411,7 @@ mod tests {
     fn addition_reasoning_carries() {
         let p = addition(47, 38, TaskKind::Addition);
         assert_eq!(p.reasoning(), "ones 7 + 8 = 15 , tens 4 + 3 + 1 = 8");
-        assert_eq!(p.readable_completion(), " <think> ones 7 + 8 = 15 , tens 4 + 3 + 1 = 8 , so the sum is 85 </think> <answer> 85 </answer>");
+        assert_eq!(p.readable_completion(), " <think> ones 7 + 8 = 15 , tens 4 + 3 + 1 = 8 </think> <answer> 85 </answer>");
         assert_eq!(render_steps(&p.steps, || Lang::Zh), "个位 7 + 8 = 15 , 十位 4 + 3 + 1 = 8");
         assert_eq!(p.answer, "85");
         let (slip, wrong) = p.slip.unwrap();

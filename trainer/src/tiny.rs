@@ -120,8 +120,9 @@ pub fn create_random_model(out: &Path, shape: TinyShape, corpus: &[String], seed
 /// A small built-in corpus: arithmetic in the R1-Zero format, so the tokenizer learns the
 /// pieces the tiny recipes use.
 pub fn default_corpus(seed: u64, n: usize) -> Vec<String> {
-    use rand::{rngs::StdRng, Rng, SeedableRng};
-    let mut rng = StdRng::seed_from_u64(seed);
+    use rand::{Rng, SeedableRng};
+    use rollout::SeededRng;
+    let mut rng = SeededRng::seed_from_u64(seed);
     (0..n)
         .map(|_| {
             let a: u32 = rng.random_range(0..1000);

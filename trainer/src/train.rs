@@ -383,7 +383,7 @@ impl Trainer {
 
         // 3. Learner updates.
         let t1 = Instant::now();
-        let lr = lr_at(&cfg.optim, self.opt.step, (cfg.train.steps * self.updates_per_step(keep.len())) as u64);
+        let lr = lr_at(&cfg.optim, self.opt.step, self.total_updates());
         let mut learn = LearnStats::default();
         if !keep.is_empty() {
             let batch = self.build_batch(&keep, &prompts, &comps, &adv)?;
@@ -449,6 +449,15 @@ impl Trainer {
         }
         self.state.step += 1;
         Ok(row)
+    }
+
+    /// The LR schedule's horizon in optimizer updates: `train.steps` x the updates of a full
+    /// batch (prompts_per_step x group_size rows). Fixed for the whole run, so dropping
+    /// zero-variance groups (fewer rows, fewer minibatches) never moves it; a step with
+    /// fewer updates just ends the schedule a little early.
+    fn total_updates(&self) -> u64 {
+        let r = &self.recipe;
+        (r.train.steps * self.updates_per_step(r.rollout.prompts_per_step * r.rollout.group_size)) as u64
     }
 
     fn updates_per_step(&self, rows: usize) -> usize {
@@ -575,7 +584,7 @@ impl Trainer {
         let mut st = LearnStats::default();
         let (mut kl_sum, mut ent_sum, mut low_sum, mut high_sum, mut loss_sum, mut tok_sum) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         let mut norms = vec![];
-        let total_updates = (self.recipe.train.steps * self.updates_per_step(n)) as u64;
+        let total_updates = self.total_updates();
         let sel = |t: &Tensor, m: &Micro| t.index_select(0, &m.rows).narrow(1, 0, m.completion);
         for it in 0..cfg.num_iterations {
             for (pi, (ms, mlen, micros)) in plans.iter().enumerate() {
@@ -647,7 +656,9 @@ impl Trainer {
         st.entropy = ent_sum / t;
         st.clip_low = low_sum / t;
         st.clip_high = high_sum / t;
-        st.loss = loss_sum / (cfg.num_iterations as f64);
+        // Each pass's loss is normalised by its minibatch's totals, so the passes of one
+        // minibatch sum to that minibatch's loss: the mean over minibatches and iterations.
+        st.loss = loss_sum / (cfg.num_iterations * plans.len()).max(1) as f64;
         st.grad_norm = if norms.is_empty() { f64::NAN } else { norms.iter().sum::<f64>() / norms.len() as f64 };
         Ok(st)
     }

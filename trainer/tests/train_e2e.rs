@@ -72,7 +72,7 @@ eval_limit = 8
 }
 
 fn opts() -> Options {
-    Options { quiet: true, stop: Default::default(), sinks: vec![] }
+    Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None }
 }
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {

@@ -10,7 +10,8 @@ use crate::lm::{self, LmCfg, LmExample};
 use crate::tasks::{self, Lang, Split, TaskKind};
 use crate::tiny::{self, TinyShape};
 use anyhow::{anyhow, bail, Context, Result};
-use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use rand::{seq::SliceRandom, Rng, SeedableRng};
+use rollout::SeededRng;
 use rollout::folder::Policy;
 use rollout::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -120,8 +121,8 @@ pub fn corpus(st: &PretrainStage, seed: u64, eos: &str) -> Result<Vec<String>> {
         None => 0,
     };
     let problems = tasks::generate(st.task, Split::Train, st.corpus_size - n_direct, st.digits, seed, st.heldout_fraction)?;
-    let mut rng = StdRng::seed_from_u64(seed ^ 0xc0ffee);
-    let head = |p: &tasks::Problem, rng: &mut StdRng| {
+    let mut rng = SeededRng::seed_from_u64(seed ^ 0xc0ffee);
+    let head = |p: &tasks::Problem, rng: &mut SeededRng| {
         if rng.random::<f64>() < st.template_rate {
             R1_ZERO_TEMPLATE.replace("{prompt}", &p.prompt)
         } else {
