@@ -80,6 +80,8 @@ pub struct Note {
 /// The scores of one sample.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Scores {
+    /// Grader verdicts of this sample (one per judging module that judged it).
+    pub judged: Vec<bool>,
     /// `(module name, unweighted score)` in [`RewardSet::names`] order (0 where the module
     /// does not apply to the sample's task).
     pub per_module: Vec<(String, f64)>,
@@ -112,6 +114,9 @@ pub struct BatchCounts {
     pub missing_inputs: usize,
     /// Samples no reward applies to (their task is not routed to any reward).
     pub unrouted: usize,
+    /// Grader verdicts (modules that judge answers, e.g. `accuracy`): right and wrong.
+    pub correct: usize,
+    pub wrong: usize,
     /// Samples where a module found no answer in the completion (a normal 0).
     pub no_answer: usize,
 }
@@ -123,6 +128,8 @@ impl BatchCounts {
         self.unparseable_references += o.unparseable_references;
         self.missing_inputs += o.missing_inputs;
         self.unrouted += o.unrouted;
+        self.correct += o.correct;
+        self.wrong += o.wrong;
         self.no_answer += o.no_answer;
     }
 }
@@ -254,6 +261,7 @@ impl RewardSet {
     pub fn score_one(&self, sample: &Sample) -> Scores {
         let mut per_module = Vec::with_capacity(self.entries.len());
         let mut applied = Vec::with_capacity(self.entries.len());
+        let mut judged = Vec::new();
         let mut failures = Vec::new();
         let mut notes = Vec::new();
         let mut total = 0.0;
@@ -294,6 +302,7 @@ impl RewardSet {
                     0.0
                 }
                 Ok(out) => {
+                    judged.extend(out.correct);
                     match out.issue {
                         None => {}
                         Some(Issue::NoAnswer(m)) => notes.push(Note {
@@ -332,6 +341,7 @@ impl RewardSet {
             });
         }
         Scores {
+            judged,
             per_module,
             applied,
             task: task.map(str::to_string),
@@ -367,6 +377,8 @@ impl RewardSet {
                 }
             }
             counts.no_answer += s.notes.len();
+            counts.correct += s.judged.iter().filter(|&&j| j).count();
+            counts.wrong += s.judged.iter().filter(|&&j| !j).count();
         }
         BatchScores {
             names: self.names(),

@@ -219,3 +219,23 @@ fn rewards_route_by_task() {
     let e = err("[[rewards]]\nkind = \"accuracy\"\ntaks = [\"a\"]");
     assert!(e.contains("did you mean `tasks`"), "{e}");
 }
+
+/// Grader outcomes are typed and counted: right, wrong, no answer, unparseable reference,
+/// each separately, so a grader failure never hides as a plain 0.
+#[test]
+fn grader_outcomes_are_counted_by_type() {
+    let set = RewardSet::from_toml_str("[[rewards]]\nkind = \"accuracy\"\n[[rewards]]\nkind = \"format\"").unwrap();
+    let samples = [
+        Sample::new("q", "<think> a </think> <answer> 5 </answer>", Some("5")),
+        Sample::new("q", "<think> a </think> <answer> 6 </answer>", Some("5")),
+        Sample::new("q", "<think> a </think> <answer> 1/2 </answer>", Some("0.5")),
+        Sample::new("q", "I do not know", Some("5")),
+        Sample::new("q", "<answer> 5 </answer>", Some("\\frac{")),
+    ];
+    let out = set.score_batch(&samples);
+    let c = out.counts;
+    assert_eq!((c.correct, c.wrong, c.no_answer), (2, 1, 1), "{c:?}");
+    assert_eq!(c.unparseable_references, 1, "{c:?}");
+    assert_eq!(out.scores[2].judged, vec![true]);
+    assert!(out.scores[3].judged.is_empty(), "no answer is not a wrong answer");
+}

@@ -500,6 +500,11 @@ impl Trainer {
         }
         row.insert("rewards/failures".into(), json!(scores.counts.panics + scores.counts.timeouts + scores.counts.unrouted));
         row.insert("rewards/unparseable_reference".into(), json!(scores.counts.unparseable_references));
+        // Typed grader outcomes: a grader that stops judging shows here, not as silent zeros.
+        let c = &scores.counts;
+        for (k, v) in [("correct", c.correct), ("wrong", c.wrong), ("no_answer", c.no_answer), ("missing_input", c.missing_inputs), ("timeouts", c.timeouts), ("panics", c.panics), ("unrouted", c.unrouted)] {
+            row.insert(format!("rewards/outcomes/{k}"), json!(v));
+        }
         row.insert("completions/mean_length".into(), json!(mean(&lens)));
         row.insert("completions/min_length".into(), json!(lens.iter().cloned().fold(f64::INFINITY, f64::min)));
         row.insert("completions/max_length".into(), json!(lens.iter().cloned().fold(0.0, f64::max)));

@@ -116,8 +116,9 @@ impl Accuracy {
     /// set sees the expired deadline and counts it).
     pub fn outcome(&self, j: Judgement) -> Outcome {
         match j {
-            Judgement::Correct => Outcome::score(self.p.correct),
-            Judgement::Wrong | Judgement::Timeout => Outcome::score(self.p.wrong),
+            Judgement::Correct => Outcome::score(self.p.correct).judged(true),
+            Judgement::Wrong => Outcome::score(self.p.wrong).judged(false),
+            Judgement::Timeout => Outcome::score(self.p.wrong),
             Judgement::NoAnswer(reason) => Outcome::with(self.p.wrong, Issue::NoAnswer(reason)),
             Judgement::UnparseableReference(m) => {
                 Outcome::with(self.p.wrong, Issue::UnparseableReference(m))

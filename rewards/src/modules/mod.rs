@@ -47,17 +47,27 @@ pub enum Issue {
 pub struct Outcome {
     pub score: f64,
     pub issue: Option<Issue>,
+    /// For graders (`accuracy`): whether the answer was judged right or wrong (`None`: not
+    /// judged, e.g. no answer found, or a module that does not grade). Counted per batch, so
+    /// a grader that stops judging shows in the metrics instead of as silent zeros.
+    pub correct: Option<bool>,
 }
 
 impl Outcome {
     pub fn score(score: f64) -> Outcome {
-        Outcome { score, issue: None }
+        Outcome { score, issue: None, correct: None }
     }
     pub fn with(score: f64, issue: Issue) -> Outcome {
         Outcome {
             score,
             issue: Some(issue),
+            correct: None,
         }
+    }
+    /// The same outcome, marked as a judged right (`true`) or wrong (`false`) answer.
+    pub fn judged(mut self, correct: bool) -> Outcome {
+        self.correct = Some(correct);
+        self
     }
 }
 
