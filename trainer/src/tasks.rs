@@ -23,6 +23,9 @@ pub enum TaskKind {
     /// "Which is larger, a or b?": a non-reasoning task, answered directly (an empty
     /// `<think>` block), the miniature of R1's non-reasoning (writing, QA) data.
     Compare,
+    /// "What number comes after n?": a non-reasoning question answered directly; easier
+    /// for a tiny model than `compare` (copy the number, add one to its last digit).
+    Successor,
 }
 
 impl TaskKind {
@@ -34,6 +37,7 @@ impl TaskKind {
             TaskKind::Increment => "increment",
             TaskKind::Countdown => "countdown",
             TaskKind::Compare => "compare",
+            TaskKind::Successor => "successor",
         }
     }
 
@@ -41,7 +45,7 @@ impl TaskKind {
     /// that every value fits in 64 bits.
     pub fn digit_range(self) -> std::ops::RangeInclusive<u32> {
         match self {
-            TaskKind::Addition | TaskKind::Increment | TaskKind::Compare => 1..=18,
+            TaskKind::Addition | TaskKind::Increment | TaskKind::Compare | TaskKind::Successor => 1..=18,
             TaskKind::Multiplication => 1..=9,
             TaskKind::Countdown => 3..=6,
         }
@@ -206,6 +210,10 @@ fn addition(a: u64, b: u64, task: TaskKind) -> Problem {
     }
 }
 
+fn successor(a: u64) -> Problem {
+    Problem { task: TaskKind::Successor, prompt: format!("What number comes after {a}?"), answer: (a + 1).to_string(), extra: Map::new(), steps: vec![], slip: None }
+}
+
 fn compare(a: u64, b: u64) -> Problem {
     Problem {
         task: TaskKind::Compare,
@@ -348,6 +356,10 @@ pub fn generate(kind: TaskKind, split: Split, n: usize, digits: u32, seed: u64, 
             TaskKind::Countdown => {
                 let p = countdown(&mut rng, digits as usize);
                 (format!("cd:{}", p.prompt), p)
+            }
+            TaskKind::Successor => {
+                let a = rng.random_range(0..hi);
+                (format!("succ:{a}"), successor(a))
             }
             TaskKind::Compare => {
                 let (a, b) = (rng.random_range(0..hi), rng.random_range(0..hi));
