@@ -59,6 +59,14 @@ pub fn sample_seed(seed: u64, prompt: usize, sample: usize) -> u64 {
 impl RolloutPool {
     /// Starts one worker per device, each loading the model folder `dir` itself.
     pub fn from_dir(dir: &Path, devices: &[Device], kind: Kind, tokenizer: Arc<Tokenizer>) -> Result<Self> {
+        Self::from_dir_threads(dir, devices, kind, tokenizer, None)
+    }
+
+    /// [`from_dir`](Self::from_dir), each worker using `threads` intra-op CPU threads (None:
+    /// libtorch's default). Small models decode faster as several one-thread workers than as
+    /// one worker whose tiny ops are split across threads (see the README's test-time
+    /// compute section).
+    pub fn from_dir_threads(dir: &Path, devices: &[Device], kind: Kind, tokenizer: Arc<Tokenizer>, threads: Option<usize>) -> Result<Self> {
         let mut workers = vec![];
         let mut eos_ids = vec![];
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -69,14 +77,20 @@ impl RolloutPool {
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("rollout-{w}"))
-                .spawn(move || match Policy::load(&dir, kind, device) {
-                    Ok(mut policy) => {
-                        policy.fuse_for_inference();
-                        let _ = ready.send((w, Ok(policy.eos_token_ids())));
-                        worker_loop(policy, tk, rx)
+                .spawn(move || {
+                    if let Some(t) = threads {
+                        // OpenMP's thread count is per calling thread: this worker's only.
+                        tch::set_num_threads(t as i32);
                     }
-                    Err(e) => {
-                        let _ = ready.send((w, Err(e)));
+                    match Policy::load(&dir, kind, device) {
+                        Ok(mut policy) => {
+                            policy.fuse_for_inference();
+                            let _ = ready.send((w, Ok(policy.eos_token_ids())));
+                            worker_loop(policy, tk, rx)
+                        }
+                        Err(e) => {
+                            let _ = ready.send((w, Err(e)));
+                        }
                     }
                 })
                 .map_err(|e| RolloutError::Generation(format!("cannot start rollout worker: {e}")))?;

@@ -238,6 +238,12 @@ struct EvalArgs {
     /// Fed in place of an early end of thinking under --min-think.
     #[arg(long, default_value = "Wait")]
     continuation: String,
+    /// Model copies sampling in parallel (default: on CPU one per core, on a GPU one).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Intra-op CPU threads per worker (default on CPU: cores / workers).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Write one JSON line per sample here.
     #[arg(long)]
     samples_output: Option<PathBuf>,
@@ -295,7 +301,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     };
     let mut results: Vec<(eval::EvalReport, Vec<eval::EvalReport>)> = vec![];
     for (label, dir) in &models {
-        let pool = eval::open_pool(dir, device, kind).map_err(|e| anyhow::anyhow!("model {}: {e:#}", dir.display()))?;
+        let pool = eval::open_pool(dir, device, kind, a.workers, a.threads).map_err(|e| anyhow::anyhow!("model {}: {e:#}", dir.display()))?;
         let mut runs = vec![eval::evaluate_full(dir, &examples, &spec, Some(&pool), device, kind)?];
         runs.extend(eval::sweep_budgets(dir, &examples, &spec, &a.think_budgets, &pool)?);
         let mut reports = vec![];

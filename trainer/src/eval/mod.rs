@@ -311,10 +311,18 @@ pub fn evaluate(model_dir: &Path, examples: &[Example], spec: &EvalSpec, pool: O
     evaluate_full(model_dir, examples, spec, pool, device, kind).map(|r| r.report)
 }
 
-/// A pool on `model_dir` (one worker) for several evaluations of the same model.
-pub fn open_pool(model_dir: &Path, device: Device, kind: Kind) -> Result<RolloutPool> {
+/// A pool on `model_dir` for several evaluations of the same model: `workers` copies of
+/// the model, each with `threads` intra-op threads. Defaults on CPU: one worker per core,
+/// and cores / workers threads each (so one thread each by default: small models decode
+/// faster as single-threaded workers than as one worker splitting tiny ops across
+/// threads, and far faster on a loaded machine); on a GPU one worker, libtorch's threads.
+pub fn open_pool(model_dir: &Path, device: Device, kind: Kind, workers: Option<usize>, threads: Option<usize>) -> Result<RolloutPool> {
     let tk = Arc::new(Tokenizer::from_dir(model_dir)?);
-    Ok(RolloutPool::from_dir(model_dir, &[device], kind, tk)?)
+    let cpu = device == Device::Cpu;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = workers.unwrap_or(if cpu { cores } else { 1 }).max(1);
+    let threads = threads.or(cpu.then_some((cores / workers).max(1)));
+    Ok(RolloutPool::from_dir_threads(model_dir, &vec![device; workers], kind, tk, threads)?)
 }
 
 /// The answer a sample votes for, and whether answers of its problem are compared with the
@@ -435,7 +443,7 @@ pub fn evaluate_full(model_dir: &Path, examples: &[Example], spec: &EvalSpec, po
     let pool = match pool {
         Some(p) => p,
         None => {
-            own = open_pool(model_dir, device, kind)?;
+            own = open_pool(model_dir, device, kind, None, None)?;
             &own
         }
     };

@@ -109,7 +109,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let spec = st.spec(rewards, ctx.pipeline.run.seed, st.think.clone());
     spec.check().map_err(|e| anyhow::anyhow!("{}: {e}", ctx.origin))?;
     let (device, kind) = (parse_device("cpu")?, parse_kind("f32")?);
-    let pool = eval::open_pool(&model, device, kind)?;
+    let pool = eval::open_pool(&model, device, kind, None, None)?;
     let mut runs = vec![eval::evaluate_full(&model, &examples, &spec, Some(&pool), device, kind)?];
     runs.extend(eval::sweep_budgets(&model, &examples, &spec, &st.think_budgets, &pool)?);
     let out = ctx.run_dir.join("eval");
