@@ -317,3 +317,16 @@ log_samples_every = 0
     let text = std::fs::read_to_string(out.run_dir.join("metrics.jsonl")).unwrap();
     assert!(text.contains("eval/reward") && !text.contains("pass@"));
 }
+
+#[test]
+fn worker_threads_leave_the_callers_thread_count_alone() {
+    // An eval stage inside a pipeline must not change the thread count of the stages after it.
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, _) = setup(tmp.path());
+    tch::set_num_threads(2);
+    let before = tch::get_num_threads();
+    let pool = eval::open_pool(&model, tch::Device::Cpu, tch::Kind::Float, Some(2), Some(1)).unwrap();
+    let sp = SamplingParams { max_new_tokens: 4, ..Default::default() };
+    pool.generate_groups(&[vec![5, 6, 7]], 4, &sp, 0).unwrap();
+    assert_eq!(tch::get_num_threads(), before);
+}

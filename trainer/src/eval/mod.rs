@@ -298,6 +298,8 @@ pub struct SampleLine {
     pub budget_forced: bool,
     pub continuations: usize,
     pub finish_reason: String,
+    /// The completion's text (for reading).
+    pub text: String,
 }
 
 /// A report and its per-sample lines.
@@ -506,6 +508,7 @@ pub fn evaluate_full(model_dir: &Path, examples: &[Example], spec: &EvalSpec, po
                 budget_forced: c.think.budget_forced,
                 continuations: c.think.continuations,
                 finish_reason: c.finish_reason.as_str().to_string(),
+                text: c.text.clone(),
             });
         }
     }
