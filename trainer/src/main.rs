@@ -179,8 +179,8 @@ T tokens (budget forcing); --min-think T replaces an earlier end of thinking by 
 --think-budgets A,B,C runs one evaluation per budget (accuracy vs thinking tokens).\n\n\
 Output: the JSON report on stdout (and --output): for one model without a budget sweep the report \
 itself, else {\"models\": [{\"report\": ..., \"budgets\": [...]}]}. --out-dir DIR also gets \
-LABEL.json, LABEL-budgets.json and the charts k.png (accuracy vs k), think_budget.png and flops.png \
-(accuracy vs FLOPs per problem, every model in one chart). --samples-output writes one JSON line per \
+LABEL.json, LABEL-budgets.json and the charts k.png (accuracy vs k; k-LABEL.png per model when \
+there are several), think_budget.png and flops.png (accuracy vs FLOPs per problem, every model in one chart). --samples-output writes one JSON line per \
 sample.")]
 struct EvalArgs {
     /// Model folder, or LABEL=FOLDER (repeatable: several models share the charts).
@@ -296,7 +296,12 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     let device = rollout::folder::parse_device(&a.device)?;
     let kind = rollout::folder::parse_kind(&a.dtype)?;
     let mut sample_out = match &a.samples_output {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| anyhow::anyhow!("creating {}: {e}", p.display()))?)),
+        Some(p) => {
+            if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("creating {}: {e}", d.display()))?;
+            }
+            Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| anyhow::anyhow!("creating {}: {e}", p.display()))?))
+        }
         None => None,
     };
     let mut results: Vec<(eval::EvalReport, Vec<eval::EvalReport>)> = vec![];
@@ -343,9 +348,17 @@ fn run_eval(a: EvalArgs) -> Result<()> {
             }
         }
         let mains: Vec<&eval::EvalReport> = results.iter().map(|(r, _)| r).collect();
-        charts::k_chart(&dir.join("k.png"), &mains)?;
+        for r in &mains {
+            let name = if mains.len() == 1 { "k.png".to_string() } else { format!("k-{}.png", r.label.replace(['/', '\\', ' '], "_")) };
+            charts::k_chart(&dir.join(name), r)?;
+        }
         charts::flops_chart(&dir.join("flops.png"), &mains)?;
-        let sweeps: Vec<(String, Vec<&eval::EvalReport>)> = results.iter().filter(|(_, b)| !b.is_empty()).map(|(r, b)| (r.label.clone(), b.iter().collect())).collect();
+        // The sweep's points, and the unforced run when it had no budget.
+        let sweeps: Vec<(String, Vec<&eval::EvalReport>)> = results
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(r, b)| (r.label.clone(), b.iter().chain(r.think.budget.is_none().then_some(r)).collect()))
+            .collect();
         if !sweeps.is_empty() {
             charts::budget_chart(&dir.join("think_budget.png"), &sweeps)?;
         }

@@ -206,7 +206,7 @@ fn cli_writes_reports_charts_and_sample_lines_and_refuses_bad_settings() {
     let small = tmp.path().join("small");
     tiny::create_random_model(&small, TinyShape { hidden: 32, layers: 1, heads: 2, kv_heads: 1, intermediate: 64, vocab: 320 }, &tiny::default_corpus(2, 400), 5).unwrap();
     let out = tmp.path().join("out");
-    let lines = tmp.path().join("samples.jsonl");
+    let lines = tmp.path().join("new-folder/samples.jsonl");
     let (m, s, d) = (format!("big={}", model.display()), format!("small={}", small.display()), data.display().to_string());
     let common = ["--data", &d, "--template", TEMPLATE, "--samples", "4", "--max-new-tokens", "10", "--limit", "3"];
     let mut args = vec!["eval", "--model", &m, "--model", &s];
@@ -224,11 +224,11 @@ fn cli_writes_reports_charts_and_sample_lines_and_refuses_bad_settings() {
     // The bigger model costs more FLOPs per problem at every k.
     let f = |i: usize| models[i]["report"]["flops_per_problem"].as_f64().unwrap();
     assert!(f(0) > f(1));
-    for file in ["big.json", "big-budgets.json", "small.json", "small-budgets.json", "k.png", "flops.png", "think_budget.png"] {
+    for file in ["big.json", "big-budgets.json", "small.json", "small-budgets.json", "k-big.png", "k-small.png", "flops.png", "think_budget.png"] {
         let p = out.join(file);
         assert!(p.exists() && std::fs::metadata(&p).unwrap().len() > 0, "{file} missing");
     }
-    assert_eq!(&std::fs::read(out.join("k.png")).unwrap()[1..4], b"PNG");
+    assert_eq!(&std::fs::read(out.join("flops.png")).unwrap()[1..4], b"PNG");
     // One line per sample: 2 models x (1 + 2 budgets) runs x 3 prompts x 4 samples.
     let text = std::fs::read_to_string(&lines).unwrap();
     let parsed: Vec<SampleLine> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

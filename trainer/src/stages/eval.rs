@@ -139,11 +139,12 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         std::fs::create_dir_all(&plots)?;
     }
     if rep.samples_per_prompt > 1 {
-        eval::charts::k_chart(&plots.join("k.png"), &[&rep])?;
+        eval::charts::k_chart(&plots.join("k.png"), &rep)?;
         eval::charts::flops_chart(&plots.join("flops.png"), &[&rep])?;
     }
     if !reports.is_empty() {
-        eval::charts::budget_chart(&plots.join("think_budget.png"), &[(ctx.name.to_string(), reports.iter().collect())])?;
+        let points = reports.iter().chain(rep.think.budget.is_none().then_some(&rep)).collect();
+        eval::charts::budget_chart(&plots.join("think_budget.png"), &[(ctx.name.to_string(), points)])?;
     }
     let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
     eprintln!(
