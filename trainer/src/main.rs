@@ -181,14 +181,19 @@ Output: the JSON report on stdout (and --output): for one model without a budget
 itself, else {\"models\": [{\"report\": ..., \"budgets\": [...]}]}. --out-dir DIR also gets \
 LABEL.json, LABEL-budgets.json and the charts k.png (accuracy vs k; k-LABEL.png per model when \
 there are several), think_budget.png and flops.png (accuracy vs FLOPs per problem, every model in one chart). --samples-output writes one JSON line per \
-sample.")]
+sample. `ponder eval --combine A.json B.json --out-dir D` draws the charts of saved reports together \
+(e.g. models evaluated at different times).")]
 struct EvalArgs {
     /// Model folder, or LABEL=FOLDER (repeatable: several models share the charts).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "combine")]
     model: Vec<String>,
     /// JSONL with `prompt` and `answer` (and any fields the rewards read).
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "combine")]
+    data: Option<PathBuf>,
+    /// Evaluate nothing: draw the charts of saved reports (LABEL.json as --out-dir writes
+    /// them; a LABEL-budgets.json beside one is its budget sweep) into --out-dir.
+    #[arg(long, num_args = 1.., conflicts_with = "model", requires = "out_dir")]
+    combine: Vec<PathBuf>,
     /// Reward set TOML ([[rewards]] tables); default: accuracy + format.
     #[arg(long)]
     rewards: Option<PathBuf>,
@@ -255,10 +260,29 @@ struct EvalArgs {
     output: Option<PathBuf>,
 }
 
+/// Reads reports saved by `ponder eval --out-dir` (and the budget sweep beside each).
+fn read_reports(files: &[PathBuf]) -> Result<Vec<(trainer::eval::EvalReport, Vec<trainer::eval::EvalReport>)>> {
+    let read = |p: &std::path::Path| -> Result<String> { std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display())) };
+    files
+        .iter()
+        .map(|f| {
+            let r: trainer::eval::EvalReport = serde_json::from_str(&read(f)?).map_err(|e| anyhow::anyhow!("{}: not an eval report ({e}); give the LABEL.json that `ponder eval --out-dir` wrote", f.display()))?;
+            let sweep = f.with_file_name(format!("{}-budgets.json", f.file_stem().unwrap_or_default().to_string_lossy()));
+            let b = if sweep.exists() { serde_json::from_str(&read(&sweep)?).map_err(|e| anyhow::anyhow!("{}: {e}", sweep.display()))? } else { vec![] };
+            Ok((r, b))
+        })
+        .collect()
+}
+
 fn run_eval(a: EvalArgs) -> Result<()> {
     use std::io::Write;
-    use trainer::eval::{self, charts, EvalSpec};
-    let paths = trainer::config::Paths::One(a.data.clone());
+    use trainer::eval::{self, EvalSpec};
+    if !a.combine.is_empty() {
+        let results = read_reports(&a.combine)?;
+        return write_charts(a.out_dir.as_deref().expect("clap requires --out-dir"), &results, false);
+    }
+    let data = a.data.clone().expect("clap requires --data");
+    let paths = trainer::config::Paths::One(data.clone());
     let mut examples = trainer::data::load_many(&paths, &trainer::data::plain_cfg(&paths, &a.template))?;
     if a.limit > 0 {
         examples.truncate(a.limit);
@@ -311,7 +335,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         runs.extend(eval::sweep_budgets(dir, &examples, &spec, &a.think_budgets, &pool)?);
         let mut reports = vec![];
         for mut run in runs {
-            run.report.data = a.data.display().to_string();
+            run.report.data = data.display().to_string();
             run.report.label = label.clone();
             if let Some(w) = sample_out.as_mut() {
                 for mut line in run.samples {
@@ -339,31 +363,41 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         std::fs::write(o, &text).map_err(|e| anyhow::anyhow!("writing {}: {e}", o.display()))?;
     }
     if let Some(dir) = &a.out_dir {
-        std::fs::create_dir_all(dir)?;
-        for (r, b) in &results {
-            let file = r.label.replace(['/', '\\', ' '], "_");
-            std::fs::write(dir.join(format!("{file}.json")), serde_json::to_string_pretty(r)?)?;
+        write_charts(dir, &results, true)?;
+    }
+    Ok(())
+}
+
+/// Charts (and, with `reports`, the reports) of evaluated models into `dir`: k.png (or
+/// k-LABEL.png per model), flops.png, think_budget.png.
+fn write_charts(dir: &std::path::Path, results: &[(trainer::eval::EvalReport, Vec<trainer::eval::EvalReport>)], reports: bool) -> Result<()> {
+    use trainer::eval::{charts, EvalReport};
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    let file = |r: &EvalReport| r.label.replace(['/', '\\', ' '], "_");
+    if reports {
+        for (r, b) in results {
+            std::fs::write(dir.join(format!("{}.json", file(r))), serde_json::to_string_pretty(r)?)?;
             if !b.is_empty() {
-                std::fs::write(dir.join(format!("{file}-budgets.json")), serde_json::to_string_pretty(b)?)?;
+                std::fs::write(dir.join(format!("{}-budgets.json", file(r))), serde_json::to_string_pretty(b)?)?;
             }
         }
-        let mains: Vec<&eval::EvalReport> = results.iter().map(|(r, _)| r).collect();
-        for r in &mains {
-            let name = if mains.len() == 1 { "k.png".to_string() } else { format!("k-{}.png", r.label.replace(['/', '\\', ' '], "_")) };
-            charts::k_chart(&dir.join(name), r)?;
-        }
-        charts::flops_chart(&dir.join("flops.png"), &mains)?;
-        // The sweep's points, and the unforced run when it had no budget.
-        let sweeps: Vec<(String, Vec<&eval::EvalReport>)> = results
-            .iter()
-            .filter(|(_, b)| !b.is_empty())
-            .map(|(r, b)| (r.label.clone(), b.iter().chain(r.think.budget.is_none().then_some(r)).collect()))
-            .collect();
-        if !sweeps.is_empty() {
-            charts::budget_chart(&dir.join("think_budget.png"), &sweeps)?;
-        }
-        eprintln!("wrote reports and charts to {}", dir.display());
     }
+    let mains: Vec<&EvalReport> = results.iter().map(|(r, _)| r).collect();
+    for r in &mains {
+        let name = if mains.len() == 1 { "k.png".to_string() } else { format!("k-{}.png", file(r)) };
+        charts::k_chart(&dir.join(name), r)?;
+    }
+    charts::flops_chart(&dir.join("flops.png"), &mains)?;
+    // The sweep's points, and the unforced run when it had no budget.
+    let sweeps: Vec<(String, Vec<&EvalReport>)> = results
+        .iter()
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(r, b)| (r.label.clone(), b.iter().chain(r.think.budget.is_none().then_some(r)).collect()))
+        .collect();
+    if !sweeps.is_empty() {
+        charts::budget_chart(&dir.join("think_budget.png"), &sweeps)?;
+    }
+    eprintln!("wrote {} to {}", if reports { "reports and charts" } else { "charts" }, dir.display());
     Ok(())
 }
 

@@ -235,6 +235,17 @@ fn cli_writes_reports_charts_and_sample_lines_and_refuses_bad_settings() {
     assert_eq!(parsed.len(), 2 * 3 * 3 * 4);
     assert!(parsed.iter().filter(|l| l.think_budget == Some(2)).all(|l| l.think_tokens <= 2));
 
+    // Saved reports combine into one set of charts (their budget sweeps found beside them).
+    let again = tmp.path().join("again");
+    let (b, sm, ag) = (out.join("big.json"), out.join("small.json"), again.display().to_string());
+    let r = ponder(&["eval", "--combine", b.to_str().unwrap(), sm.to_str().unwrap(), "--out-dir", &ag]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for file in ["k-big.png", "k-small.png", "flops.png", "think_budget.png"] {
+        assert!(again.join(file).exists(), "{file} missing after --combine");
+    }
+    let r = ponder(&["eval", "--combine", &l, "--out-dir", &ag]);
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("not an eval report"));
+
     // One model, no sweep: the report itself, as before.
     let mut args = vec!["eval", "--model", model.to_str().unwrap()];
     args.extend(common);

@@ -154,8 +154,7 @@ pub fn budget_chart(path: &Path, sweeps: &[(String, Vec<&EvalReport>)]) -> Resul
             series.push(Series { name: format!("{label} maj@{n}"), points: reps.iter().filter_map(|r| r.majority_accuracy.map(|x| (r.think.mean_think_tokens, x))).collect(), color: m, thin: true });
         }
     }
-    let budgets: Vec<String> = sweeps.first().map(|(_, r)| r.iter().map(|r| r.think.budget.map_or("none".to_string(), |b| b.to_string())).collect()).unwrap_or_default();
-    chart(path, &format!("accuracy vs thinking tokens (budgets {})", budgets.join(", ")), "mean thinking tokens per sample", "accuracy", XScale::Linear, &series)
+    chart(path, "accuracy vs thinking tokens used (a point per budget)", "mean thinking tokens per sample", "accuracy", XScale::Linear, &series)
 }
 
 /// pass@k (thick) and maj@k (thin) against inference FLOPs per problem (log10 axis), one
