@@ -341,3 +341,65 @@ fn worker_threads_leave_the_callers_thread_count_alone() {
     pool.generate_groups(&[vec![5, 6, 7]], 4, &sp, 0).unwrap();
     assert_eq!(tch::get_num_threads(), before);
 }
+
+#[test]
+fn eval_stage_writes_the_curve_the_budget_sweep_samples_and_charts() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use trainer::pipeline::{self, Pipeline};
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = setup(tmp.path());
+    let recipe = |budget: usize| {
+        format!(
+            r#"
+[run]
+name = "p"
+output_dir = "{out}"
+[[stages]]
+name = "ttc"
+kind = "eval"
+model = "{model}"
+data = "{data}"
+template = "{template}"
+samples = 4
+think_budgets = [2, 4]
+best_of = ["logprob", "format"]
+samples_output = true
+[stages.think]
+budget = {budget}
+[stages.sampling]
+max_new_tokens = 10
+"#,
+            out = tmp.path().display(),
+            model = model.display(),
+            data = data.display(),
+            template = TEMPLATE
+        )
+    };
+    let run = |text: String| -> anyhow::Result<()> {
+        let table: toml::Table = text.parse().unwrap();
+        let p: Pipeline = trainer::config::from_table(table.clone(), "test")?;
+        pipeline::run(p, &table, false, true, Arc::new(AtomicBool::new(false)))
+    };
+    // A budget that leaves no room to answer is refused before anything runs.
+    let e = run(recipe(10)).unwrap_err().to_string();
+    assert!(e.contains("ttc") && e.contains("max_new_tokens"), "{e}");
+    run(recipe(3)).unwrap();
+    let dir = tmp.path().join("p");
+    let rep: eval::EvalReport = serde_json::from_str(&std::fs::read_to_string(dir.join("eval/ttc.json")).unwrap()).unwrap();
+    assert_eq!(rep.curve.iter().map(|c| c.k).collect::<Vec<_>>(), vec![1, 2, 4]);
+    assert_eq!(rep.think.budget, Some(3));
+    assert!(rep.curve[0].best.contains_key("logprob") && rep.curve[0].best.contains_key("format"));
+    let sweep: Vec<eval::EvalReport> = serde_json::from_str(&std::fs::read_to_string(dir.join("eval/ttc-budgets.json")).unwrap()).unwrap();
+    assert_eq!(sweep.iter().map(|r| r.think.budget).collect::<Vec<_>>(), vec![Some(2), Some(4)]);
+    let lines = std::fs::read_to_string(dir.join("eval/ttc.samples.jsonl")).unwrap();
+    // (1 + 2 budgets) x 10 prompts x 4 samples, each within its budget.
+    assert_eq!(lines.lines().count(), 3 * 10 * 4);
+    for l in lines.lines() {
+        let l: SampleLine = serde_json::from_str(l).unwrap();
+        assert!(l.think_tokens <= l.think_budget.unwrap());
+    }
+    for f in ["k.png", "flops.png", "think_budget.png"] {
+        assert!(dir.join("plots/ttc").join(f).exists(), "{f} missing");
+    }
+}
