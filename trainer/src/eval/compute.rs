@@ -6,7 +6,9 @@
 //! and 2 x head_dim for the weighted values, per query head and attended key, in every
 //! layer. So a token that attends to `ctx` keys (itself included) costs
 //!
-//!     2 (P_layers + V H) + 4 L n_heads head_dim ctx,
+//! ```text
+//! 2 (P_layers + V H) + 4 L n_heads head_dim ctx
+//! ```
 //!
 //! with P_layers the decoder layers' matmul weights, V H the LM head and L the layers
 //! (norms, rotary embeddings, activations and sampling are left out: a few FLOPs per hidden
