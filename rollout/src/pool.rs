@@ -7,7 +7,7 @@
 
 use crate::error::{Result, RolloutError};
 use crate::folder::Policy;
-use crate::generate::{generate, Completion, SamplingParams};
+use crate::generate::{generate_with, Completion, GenStats, SamplingParams, ThinkIds};
 use crate::tokenizer::Tokenizer;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +17,13 @@ use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
 
 enum Job {
-    Generate { prompts: Vec<Vec<i64>>, seeds: Vec<u64>, params: SamplingParams, reply: mpsc::Sender<Result<Vec<Completion>>> },
+    Generate {
+        prompts: Vec<Vec<i64>>,
+        seeds: Vec<u64>,
+        params: SamplingParams,
+        think: Option<ThinkIds>,
+        reply: mpsc::Sender<Result<(Vec<Completion>, GenStats)>>,
+    },
     Sync { tensors: BTreeMap<String, Tensor>, reply: mpsc::Sender<Result<()>> },
     /// Returns a copy of the worker's weights (used by tests to check the copies differ).
     Snapshot { reply: mpsc::Sender<BTreeMap<String, Tensor>> },
@@ -53,6 +59,14 @@ pub fn sample_seed(seed: u64, prompt: usize, sample: usize) -> u64 {
 impl RolloutPool {
     /// Starts one worker per device, each loading the model folder `dir` itself.
     pub fn from_dir(dir: &Path, devices: &[Device], kind: Kind, tokenizer: Arc<Tokenizer>) -> Result<Self> {
+        Self::from_dir_threads(dir, devices, kind, tokenizer, None)
+    }
+
+    /// [`from_dir`](Self::from_dir), each worker using `threads` intra-op CPU threads (None:
+    /// libtorch's default). Small models decode faster as several one-thread workers than as
+    /// one worker whose tiny ops are split across threads (see the README's test-time
+    /// compute section).
+    pub fn from_dir_threads(dir: &Path, devices: &[Device], kind: Kind, tokenizer: Arc<Tokenizer>, threads: Option<usize>) -> Result<Self> {
         let mut workers = vec![];
         let mut eos_ids = vec![];
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -63,14 +77,20 @@ impl RolloutPool {
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("rollout-{w}"))
-                .spawn(move || match Policy::load(&dir, kind, device) {
-                    Ok(mut policy) => {
-                        policy.fuse_for_inference();
-                        let _ = ready.send((w, Ok(policy.eos_token_ids())));
-                        worker_loop(policy, tk, rx)
+                .spawn(move || {
+                    if let Some(t) = threads {
+                        // OpenMP's thread count is per calling thread: this worker's only.
+                        tch::set_num_threads(t as i32);
                     }
-                    Err(e) => {
-                        let _ = ready.send((w, Err(e)));
+                    match Policy::load(&dir, kind, device) {
+                        Ok(mut policy) => {
+                            policy.fuse_for_inference();
+                            let _ = ready.send((w, Ok(policy.eos_token_ids())));
+                            worker_loop(policy, tk, rx)
+                        }
+                        Err(e) => {
+                            let _ = ready.send((w, Err(e)));
+                        }
                     }
                 })
                 .map_err(|e| RolloutError::Generation(format!("cannot start rollout worker: {e}")))?;
@@ -102,6 +122,20 @@ impl RolloutPool {
 
     /// `group_size` samples for each prompt, grouped per prompt in order.
     pub fn generate_groups(&self, prompts: &[Vec<i64>], group_size: usize, params: &SamplingParams, seed: u64) -> Result<Vec<Vec<Completion>>> {
+        self.generate_groups_with(prompts, group_size, params, seed, None).map(|(g, _)| g)
+    }
+
+    /// [`generate_groups`](Self::generate_groups) with an optional thinking control, also
+    /// returning what was computed. A group's rows go to the workers in order, so the rows
+    /// of one prompt mostly share one batch and its prompt is prefilled once there.
+    pub fn generate_groups_with(
+        &self,
+        prompts: &[Vec<i64>],
+        group_size: usize,
+        params: &SamplingParams,
+        seed: u64,
+        think: Option<&ThinkIds>,
+    ) -> Result<(Vec<Vec<Completion>>, GenStats)> {
         let rows: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|i| (0..group_size).map(move |j| (i, j))).collect();
         let n = self.workers.len().max(1);
         let per = rows.len().div_ceil(n).max(1);
@@ -113,6 +147,7 @@ impl RolloutPool {
                     prompts: sub.iter().map(|&(i, _)| prompts[i].clone()).collect(),
                     seeds: sub.iter().map(|&(i, j)| sample_seed(seed, i, j)).collect(),
                     params: params.clone(),
+                    think: think.cloned(),
                     reply,
                 };
                 self.send(w, job)?;
@@ -120,13 +155,15 @@ impl RolloutPool {
             }
         }
         let mut groups: Vec<Vec<Option<Completion>>> = (0..prompts.len()).map(|_| vec![None; group_size]).collect();
+        let mut stats = GenStats::default();
         for (sub, rx) in pending {
-            let got = rx.recv().map_err(|_| RolloutError::Generation("a rollout worker died".into()))??;
+            let (got, st) = rx.recv().map_err(|_| RolloutError::Generation("a rollout worker died".into()))??;
+            stats.add(&st);
             for ((i, j), c) in sub.into_iter().zip(got) {
                 groups[i][j] = Some(c);
             }
         }
-        Ok(groups.into_iter().map(|g| g.into_iter().map(|c| c.expect("every row answered")).collect()).collect())
+        Ok((groups.into_iter().map(|g| g.into_iter().map(|c| c.expect("every row answered")).collect()).collect(), stats))
     }
 
     /// Pushes new weights (by checkpoint name) to every worker and waits until all have them.
@@ -167,8 +204,8 @@ fn worker_loop(policy: Policy, tokenizer: Arc<Tokenizer>, rx: mpsc::Receiver<Job
     let eos = policy.eos_token_ids();
     while let Ok(job) = rx.recv() {
         match job {
-            Job::Generate { prompts, seeds, params, reply } => {
-                let r = generate(&policy.model, Some(&tokenizer), &prompts, &seeds, &eos, &params);
+            Job::Generate { prompts, seeds, params, think, reply } => {
+                let r = generate_with(&policy.model, Some(&tokenizer), &prompts, &seeds, &eos, &params, think.as_ref());
                 let _ = reply.send(r);
             }
             Job::Sync { tensors, reply } => {

@@ -285,6 +285,9 @@ pub struct TrainCfg {
     pub eval_every: usize,
     /// Held-out prompts used per evaluation (0 = all).
     pub eval_limit: usize,
+    /// Samples per held-out prompt in each evaluation (N). With N > 1 the metrics also
+    /// carry `eval/pass@k` and `eval/maj@k` for k = 1, 2, 4, ..., N. Default 1 (one sample).
+    pub eval_samples: usize,
     /// Checkpoint every N steps (and at the end); 0 = only at the end.
     pub save_every: usize,
     /// Checkpoints kept (oldest removed first).
@@ -297,7 +300,7 @@ pub struct TrainCfg {
 
 impl Default for TrainCfg {
     fn default() -> Self {
-        TrainCfg { steps: 100, eval_every: 0, eval_limit: 0, save_every: 50, keep_last: 2, log_samples_every: 10, samples_to_log: 4 }
+        TrainCfg { steps: 100, eval_every: 0, eval_limit: 0, eval_samples: 1, save_every: 50, keep_last: 2, log_samples_every: 10, samples_to_log: 4 }
     }
 }
 

@@ -30,7 +30,8 @@ enum Cmd {
     Generate(cmd_generate::GenerateArgs),
     /// Score completions with a reward set: JSONL in, JSONL out (rewards per module + total).
     Score(ScoreArgs),
-    /// Held-out evaluation: accuracy, format rate, pass@k, majority vote, lengths (JSON).
+    /// Held-out evaluation and test-time compute: accuracy, pass@k / maj@k / best-of-k for k up
+    /// to --samples, thinking budgets, FLOPs per problem, charts (JSON + PNG).
     Eval(EvalArgs),
     /// Create a tiny random Qwen2 model folder (tokenizer trained here; no downloads).
     InitModel(cmd_generate::InitModelArgs),
@@ -170,24 +171,40 @@ fn main() {
 }
 
 #[derive(Args)]
-#[command(after_long_help = "Example:\n  ponder eval --model runs/tiny-r1-zero/stages/grpo/checkpoints/step-60 --data runs/tiny-r1-zero/data/heldout.jsonl --samples 4\n\n\
-Prints a JSON report (and writes it to --output): accuracy (mean correctness over all samples, i.e. \
-pass@1), format_rate, pass_at_k and majority_accuracy when --samples > 1, mean completion tokens, \
-truncated fraction.")]
+#[command(after_long_help = "Examples:\n  ponder eval --model runs/tiny-r1-zero/stages/grpo/checkpoints/step-120 --data runs/tiny-r1-zero/data/heldout.jsonl --samples 64 --max-new-tokens 64 --out-dir eval-out\n  ponder eval --model base=runs/tiny-r1-zero/stages/base/model --model rl=runs/tiny-r1-zero/stages/grpo/checkpoints/step-120 \\\n    --data runs/tiny-r1-zero/data/heldout.jsonl --samples 16 --think-budgets 4,8,16,32 --out-dir eval-out\n\n\
+Samples --samples N completions per prompt (each prompt is computed once and its KV cache shared \
+by its N samples) and reports accuracy (avg@n, with its standard error over problems), format rate, \
+lengths and, for k = 1, 2, 4, ..., N: unbiased pass@k, maj@k (majority vote over extracted answers, \
+answers the grader judges equivalent count as one, ties to the answer voted first; for 1 < k < N the \
+mean over all k-subsets, or over 1000 seeded ones when there are more than 5000) and best-of-k by \
+each --best-of scorer, each with the tokens and inference FLOPs per problem that k samples cost.\n\n\
+Thinking: --think-budget T forces the end-of-thinking string (--think-end) once the <think> part has \
+T tokens (budget forcing); --min-think T replaces an earlier end of thinking by --continuation; \
+--think-budgets A,B,C runs one evaluation per budget (accuracy vs thinking tokens).\n\n\
+Output: the JSON report on stdout (and --output): for one model without a budget sweep the report \
+itself, else {\"models\": [{\"report\": ..., \"budgets\": [...]}]}. --out-dir DIR also gets \
+LABEL.json, LABEL-budgets.json and the charts k.png (accuracy vs k; k-LABEL.png per model when \
+there are several), think_budget.png and flops.png (accuracy vs FLOPs per problem, every model in one chart). --samples-output writes one JSON line per \
+sample. `ponder eval --combine A.json B.json --out-dir D` draws the charts of saved reports together \
+(e.g. models evaluated at different times).")]
 struct EvalArgs {
-    /// Model folder.
-    #[arg(long)]
-    model: PathBuf,
+    /// Model folder, or LABEL=FOLDER (repeatable: several models share the charts).
+    #[arg(long, required_unless_present = "combine")]
+    model: Vec<String>,
     /// JSONL with `prompt` and `answer` (and any fields the rewards read).
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "combine")]
+    data: Option<PathBuf>,
+    /// Evaluate nothing: draw the charts of saved reports (LABEL.json as --out-dir writes
+    /// them; a LABEL-budgets.json beside one is its budget sweep) into --out-dir.
+    #[arg(long, num_args = 1.., conflicts_with = "model", requires = "out_dir")]
+    combine: Vec<PathBuf>,
     /// Reward set TOML ([[rewards]] tables); default: accuracy + format.
     #[arg(long)]
     rewards: Option<PathBuf>,
     /// r1_zero | chat | a string with {prompt}
     #[arg(long, default_value = "r1_zero")]
     template: String,
-    /// Samples per prompt.
+    /// Samples per prompt (N).
     #[arg(long, default_value_t = 1)]
     samples: usize,
     /// Evaluate the first N prompts only (0 = all).
@@ -205,36 +222,186 @@ struct EvalArgs {
     dtype: String,
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Also write the report here.
+    /// best-of-k scorer (repeatable): `logprob` (mean token log-prob) or a reward name of
+    /// the set (the grading reward is reported as an oracle).
+    #[arg(long = "best-of", default_value = "logprob")]
+    best_of: Vec<String>,
+    /// Thinking budget in tokens: the end-of-thinking string is forced in after T thinking tokens.
+    #[arg(long)]
+    think_budget: Option<usize>,
+    /// Minimum thinking tokens: an earlier end of thinking is replaced by the continuation word.
+    #[arg(long, default_value_t = 0)]
+    min_think: usize,
+    /// A budget sweep: one evaluation per budget (comma-separated), accuracy vs thinking tokens.
+    #[arg(long, value_delimiter = ',')]
+    think_budgets: Vec<usize>,
+    /// What opens the thinking part.
+    #[arg(long, default_value = "<think>")]
+    think_open: String,
+    /// What closes it.
+    #[arg(long, default_value = "</think>")]
+    think_close: String,
+    /// Forced in when the budget is reached.
+    #[arg(long, default_value = "</think> <answer>")]
+    think_end: String,
+    /// Fed in place of an early end of thinking under --min-think.
+    #[arg(long, default_value = "Wait")]
+    continuation: String,
+    /// Model copies sampling in parallel (default: on CPU one per core, on a GPU one).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Intra-op CPU threads per worker (default on CPU: cores / workers).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write one JSON line per sample here.
+    #[arg(long)]
+    samples_output: Option<PathBuf>,
+    /// Write reports and charts (PNG) into this folder.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Also write the JSON report here.
     #[arg(long)]
     output: Option<PathBuf>,
 }
 
+/// Reads reports saved by `ponder eval --out-dir` (and the budget sweep beside each).
+fn read_reports(files: &[PathBuf]) -> Result<Vec<(trainer::eval::EvalReport, Vec<trainer::eval::EvalReport>)>> {
+    let read = |p: &std::path::Path| -> Result<String> { std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display())) };
+    files
+        .iter()
+        .map(|f| {
+            let r: trainer::eval::EvalReport = serde_json::from_str(&read(f)?).map_err(|e| anyhow::anyhow!("{}: not an eval report ({e}); give the LABEL.json that `ponder eval --out-dir` wrote", f.display()))?;
+            let sweep = f.with_file_name(format!("{}-budgets.json", f.file_stem().unwrap_or_default().to_string_lossy()));
+            let b = if sweep.exists() { serde_json::from_str(&read(&sweep)?).map_err(|e| anyhow::anyhow!("{}: {e}", sweep.display()))? } else { vec![] };
+            Ok((r, b))
+        })
+        .collect()
+}
+
 fn run_eval(a: EvalArgs) -> Result<()> {
-    use trainer::eval::{evaluate, EvalSpec};
-    let paths = trainer::config::Paths::One(a.data.clone());
+    use std::io::Write;
+    use trainer::eval::{self, EvalSpec};
+    if !a.combine.is_empty() {
+        let results = read_reports(&a.combine)?;
+        return write_charts(a.out_dir.as_deref().expect("clap requires --out-dir"), &results, false);
+    }
+    let data = a.data.clone().expect("clap requires --data");
+    let paths = trainer::config::Paths::One(data.clone());
     let mut examples = trainer::data::load_many(&paths, &trainer::data::plain_cfg(&paths, &a.template))?;
     if a.limit > 0 {
         examples.truncate(a.limit);
     }
     let rewards = match &a.rewards {
         Some(p) => {
-            let text = std::fs::read_to_string(p)?;
+            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
             rewards::RewardSet::from_toml_str(&text)?.specs().to_vec()
         }
-        None => trainer::eval::default_rewards(),
+        None => eval::default_rewards(),
     };
     let params = rollout::generate::SamplingParams { temperature: a.temperature, top_p: a.top_p, max_new_tokens: a.max_new_tokens, ..Default::default() };
-    let spec = EvalSpec { template: &a.template, params, samples: a.samples, seed: a.seed, rewards };
+    let think = rollout::generate::ThinkParams {
+        open: a.think_open.clone(),
+        close: a.think_close.clone(),
+        end: a.think_end.clone(),
+        continuation: a.continuation.clone(),
+        budget: a.think_budget,
+        min: a.min_think,
+    };
+    let spec = EvalSpec { template: &a.template, params, samples: a.samples, seed: a.seed, rewards, think, best_of: a.best_of.clone() };
+    // Every setting is checked before the first model loads.
+    spec.check()?;
+    for &b in &a.think_budgets {
+        EvalSpec { think: rollout::generate::ThinkParams { budget: Some(b), ..spec.think.clone() }, ..spec.clone() }.check().map_err(|e| anyhow::anyhow!("--think-budgets {b}: {e}"))?;
+    }
+    let models: Vec<(String, PathBuf)> = a
+        .model
+        .iter()
+        .map(|m| match m.split_once('=') {
+            Some((l, d)) => (l.to_string(), PathBuf::from(d)),
+            None => (m.clone(), PathBuf::from(m)),
+        })
+        .collect();
     let device = rollout::folder::parse_device(&a.device)?;
     let kind = rollout::folder::parse_kind(&a.dtype)?;
-    let mut rep = evaluate(&a.model, &examples, &spec, None, device, kind)?;
-    rep.data = a.data.display().to_string();
-    let text = serde_json::to_string_pretty(&rep)?;
+    let mut sample_out = match &a.samples_output {
+        Some(p) => {
+            if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("creating {}: {e}", d.display()))?;
+            }
+            Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| anyhow::anyhow!("creating {}: {e}", p.display()))?))
+        }
+        None => None,
+    };
+    let mut results: Vec<(eval::EvalReport, Vec<eval::EvalReport>)> = vec![];
+    for (label, dir) in &models {
+        let pool = eval::open_pool(dir, device, kind, a.workers, a.threads).map_err(|e| anyhow::anyhow!("model {}: {e:#}", dir.display()))?;
+        let mut runs = vec![eval::evaluate_full(dir, &examples, &spec, Some(&pool), device, kind)?];
+        runs.extend(eval::sweep_budgets(dir, &examples, &spec, &a.think_budgets, &pool)?);
+        let mut reports = vec![];
+        for mut run in runs {
+            run.report.data = data.display().to_string();
+            run.report.label = label.clone();
+            if let Some(w) = sample_out.as_mut() {
+                for mut line in run.samples {
+                    line.model = label.clone();
+                    writeln!(w, "{}", serde_json::to_string(&line)?)?;
+                }
+            }
+            eprintln!("{}", eval::summary(&run.report));
+            reports.push(run.report);
+        }
+        let main = reports.remove(0);
+        results.push((main, reports));
+    }
+    if let Some(w) = sample_out.as_mut() {
+        w.flush()?;
+    }
+    let text = if results.len() == 1 && results[0].1.is_empty() {
+        serde_json::to_string_pretty(&results[0].0)?
+    } else {
+        let models: Vec<_> = results.iter().map(|(r, b)| serde_json::json!({ "report": r, "budgets": b })).collect();
+        serde_json::to_string_pretty(&serde_json::json!({ "models": models }))?
+    };
     println!("{text}");
     if let Some(o) = &a.output {
-        std::fs::write(o, &text)?;
+        std::fs::write(o, &text).map_err(|e| anyhow::anyhow!("writing {}: {e}", o.display()))?;
     }
+    if let Some(dir) = &a.out_dir {
+        write_charts(dir, &results, true)?;
+    }
+    Ok(())
+}
+
+/// Charts (and, with `reports`, the reports) of evaluated models into `dir`: k.png (or
+/// k-LABEL.png per model), flops.png, think_budget.png.
+fn write_charts(dir: &std::path::Path, results: &[(trainer::eval::EvalReport, Vec<trainer::eval::EvalReport>)], reports: bool) -> Result<()> {
+    use trainer::eval::{charts, EvalReport};
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    let file = |r: &EvalReport| r.label.replace(['/', '\\', ' '], "_");
+    if reports {
+        for (r, b) in results {
+            std::fs::write(dir.join(format!("{}.json", file(r))), serde_json::to_string_pretty(r)?)?;
+            if !b.is_empty() {
+                std::fs::write(dir.join(format!("{}-budgets.json", file(r))), serde_json::to_string_pretty(b)?)?;
+            }
+        }
+    }
+    let mains: Vec<&EvalReport> = results.iter().map(|(r, _)| r).collect();
+    for r in &mains {
+        let name = if mains.len() == 1 { "k.png".to_string() } else { format!("k-{}.png", file(r)) };
+        charts::k_chart(&dir.join(name), r)?;
+    }
+    charts::flops_chart(&dir.join("flops.png"), &mains)?;
+    // The sweep's points, and the unforced run when it had no budget.
+    let sweeps: Vec<(String, Vec<&EvalReport>)> = results
+        .iter()
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(r, b)| (r.label.clone(), b.iter().chain(r.think.budget.is_none().then_some(r)).collect()))
+        .collect();
+    if !sweeps.is_empty() {
+        charts::budget_chart(&dir.join("think_budget.png"), &sweeps)?;
+    }
+    eprintln!("wrote {} to {}", if reports { "reports and charts" } else { "charts" }, dir.display());
     Ok(())
 }
 

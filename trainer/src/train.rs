@@ -687,7 +687,9 @@ impl Trainer {
         })
     }
 
-    /// Scores the policy on the held-out prompts with the recipe's sampling settings.
+    /// Scores the policy on the held-out prompts with the recipe's sampling settings:
+    /// `train.eval_samples` samples per prompt (reward means over all of them), and with
+    /// more than one, `eval/pass@k` and `eval/maj@k` for k = 1, 2, 4, ..., N.
     pub fn evaluate(&self) -> Result<Option<Row>> {
         if self.eval_set.is_empty() {
             return Ok(None);
@@ -695,8 +697,10 @@ impl Trainer {
         let lim = self.recipe.train.eval_limit;
         let set: Vec<&Example> = self.eval_set.iter().take(if lim == 0 { usize::MAX } else { lim }).collect();
         let prompts: Vec<Vec<i64>> = set.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
-        let groups = self.pool.generate_groups(&prompts, 1, &sampling(&self.recipe), mix_seed(self.recipe.run.seed, u64::MAX))?;
-        let samples: Vec<Sample> = set.iter().zip(&groups).map(|(e, g)| self.reward_sample(e, &g[0])).collect();
+        let n_samples = self.recipe.train.eval_samples.max(1);
+        let seed = mix_seed(self.recipe.run.seed, u64::MAX);
+        let groups = self.pool.generate_groups(&prompts, n_samples, &sampling(&self.recipe), seed)?;
+        let samples: Vec<Sample> = set.iter().zip(&groups).flat_map(|(e, g)| g.iter().map(move |c| (e, c))).map(|(e, c)| self.reward_sample(e, c)).collect();
         let scores = self.rewards.score_batch(&samples);
         let mut row = Row::new();
         let n = samples.len() as f64;
@@ -707,9 +711,18 @@ impl Trainer {
         for (name, r) in full_rates(&self.rewards, &scores) {
             row.insert(format!("eval/rewards/{name}/full_rate"), json!(r));
         }
-        let lens: f64 = groups.iter().map(|g| g[0].token_ids.len() as f64).sum();
+        let lens: f64 = groups.iter().flatten().map(|c| c.token_ids.len() as f64).sum();
         row.insert("eval/completion_length".into(), json!(lens / n));
-        row.insert("eval/num_prompts".into(), json!(n));
+        row.insert("eval/num_prompts".into(), json!(set.len() as f64));
+        if n_samples > 1 {
+            let correct = crate::eval::correctness(&self.rewards, &scores);
+            let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+            let problems = crate::eval::problems(&self.rewards, &scores, &groups, &correct, &[], &lens);
+            for (k, pass, maj) in crate::eval::pass_maj_curve(&problems, n_samples, seed) {
+                row.insert(format!("eval/pass@{k}"), json!(pass));
+                row.insert(format!("eval/maj@{k}"), json!(maj));
+            }
+        }
         Ok(Some(row))
     }
 

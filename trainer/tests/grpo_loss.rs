@@ -27,7 +27,7 @@ fn advantages_and_every_loss_type_match_reference() {
     let eps = f["eps"].as_f64().unwrap();
     let rewards: Vec<f64> = serde_json::from_value(f["rewards"].clone()).unwrap();
     let (mask, logp, old, refl) = (t2(&f["mask"]), t2(&f["logp"]), t2(&f["old"]), t2(&f["ref"]));
-    let ntok = f64::try_from(mask.sum(Kind::Double)).unwrap();
+    let _ntok = f64::try_from(mask.sum(Kind::Double)).unwrap();
     let mut checked = 0;
     for case in f["cases"].as_array().unwrap() {
         let scale: ScaleRewards = serde_json::from_value(case["scale_rewards"].clone()).unwrap();

@@ -1,6 +1,9 @@
 //! `kind = "eval"`: held-out evaluation of a model to `<run>/eval/<stage>.json`: accuracy,
-//! format rate, language consistency, lengths, pass@k and majority vote, overall and per
-//! task (the rows' `task` field) when the data mixes tasks.
+//! format rate, language consistency, lengths, overall and per task (the rows' `task`
+//! field) when the data mixes tasks, and the test-time-compute curve (pass@k, maj@k,
+//! best-of-k for k = 1, 2, 4, ..., `samples`, with tokens and FLOPs per problem). A
+//! `[stages.think]` table sets a thinking budget; `think_budgets` sweeps budgets
+//! (`<run>/eval/<stage>-budgets.json`). Charts go to `<run>/plots/<stage>/`.
 
 use super::sft::r1;
 use super::{Ctx, Output, StageOutcome};
@@ -10,7 +13,7 @@ use crate::eval::{self, EvalSpec};
 use anyhow::{bail, Result};
 use rewards::RewardSpec;
 use rollout::folder::{parse_device, parse_kind};
-use rollout::generate::SamplingParams;
+use rollout::generate::{SamplingParams, ThinkParams};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -35,10 +38,27 @@ pub struct EvalStage {
     /// Prompts per data file (0 = all).
     #[serde(default)]
     pub limit: usize,
+    /// Thinking control: `budget`, `min`, and the `open` / `close` / `end` /
+    /// `continuation` strings (defaults `<think>`, `</think>`, `</think> <answer>`, `Wait`).
+    #[serde(default)]
+    pub think: ThinkParams,
+    /// A budget sweep: one more evaluation per thinking budget.
+    #[serde(default)]
+    pub think_budgets: Vec<usize>,
+    /// best-of-k scorers: `logprob` or reward names (default `["logprob"]`).
+    #[serde(default = "logprob")]
+    pub best_of: Vec<String>,
+    /// Also write `<run>/eval/<stage>.samples.jsonl` (one line per sample).
+    #[serde(default)]
+    pub samples_output: bool,
 }
 
 fn one_usize() -> usize {
     1
+}
+
+fn logprob() -> Vec<String> {
+    vec!["logprob".into()]
 }
 
 impl EvalStage {
@@ -50,7 +70,20 @@ impl EvalStage {
         if !self.rewards.is_empty() {
             rewards::RewardSet::from_specs(self.rewards.clone()).map_err(|e| anyhow::anyhow!("{origin}: rewards: {e}"))?;
         }
+        // Budgets and scorers against the stage's own rewards (or the default set; the
+        // pipeline's [[eval_rewards]] are checked again when the stage runs).
+        let rewards = if self.rewards.is_empty() { eval::default_rewards() } else { self.rewards.clone() };
+        let check_names = self.rewards.is_empty() && self.best_of.iter().any(|b| b != "logprob");
+        for budget in std::iter::once(self.think.budget).chain(self.think_budgets.iter().map(|&b| Some(b))) {
+            let spec = self.spec(rewards.clone(), 0, ThinkParams { budget, ..self.think.clone() });
+            let spec = if check_names { EvalSpec { best_of: vec![], ..spec } } else { spec };
+            spec.check().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        }
         Ok(())
+    }
+
+    fn spec(&self, rewards: Vec<RewardSpec>, seed: u64, think: ThinkParams) -> EvalSpec<'_> {
+        EvalSpec { template: &self.template, params: self.sampling.clone(), samples: self.samples, seed, rewards, think, best_of: self.best_of.clone() }
     }
 }
 
@@ -73,12 +106,46 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let model = ctx.model_or_previous(&st.model)?;
     let examples = load_limited(&st.data, &st.template, st.limit)?;
     let rewards = [&st.rewards, &ctx.pipeline.eval_rewards].into_iter().find(|r| !r.is_empty()).cloned().unwrap_or_else(eval::default_rewards);
-    let spec = EvalSpec { template: &st.template, params: st.sampling.clone(), samples: st.samples, seed: ctx.pipeline.run.seed, rewards };
-    let mut rep = eval::evaluate(&model, &examples, &spec, None, parse_device("cpu")?, parse_kind("f32")?)?;
-    rep.data = st.data.to_string();
+    let spec = st.spec(rewards, ctx.pipeline.run.seed, st.think.clone());
+    spec.check().map_err(|e| anyhow::anyhow!("{}: {e}", ctx.origin))?;
+    let (device, kind) = (parse_device("cpu")?, parse_kind("f32")?);
+    let pool = eval::open_pool(&model, device, kind, None, None)?;
+    let mut runs = vec![eval::evaluate_full(&model, &examples, &spec, Some(&pool), device, kind)?];
+    runs.extend(eval::sweep_budgets(&model, &examples, &spec, &st.think_budgets, &pool)?);
     let out = ctx.run_dir.join("eval");
     std::fs::create_dir_all(&out)?;
+    if st.samples_output {
+        let mut text = String::new();
+        for r in &runs {
+            for line in &r.samples {
+                text.push_str(&serde_json::to_string(line)?);
+                text.push('\n');
+            }
+        }
+        std::fs::write(out.join(format!("{}.samples.jsonl", ctx.name)), text)?;
+    }
+    let mut reports: Vec<eval::EvalReport> = runs.into_iter().map(|r| r.report).collect();
+    for r in &mut reports {
+        r.data = st.data.to_string();
+        r.label = ctx.name.to_string();
+    }
+    let rep = reports.remove(0);
     std::fs::write(out.join(format!("{}.json", ctx.name)), serde_json::to_string_pretty(&rep)?)?;
+    if !reports.is_empty() {
+        std::fs::write(out.join(format!("{}-budgets.json", ctx.name)), serde_json::to_string_pretty(&reports)?)?;
+    }
+    let plots = ctx.run_dir.join("plots").join(ctx.name);
+    if rep.samples_per_prompt > 1 || !reports.is_empty() {
+        std::fs::create_dir_all(&plots)?;
+    }
+    if rep.samples_per_prompt > 1 {
+        eval::charts::k_chart(&plots.join("k.png"), &rep)?;
+        eval::charts::flops_chart(&plots.join("flops.png"), &[&rep])?;
+    }
+    if !reports.is_empty() {
+        let points = reports.iter().chain(rep.think.budget.is_none().then_some(&rep)).collect();
+        eval::charts::budget_chart(&plots.join("think_budget.png"), &[(ctx.name.to_string(), points)])?;
+    }
     let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
     eprintln!(
         "  accuracy {:.3}, format {}, language consistency {} (mean {}), mean length {:.1} tokens over {} prompts",
@@ -89,6 +156,14 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         rep.mean_completion_tokens,
         rep.num_prompts
     );
+    if rep.samples_per_prompt > 1 {
+        for p in &rep.curve {
+            eprintln!("    k = {:>3}: pass@k {:.3}, maj@k {:.3}", p.k, p.pass, p.maj);
+        }
+    }
+    for r in &reports {
+        eprintln!("    think budget {}: accuracy {:.3}, {:.1} thinking tokens, forced {:.0} %", r.think.budget.unwrap_or(0), r.accuracy, r.think.mean_think_tokens, 100.0 * r.think.forced_rate);
+    }
     if rep.tasks.len() > 1 {
         for (t, r) in &rep.tasks {
             eprintln!("    {t}: accuracy {:.3}, format {}, language consistency {}, length {:.1} ({} samples)", r.accuracy, opt(r.format_rate), opt(r.language_consistency_rate), r.mean_completion_tokens, r.samples);
