@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn ponder() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ponder"))
-}
+mod common;
+use common::ponder;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../rollout/tests/fixtures").join(name)
@@ -78,13 +77,9 @@ fn train_rejects_a_recipe_typo_with_a_suggestion() {
 /// resumes from there with no step lost or repeated.
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
-    use trainer::tiny::{self, TinyShape};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let shape = TinyShape { hidden: 32, layers: 1, heads: 2, kv_heads: 1, intermediate: 64, vocab: 320 };
-    tiny::create_random_model(&dir.join("model"), shape, &tiny::default_corpus(1, 300), 5).unwrap();
-    let data: String = (0..16).map(|i| format!("{{\"prompt\": \"{i} + 1\", \"answer\": \"{}\"}}\n", i + 1)).collect();
-    std::fs::write(dir.join("train.jsonl"), data).unwrap();
+    common::tiny_model_and_prompts(dir);
     let recipe = dir.join("r.toml");
     std::fs::write(
         &recipe,
@@ -98,13 +93,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     .unwrap();
     let run = dir.join("runs/c");
     let child = ponder().args(["train", "--quiet"]).arg(&recipe).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let rows = |run: &Path| -> Vec<u64> {
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
-            .collect()
-    };
+    let rows = common::steps_logged;
     let t0 = std::time::Instant::now();
     while rows(&run).len() < 3 {
         assert!(t0.elapsed().as_secs() < 120, "no training steps logged");

@@ -7,20 +7,13 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use trainer::tiny::{self, TinyShape};
 
-fn ponder() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ponder"))
-}
+mod common;
+use common::{ponder, steps_logged, tiny_model_and_prompts};
 
 /// A tiny model, prompts and a GRPO recipe writing to `dir/runs/<name>`; returns the recipe.
 fn grpo_setup(dir: &Path, steps: usize, save_every: usize) -> PathBuf {
-    let shape = TinyShape { hidden: 32, layers: 1, heads: 2, kv_heads: 1, intermediate: 64, vocab: 320 };
-    if !dir.join("model").exists() {
-        tiny::create_random_model(&dir.join("model"), shape, &tiny::default_corpus(1, 300), 5).unwrap();
-        let data: String = (0..16).map(|i| format!("{{\"prompt\": \"{i} + 1\", \"answer\": \"{}\"}}\n", i + 1)).collect();
-        std::fs::write(dir.join("train.jsonl"), data).unwrap();
-    }
+    tiny_model_and_prompts(dir);
     let recipe = dir.join("r.toml");
     std::fs::write(
         &recipe,
@@ -33,14 +26,6 @@ fn grpo_setup(dir: &Path, steps: usize, save_every: usize) -> PathBuf {
     )
     .unwrap();
     recipe
-}
-
-fn steps_logged(run: &Path) -> Vec<u64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
-        .collect()
 }
 
 fn train(recipe: &Path, out: &Path, name: &str, extra: &[&str]) -> std::process::Output {

@@ -161,6 +161,21 @@ pub struct RolloutCfg {
     pub max_batch: usize,
 }
 
+impl RolloutCfg {
+    /// The sampling settings of rollouts (and of GRPO's periodic evaluation).
+    pub fn sampling(&self) -> rollout::generate::SamplingParams {
+        rollout::generate::SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
 impl Default for RolloutCfg {
     fn default() -> Self {
         RolloutCfg {
@@ -426,16 +441,7 @@ impl Recipe {
         if r.max_batch == 0 {
             bail!("rollout.max_batch must be >= 1 (rows per generation pass)");
         }
-        let sp = rollout::generate::SamplingParams {
-            temperature: r.temperature,
-            top_k: r.top_k,
-            top_p: r.top_p,
-            min_p: r.min_p,
-            max_new_tokens: r.max_new_tokens,
-            min_new_tokens: r.min_new_tokens,
-            stop: r.stop.clone(),
-        };
-        sp.validate().map_err(|e| anyhow!("[rollout]: {e}"))?;
+        r.sampling().validate().map_err(|e| anyhow!("[rollout]: {e}"))?;
         let g = &self.grpo;
         if g.epsilon < 0.0 || g.epsilon_high.is_some_and(|e| e < 0.0) {
             bail!("grpo.epsilon and grpo.epsilon_high must be >= 0");

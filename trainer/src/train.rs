@@ -182,16 +182,7 @@ pub struct Trainer {
 }
 
 fn sampling(recipe: &Recipe) -> SamplingParams {
-    let r = &recipe.rollout;
-    SamplingParams {
-        temperature: r.temperature,
-        top_k: r.top_k,
-        top_p: r.top_p,
-        min_p: r.min_p,
-        max_new_tokens: r.max_new_tokens,
-        min_new_tokens: r.min_new_tokens,
-        stop: r.stop.clone(),
-    }
+    recipe.rollout.sampling()
 }
 
 impl Trainer {
