@@ -1,0 +1,3 @@
+//! Distillation of a teacher into a student.
+
+pub mod loss;
