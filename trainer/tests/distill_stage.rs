@@ -209,6 +209,8 @@ log_every = 5
     let ev: Vec<f64> = rows.iter().filter_map(|r| r.get("eval/kl_reverse").and_then(Value::as_f64)).collect();
     assert_eq!(ev.len(), 2, "eval at step 0 and step 100");
     assert!(ev[1] < ev[0]);
+    let acc: Vec<f64> = rows.iter().filter_map(|r| r.get("eval/accuracy").and_then(Value::as_f64)).collect();
+    assert_eq!(acc.len(), 2, "held-out accuracy beside the KL");
     // Per-step metrics: loss, KL and agreement, logged every 5 steps.
     let last = rows.last().unwrap();
     for k in ["loss", "kl", "kl_reverse", "agreement", "on_policy/mean_length", "flops/total"] {

@@ -140,10 +140,15 @@ pub struct Settings {
     pub vocab: i64,
 }
 
-/// Held-out measurement during training: the student samples `prompts` (fixed seed) and
-/// the teacher scores its tokens, every `every` steps.
-pub struct KlEval {
+/// Held-out measurement during training, every `every` steps (and at step 0 and the end):
+/// the student samples each prompt once (fixed seed, the stage's sampling) and the samples
+/// are scored with `rewards` (accuracy, format, ...); with a teacher, the student samples
+/// `prompts` again and the teacher scores each token (KL, argmax agreement).
+pub struct HeldOut {
+    pub examples: Vec<crate::data::Example>,
     pub prompts: Vec<Vec<i64>>,
+    pub template: String,
+    pub rewards: Vec<rewards::RewardSpec>,
     pub every: usize,
 }
 
@@ -161,7 +166,7 @@ pub struct Job<'a> {
     pub prompts: &'a [Vec<i64>],
     /// The student's rollout pool (`on_policy`, held-out measurement): synced after every step.
     pub pool: Option<&'a RolloutPool>,
-    pub eval: Option<KlEval>,
+    pub eval: Option<HeldOut>,
     /// FLOPs already spent before training (teacher sampling, the cache), counted in the
     /// cumulative `flops/total` metric.
     pub setup_flops: f64,
@@ -320,16 +325,26 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
     let t0 = Instant::now();
     let mut outcome = Outcome { steps_done: cfg.steps, interrupted: false, flops: 0.0 };
     let eval_row = |step: usize| -> Result<Option<Row>> {
-        let (Some(ev), Some(pool), Some(teacher)) = (&job.eval, job.pool, job.teacher) else { return Ok(None) };
+        let (Some(ev), Some(pool)) = (&job.eval, job.pool) else { return Ok(None) };
         sync(Some(pool))?;
-        let r = measure_kl(teacher, job.student, pool, &ev.prompts, &s.sampling, mix_seed(s.seed, u64::MAX), s.temperature, s.vocab)?;
+        let seed = mix_seed(s.seed, u64::MAX);
+        let spec = crate::eval::EvalSpec { template: &ev.template, params: s.sampling.clone(), samples: 1, seed, rewards: ev.rewards.clone() };
+        let rep = crate::eval::evaluate(&job.student.dir, &ev.examples, &spec, Some(pool), device, Kind::Float)?;
         let mut row = Row::new();
-        row.insert("eval/kl_reverse".into(), json!(r.reverse_kl));
-        row.insert("eval/kl_forward".into(), json!(r.forward_kl));
-        row.insert("eval/agreement".into(), json!(r.agreement));
-        row.insert("eval/length".into(), json!(r.mean_length));
+        row.insert("eval/accuracy".into(), json!(rep.accuracy));
+        row.insert("eval/format".into(), json!(rep.format_rate));
+        row.insert("eval/language_consistency".into(), json!(rep.language_consistency_rate));
+        row.insert("eval/length".into(), json!(rep.mean_completion_tokens));
+        let mut line = format!("accuracy {:.3}", rep.accuracy);
+        if let Some(teacher) = job.teacher {
+            let r = measure_kl(teacher, job.student, pool, &ev.prompts, &s.sampling, seed, s.temperature, s.vocab)?;
+            row.insert("eval/kl_reverse".into(), json!(r.reverse_kl));
+            row.insert("eval/kl_forward".into(), json!(r.forward_kl));
+            row.insert("eval/agreement".into(), json!(r.agreement));
+            line += &format!(", reverse KL {:.4}, forward KL {:.4}, argmax agreement {:.3}", r.reverse_kl, r.forward_kl, r.agreement);
+        }
         if !quiet {
-            eprintln!("  eval at step {step}: held-out reverse KL {:.4}, forward KL {:.4}, argmax agreement {:.3}", r.reverse_kl, r.forward_kl, r.agreement);
+            eprintln!("  held-out at step {step}: {line}");
         }
         Ok(Some(row))
     };

@@ -16,7 +16,7 @@ use super::{Ctx, Output, StageOutcome};
 use crate::config::Paths;
 use crate::distill::cache::{self, Cache, CacheMeta};
 use crate::distill::loss::{Divergence, Tail};
-use crate::distill::{self, Checkpoints, Job, KlEval, Method, Settings};
+use crate::distill::{self, Checkpoints, HeldOut, Job, Method, Settings};
 use crate::lm::{LmCfg, LmExample};
 use crate::metrics::{JsonlSink, Sink};
 use crate::tiny::{self, TinyShape};
@@ -63,14 +63,16 @@ pub struct StudentShape {
     pub intermediate: i64,
 }
 
-/// Held-out teacher-student KL during training, on the student's samples.
+/// Held-out measurement during training on the student's samples: accuracy, format and
+/// language consistency (the pipeline's `[[eval_rewards]]`, else accuracy + format) and, with
+/// a teacher, the teacher-student KL and argmax agreement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KlEvalCfg {
-    /// Held-out prompts (JSONL with `prompt`).
+    /// Held-out problems (JSONL with `prompt` and `answer`).
     pub data: Paths,
-    /// Prompts used (0 = all).
-    #[serde(default = "sixty_four")]
+    /// Prompts used per file (0 = all).
+    #[serde(default)]
     pub limit: usize,
     /// Steps between measurements (also at step 0 and at the end).
     #[serde(default = "fifty")]
@@ -164,9 +166,6 @@ fn half() -> f64 {
 }
 fn twenty() -> i64 {
     20
-}
-fn sixty_four() -> usize {
-    64
 }
 fn fifty() -> usize {
     50
@@ -267,9 +266,6 @@ impl DistillStage {
             bail!("{origin}: `teacher_samples` must be >= 1");
         }
         if let Some(e) = &self.eval {
-            if self.teacher.is_none() {
-                bail!("{origin}: `eval` measures the teacher-student KL and needs a `teacher`");
-            }
             if e.every == 0 {
                 bail!("{origin}: eval.every must be >= 1");
             }
@@ -463,7 +459,13 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     }
     // The student's rollout pool (on-policy samples, held-out measurement).
     let eval = match &st.eval {
-        Some(e) => Some(KlEval { prompts: encode_prompts(&e.data, &st.template, e.limit, &tk)?, every: e.every }),
+        Some(e) => Some(HeldOut {
+            examples: super::eval::load_limited(&e.data, &st.template, e.limit)?,
+            prompts: encode_prompts(&e.data, &st.template, e.limit, &tk)?,
+            template: st.template.clone(),
+            rewards: if ctx.pipeline.eval_rewards.is_empty() { crate::eval::default_rewards() } else { ctx.pipeline.eval_rewards.clone() },
+            every: e.every,
+        }),
         None => None,
     };
     let pool = if st.method == Method::OnPolicy || eval.is_some() { Some(RolloutPool::from_dir(&student_dir, &[device], tch::Kind::Float, tk.clone())?) } else { None };
