@@ -13,8 +13,10 @@ prints held-out accuracy, format rate, language-consistency rate and mean comple
   rl:        per GRPO step, sampling + reference + learner = (2 + 2 + 6) N_s x num_tokens
              (num_tokens = the step's prompt + completion tokens);
   sft:       the teacher's rejection sampling, 2 N_t x (prompt + completion tokens of every
-             sample), plus the distill stage's flops/total (6 N_s x trained tokens);
-  kd:        the distill stage's flops/total (teacher sampling and cache pass + training);
+             sample; prompt tokens per prompt taken from the GRPO stage, which uses the same
+             prompts), plus the distill stage's flops/total (6 N_s x trained tokens);
+  kd:        the traces' rejection sampling (as sft) plus the distill stage's flops/total
+             (the teacher's cache pass + training);
   on-policy: the distill stage's flops/total (student sampling + teacher scoring + training).
 Cells are `mean (min-max)` over the runs. Only the standard library is used.
 """
@@ -22,10 +24,11 @@ import json
 import os
 import re
 import sys
+import tomllib
 
 ROWS = [("teacher", "eval-teacher", []), ("student base", "eval-student-base", []),
         ("1. RL only (GRPO)", "eval-rl", ["rl"]), ("2. SFT on teacher traces", "eval-sft", ["teacher-traces", "sft"]),
-        ("3. KD (forward KL, top-20 cache)", "eval-kd", ["kd"]), ("4. on-policy (reverse KL)", "eval-on-policy", ["on-policy"])]
+        ("3. KD (forward KL, top-20 cache)", "eval-kd", ["teacher-traces", "kd"]), ("4. on-policy (reverse KL)", "eval-on-policy", ["on-policy"])]
 
 
 def jload(p):
@@ -57,13 +60,16 @@ def run_figures(run):
             took[m.group(1)] = took.get(m.group(1), 0.0) + float(m.group(2))
     st = os.path.join(run, "stages")
     n_s = params(os.path.join(st, "student-base", "model"))
-    kd_seqs = os.path.join(st, "kd", "teacher_sequences.jsonl")
-    teacher_dir = jload(os.path.join(st, "kd", "summary.json"))
-    n_t = teacher_dir["teacher_parameters"]
-    prompt_tokens = [r["prompt_tokens"] for r in lines(kd_seqs)]
-    mean_prompt = sum(prompt_tokens) / len(prompt_tokens)
+    n_t = jload(os.path.join(st, "kd", "summary.json"))["teacher_parameters"]
     flops = {}
     rl = [r for r in lines(os.path.join(st, "rl", "metrics.jsonl")) if "num_tokens" in r]
+    # Prompt tokens per training prompt (the same prompts file for every method): a GRPO
+    # step's tokens less its completions, per row.
+    with open(os.path.join(run, "config.toml"), "rb") as f:
+        cfg = tomllib.load(f)
+    ro = [s for s in cfg["stages"] if s["name"] == "rl"][0]["rollout"]
+    rows = ro["group_size"] * ro["prompts_per_step"]
+    mean_prompt = sum(r["num_tokens"] / rows - r["completions/mean_length"] for r in rl) / len(rl)
     flops["rl"] = sum(10 * n_s * r["num_tokens"] for r in rl)
     rs_tokens = 0
     shards = os.path.join(st, "teacher-traces", "shards")
@@ -72,15 +78,21 @@ def run_figures(run):
             rs_tokens += mean_prompt + r["completion_tokens"]
     last = lambda s: [r for r in lines(os.path.join(st, s, "metrics.jsonl")) if "flops/total" in r][-1]["flops/total"]
     flops["sft"] = 2 * n_t * rs_tokens + last("sft")
-    flops["kd"] = last("kd")
+    flops["kd"] = 2 * n_t * rs_tokens + last("kd")
     flops["on-policy"] = last("on-policy")
+    # Held-out accuracy inside the stages (200 prompts, one sample each) at a third, two
+    # thirds and all of the budget: GRPO steps 40 / 80 / 120, distill steps 80 / 160 / 240.
+    curve = {}
+    for stage, key, steps in [("rl", "eval/rewards/accuracy/mean", [40, 80, 120])] + [(s, "eval/accuracy", [80, 160, 240]) for s in ["sft", "kd", "on-policy"]]:
+        got = {r["step"]: r[key] for r in lines(os.path.join(st, stage, "metrics.jsonl")) if key in r}
+        curve[stage] = [got.get(x) for x in steps]
     evals = {}
     for _, ev, _ in ROWS:
         p = os.path.join(run, "eval", ev + ".json")
         if os.path.exists(p):
             r = jload(p)
             evals[ev] = r.get("tasks", {}).get("addition", r)
-    return evals, took, flops
+    return evals, took, flops, curve
 
 
 def cell(values, fmt):
@@ -117,6 +129,12 @@ def main():
             cell([x / 1e12 if x is not None else None for x in fl], "{:.2f}T"),
         ]
         print(f"| {label} | " + " | ".join(row) + " |")
+    print()
+    print("| held-out accuracy after ... of the 7,680 training sequences | 1/3 | 2/3 | all |")
+    print("|---|---:|---:|---:|")
+    for label, _, stages in ROWS[2:]:
+        key = stages[-1]
+        print(f"| {label} | " + " | ".join(cell([f[3][key][i] for f in figs], "{:.3f}") for i in range(3)) + " |")
 
 
 if __name__ == "__main__":

@@ -349,3 +349,40 @@ fn bad_settings_are_clear_errors_before_anything_runs() {
         assert!(err.contains(want), "{body}\n=> {err}\n(wanted `{want}`)");
     }
 }
+
+#[test]
+fn the_distill_recipe_checks_out_and_asks_for_its_teacher_first() {
+    // Run from a folder without runs/tiny-r1: every stage's settings are checked, then the
+    // missing teacher is named with the command that makes it, before anything runs.
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/tiny-r1-distill.toml");
+    let table: toml::Table = std::fs::read_to_string(recipe).unwrap().parse().unwrap();
+    let p: Pipeline = trainer::config::from_table(table, "recipe").unwrap();
+    assert!(!Path::new("runs/tiny-r1").exists());
+    let err = format!("{:#}", pipeline::validate(&p).unwrap_err());
+    assert!(err.contains("runs/tiny-r1/stages/rl-all/checkpoints/step-80") && err.contains("./ponder train recipes/tiny-r1.toml"), "{err}");
+}
+
+#[test]
+fn a_pretrain_stage_can_reuse_the_teachers_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("t");
+    let shape = TinyShape { hidden: 32, layers: 1, heads: 2, kv_heads: 1, intermediate: 64, vocab: 330 };
+    tiny::create_random_model(&t, shape, &tiny::default_corpus(1, 300), 1).unwrap();
+    let out = tmp.path().join("runs");
+    let recipe = format!(
+        "[run]\nname = \"pt\"\noutput_dir = \"{}\"\n[[stages]]\nname = \"base\"\nkind = \"pretrain\"\ntask = \"addition\"\ncorpus_size = 50\ntokenizer = \"{}\"\n[stages.model]\nhidden = 16\nlayers = 1\nheads = 2\nkv_heads = 1\nintermediate = 32\n[stages.train]\nsteps = 2\nbatch_size = 4\n",
+        out.display(),
+        t.display()
+    );
+    run_pipeline(&recipe).unwrap();
+    let m = out.join("pt/stages/base/model");
+    assert_eq!(std::fs::read(m.join("tokenizer.json")).unwrap(), std::fs::read(t.join("tokenizer.json")).unwrap());
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(m.join("config.json")).unwrap()).unwrap();
+    let tk = rollout::tokenizer::Tokenizer::from_dir(&t).unwrap();
+    assert_eq!(cfg["vocab_size"].as_u64(), Some(tk.vocab_size() as u64));
+    assert_eq!(cfg["hidden_size"].as_u64(), Some(16));
+    // A tokenizer folder that does not exist is named.
+    let bad = recipe.replace(&t.display().to_string(), "/nonexistent/teacher").replace("name = \"pt\"", "name = \"pt2\"");
+    let err = format!("{:#}", run_pipeline(&bad).unwrap_err());
+    assert!(err.contains("/nonexistent/teacher") && err.contains("tokenizer.json"), "{err}");
+}
