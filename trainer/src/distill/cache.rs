@@ -78,7 +78,7 @@ impl Cache {
         for &i in idx {
             rows.extend(self.offsets[i]..self.offsets[i + 1]);
         }
-        let r = Tensor::from_slice(&rows);
+        let r = Tensor::from_slice(&rows).to_device(self.ids.device());
         TopK { ids: self.ids.index_select(0, &r).to_kind(Kind::Int64), logp: self.logp.index_select(0, &r), tail: self.tail.index_select(0, &r) }
     }
 
