@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod cmd_generate;
 pub mod config;
 pub mod data;
+pub mod distill;
 pub mod grpo;
 pub mod metrics;
 pub mod optim;

@@ -135,3 +135,42 @@ pub fn default_corpus(seed: u64, n: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// The Llama `config.json` for a tiny model: the Qwen2 one without q/k/v biases.
+pub fn llama_config(shape: TinyShape, vocab_size: i64, eos_id: i64, max_positions: i64) -> serde_json::Value {
+    let mut c = qwen2_config(shape, vocab_size, eos_id, max_positions);
+    let o = c.as_object_mut().expect("an object");
+    o.insert("architectures".into(), json!(["LlamaForCausalLM"]));
+    o.insert("model_type".into(), json!("llama"));
+    o.insert("attention_bias".into(), json!(false));
+    o.insert("mlp_bias".into(), json!(false));
+    o.remove("use_sliding_window");
+    c
+}
+
+/// Creates a randomly initialised model folder of `shape` (Qwen2 or Llama family, tied
+/// embeddings) that uses the tokenizer of the model folder `tokenizer_from`: a distillation
+/// student must share its teacher's tokenizer. The vocabulary is `vocab` (a teacher's
+/// `config.json` size, which may exceed the tokenizer's) or the tokenizer's size.
+pub fn create_with_tokenizer(out: &Path, shape: TinyShape, arch: rollout::config::Arch, tokenizer_from: &Path, vocab: Option<i64>, seed: i64) -> Result<()> {
+    if !tokenizer_from.join("tokenizer.json").is_file() {
+        anyhow::bail!("{}: no tokenizer.json there; the tokenizer to reuse must be a model folder's", tokenizer_from.display());
+    }
+    std::fs::create_dir_all(out)?;
+    crate::checkpoint::copy_side_files(tokenizer_from, out)?;
+    let tk = rollout::tokenizer::Tokenizer::from_dir(out)?;
+    let eos = tk.eos_token_id().or_else(|| tk.token_to_id(EOS)).with_context(|| format!("the tokenizer of {} has no EOS token", tokenizer_from.display()))?;
+    let vocab = vocab.unwrap_or(tk.vocab_size() as i64);
+    let raw = match arch {
+        rollout::config::Arch::Qwen2 => qwen2_config(shape, vocab, eos, 4096),
+        rollout::config::Arch::Llama => llama_config(shape, vocab, eos, 4096),
+    };
+    let cfg = ModelConfig::from_value(raw, &out.join("config.json"))?;
+    let policy = Policy::random(&cfg, Kind::Float, Device::Cpu, seed)?;
+    policy.save_weights(out, Kind::Float, None)?;
+    if !out.join("generation_config.json").exists() {
+        let gen = json!({ "eos_token_id": [eos], "pad_token_id": eos, "do_sample": true, "temperature": 1.0 });
+        std::fs::write(out.join("generation_config.json"), serde_json::to_string_pretty(&gen)?)?;
+    }
+    Ok(())
+}

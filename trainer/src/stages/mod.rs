@@ -1,6 +1,7 @@
 //! One file per pipeline stage kind: its config struct (strict TOML) and its `run`.
 //! `pipeline.rs` sequences them; everything a stage needs comes in a [`Ctx`].
 
+pub mod distill;
 pub mod eval;
 pub mod grpo;
 pub mod pretrain;
@@ -20,7 +21,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// The stage kinds, in the order a pipeline usually runs them.
-pub const KINDS: [&str; 6] = ["tasks", "pretrain", "sft", "grpo", "rejection_sample", "eval"];
+pub const KINDS: [&str; 7] = ["tasks", "pretrain", "sft", "grpo", "rejection_sample", "distill", "eval"];
 
 /// What a stage gets: the pipeline, its folders, the model to start from, and its table
 /// with `{run}` and `{stages.<name>.*}` already resolved.
@@ -93,6 +94,7 @@ pub fn validate(kind: &str, t: &toml::Table, origin: &str) -> Result<()> {
         "eval" => from_table::<eval::EvalStage>(t.clone(), origin)?.check(origin),
         "rejection_sample" => from_table::<rejection_sample::RejectionSampleStage>(t.clone(), origin)?.check(origin),
         "grpo" => grpo::validate(t, origin),
+        "distill" => from_table::<distill::DistillStage>(t.clone(), origin)?.check(origin),
         other => bail!("{origin}: unknown stage kind `{other}` ({})", KINDS.join(" | ")),
     }
 }
@@ -105,6 +107,7 @@ pub fn run(kind: &str, ctx: &Ctx) -> Result<StageOutcome> {
         "grpo" => grpo::run(ctx),
         "eval" => eval::run(ctx),
         "rejection_sample" => rejection_sample::run(ctx),
+        "distill" => distill::run(ctx),
         other => bail!("{}: unknown stage kind `{other}`", ctx.origin),
     }
 }

@@ -25,11 +25,13 @@ pub struct ModelShape {
     pub kv_heads: i64,
     pub intermediate: i64,
     /// Tokenizer vocabulary to train (an upper bound; small corpora give fewer merges).
+    /// Not used with the stage's `tokenizer`.
+    #[serde(default)]
     pub vocab: usize,
 }
 
 impl ModelShape {
-    pub fn check(&self, origin: &str) -> Result<()> {
+    pub fn check(&self, origin: &str, reused_tokenizer: bool) -> Result<()> {
         let ok = self.hidden > 0 && self.layers > 0 && self.heads > 0 && self.kv_heads > 0 && self.intermediate > 0;
         if !ok {
             bail!("{origin}: model shape: hidden, layers, heads, kv_heads and intermediate must all be >= 1");
@@ -37,7 +39,7 @@ impl ModelShape {
         if self.hidden % self.heads != 0 || self.heads % self.kv_heads != 0 {
             bail!("{origin}: model shape: hidden ({}) must be a multiple of heads ({}), and heads of kv_heads ({})", self.hidden, self.heads, self.kv_heads);
         }
-        if self.vocab < 300 {
+        if self.vocab < 300 && !reused_tokenizer {
             bail!("{origin}: model shape: vocab must be >= 300 (256 bytes + special tokens + merges), got {}", self.vocab);
         }
         Ok(())
@@ -84,6 +86,10 @@ pub struct PretrainStage {
     #[serde(default)]
     pub direct_rate: f64,
     pub model: ModelShape,
+    /// A model folder whose tokenizer to use instead of training one (a distillation
+    /// student must share its teacher's); `model.vocab` is then the tokenizer's size.
+    #[serde(default)]
+    pub tokenizer: Option<std::path::PathBuf>,
     #[serde(default)]
     pub train: LmCfg,
 }
@@ -108,7 +114,7 @@ impl PretrainStage {
         if self.corpus_size == 0 {
             bail!("{origin}: `corpus_size` must be >= 1");
         }
-        self.model.check(origin)?;
+        self.model.check(origin, self.tokenizer.is_some())?;
         self.train.check(origin)
     }
 }
@@ -162,7 +168,10 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let ckpt = ctx.dir.join("checkpoint");
     // Resuming mid-stage: keep the tokenizer the checkpoint was trained with.
     if lm::checkpoint_step(&ckpt).is_none() || !model_dir.join("tokenizer.json").exists() {
-        tiny::create_random_model(&model_dir, st.model.tiny(), &plain, seed as i64)?;
+        match &st.tokenizer {
+            Some(t) => tiny::create_with_tokenizer(&model_dir, st.model.tiny(), rollout::Arch::Qwen2, t, None, seed as i64)?,
+            None => tiny::create_random_model(&model_dir, st.model.tiny(), &plain, seed as i64)?,
+        }
     }
     let tk = Tokenizer::from_dir(&model_dir)?;
     let eos = tk.token_to_id(tiny::EOS).context("EOS token")?;
