@@ -328,7 +328,7 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
         let (Some(ev), Some(pool)) = (&job.eval, job.pool) else { return Ok(None) };
         sync(Some(pool))?;
         let seed = mix_seed(s.seed, u64::MAX);
-        let spec = crate::eval::EvalSpec { template: &ev.template, params: s.sampling.clone(), samples: 1, seed, rewards: ev.rewards.clone() };
+        let spec = crate::eval::EvalSpec { template: &ev.template, params: s.sampling.clone(), samples: 1, seed, rewards: ev.rewards.clone(), think: Default::default(), best_of: vec![] };
         let rep = crate::eval::evaluate(&job.student.dir, &ev.examples, &spec, Some(pool), device, Kind::Float)?;
         let mut row = Row::new();
         row.insert("eval/accuracy".into(), json!(rep.accuracy));

@@ -346,7 +346,7 @@ fn teacher_sequences(path: &Path, teacher_dir: &Path, tk: &Arc<Tokenizer>, promp
         body.push_str(&json!({"prompt_tokens": s.loss_from, "ids": s.ids, "completion": text}).to_string());
         body.push('\n');
     }
-    super::rejection_sample::write_atomic(path, body.as_bytes())?;
+    crate::checkpoint::write_atomic(path, body.as_bytes())?;
     Ok(seqs)
 }
 
@@ -519,7 +519,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         "cache": cache_info,
         "seconds_this_session": t_start.elapsed().as_secs_f64(),
     });
-    super::rejection_sample::write_atomic(&ctx.dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    crate::checkpoint::write_atomic(&ctx.dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(StageOutcome::Done(Output { model: Some(model_dir), data: None }))
 }
 
