@@ -475,16 +475,13 @@ fn strftime_now(format: String) -> String {
 }
 
 pub(crate) fn strftime_utc(format: &str, unix_secs: i64) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
-    let days = unix_secs.div_euclid(86_400);
-    let sod = unix_secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (sod / 3600, (sod % 3600) / 60, sod % 60);
-    let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday (index 3)
-    let yday = days - days_from_civil(y, 1, 1) + 1;
+    // The calendar comes from the `time` crate (already in the tree through tch's zip).
+    let t = time::OffsetDateTime::from_unix_timestamp(unix_secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (y, m, d) = (t.year(), t.month() as u8, t.day());
+    let (hh, mm, ss) = (t.hour(), t.minute(), t.second());
     let h12 = if hh % 12 == 0 { 12 } else { hh % 12 };
+    let month = t.month().to_string();
+    let weekday = t.weekday().to_string();
     let mut out = String::new();
     let mut chars = format.chars();
     while let Some(c) = chars.next() {
@@ -498,16 +495,16 @@ pub(crate) fn strftime_utc(format: &str, unix_secs: i64) -> String {
             Some('m') => out.push_str(&format!("{m:02}")),
             Some('d') => out.push_str(&format!("{d:02}")),
             Some('e') => out.push_str(&format!("{d:2}")),
-            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('j') => out.push_str(&format!("{:03}", t.ordinal())),
             Some('H') => out.push_str(&format!("{hh:02}")),
             Some('I') => out.push_str(&format!("{h12:02}")),
             Some('M') => out.push_str(&format!("{mm:02}")),
             Some('S') => out.push_str(&format!("{ss:02}")),
             Some('p') => out.push_str(if hh < 12 { "AM" } else { "PM" }),
-            Some('a') => out.push_str(&DAYS[weekday][..3]),
-            Some('A') => out.push_str(DAYS[weekday]),
-            Some('b') | Some('h') => out.push_str(&MONTHS[(m - 1) as usize][..3]),
-            Some('B') => out.push_str(MONTHS[(m - 1) as usize]),
+            Some('a') => out.push_str(&weekday[..3]),
+            Some('A') => out.push_str(&weekday),
+            Some('b') | Some('h') => out.push_str(&month[..3]),
+            Some('B') => out.push_str(&month),
             Some('F') => out.push_str(&format!("{y}-{m:02}-{d:02}")),
             Some('T') => out.push_str(&format!("{hh:02}:{mm:02}:{ss:02}")),
             Some('D') => out.push_str(&format!("{m:02}/{d:02}/{:02}", y.rem_euclid(100))),
@@ -520,30 +517,6 @@ pub(crate) fn strftime_utc(format: &str, unix_secs: i64) -> String {
         }
     }
     out
-}
-
-/// Howard Hinnant's days-since-epoch -> (year, month, day).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

@@ -319,20 +319,6 @@ impl Default for TrainCfg {
     }
 }
 
-/// Edit distance, for "did you mean" suggestions.
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + (ca != *cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a message naming the
 /// key path and the closest valid key.
 fn explain(path: &str, msg: &str) -> String {
@@ -340,7 +326,7 @@ fn explain(path: &str, msg: &str) -> String {
         let bad = rest.split('`').next().unwrap_or("");
         let valid: Vec<&str> = msg.split("expected").nth(1).map(|e| e.split('`').skip(1).step_by(2).collect()).unwrap_or_default();
         let full = if path.is_empty() || path == "." { bad.to_string() } else { format!("{}.{bad}", path.trim_end_matches(&format!(".{bad}")[..]).trim_end_matches(bad).trim_end_matches('.')) };
-        let best = valid.iter().map(|v| (levenshtein(bad, v), *v)).min();
+        let best = valid.iter().map(|v| (strsim::levenshtein(bad, v), *v)).min();
         let hint = match best {
             Some((d, v)) if d <= 3 || v.starts_with(bad) || bad.starts_with(v) => format!("; did you mean `{v}`?"),
             _ => String::new(),

@@ -18,6 +18,9 @@ pub struct AdamW {
 }
 
 /// Learning rate at optimizer step `step` (0-based) of `total`: linear warmup, then the schedule.
+/// After warmup this is transformers' `get_{constant,linear,cosine}_schedule_with_warmup`;
+/// during warmup ponder's first step already learns (lr x 1 / warmup, where transformers'
+/// first step has lr 0). Checked against both in tests/optim_reference.rs.
 pub fn lr_at(cfg: &OptimCfg, step: u64, total: u64) -> f64 {
     let w = cfg.warmup_steps as u64;
     if step < w {
