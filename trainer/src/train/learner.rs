@@ -23,32 +23,92 @@ pub(super) struct Batch {
     pub(super) comp_lens: Vec<i64>,
 }
 
-/// One forward/backward pass: batch rows of similar completion length and the prompts they
-/// continue, each prompt computed once for all its rows in the pass.
-struct Micro {
+impl Batch {
+    /// N, the rows (completions) in the batch.
+    fn rows(&self) -> usize {
+        self.adv.size()[0] as usize
+    }
+}
+
+/// One forward/backward pass (a micro-batch): batch rows of similar completion length and
+/// the prompts they continue, each prompt computed once for all its rows in the pass.
+struct Pass {
+    /// The rows (indices into the batch) in order of completion length: i64 [n].
     rows: Tensor,
-    /// The distinct prompts (indices into `Batch::prompts`), and each row's index among them.
+    /// The distinct prompts (indices into `Batch::prompts`, ascending), and each row's index
+    /// among them: i64 [n].
     prompts: Vec<usize>,
     row_prefix: Tensor,
-    /// Longest prompt and completion in the pass (the two streams' widths).
-    prompt: i64,
-    completion: i64,
+    /// Longest prompt and completion in the pass (the two streams' widths); the completion
+    /// width is at least 1.
+    prompt_width: i64,
+    completion_width: i64,
     /// The rows' prompt + completion tokens (a shared prompt counted once per row), and the
     /// real tokens the pass computes (a shared prompt once).
     tokens: usize,
     computed: usize,
 }
 
-impl Micro {
+impl Pass {
+    /// The pass over batch rows `rows` (in the order given), its index tensors on `device`.
+    fn new(b: &Batch, rows: &[usize], device: Device) -> Pass {
+        let mut prompts: Vec<usize> = rows.iter().map(|&r| b.row_prompt[r]).collect();
+        prompts.sort_unstable();
+        prompts.dedup();
+        let row_prefix: Vec<i64> = rows.iter().map(|&r| prompts.binary_search(&b.row_prompt[r]).unwrap() as i64).collect();
+        let rows_i: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let completion_tokens: i64 = rows.iter().map(|&r| b.comp_lens[r]).sum();
+        let prompt_tokens: i64 = rows.iter().map(|&r| b.prompt_lens[r]).sum();
+        let distinct_prompt_tokens: usize = prompts.iter().map(|&g| b.prompts[g].len()).sum();
+        Pass {
+            rows: Tensor::from_slice(&rows_i).to_device(device),
+            prompt_width: prompts.iter().map(|&g| b.prompts[g].len() as i64).max().unwrap_or(1),
+            completion_width: rows.iter().map(|&r| b.comp_lens[r].max(1)).max().unwrap_or(1),
+            tokens: (completion_tokens + prompt_tokens) as usize,
+            computed: completion_tokens as usize + distinct_prompt_tokens,
+            prompts,
+            row_prefix: Tensor::from_slice(&row_prefix).to_device(device),
+        }
+    }
+
     /// Positions this pass computes, padding included.
     fn positions(&self) -> i64 {
-        self.rows.size()[0] * self.completion + self.prompts.len() as i64 * self.prompt
+        self.rows.size()[0] * self.completion_width + self.prompts.len() as i64 * self.prompt_width
     }
+
+    /// This pass's rows of a per-token batch tensor [N, C], cut to its width: [n, completion_width].
+    fn select(&self, t: &Tensor) -> Tensor {
+        t.index_select(0, &self.rows).narrow(1, 0, self.completion_width)
+    }
+}
+
+/// One optimizer update's share of the batch: rows `start..start + len`, and the passes whose
+/// gradients accumulate into it.
+struct Minibatch {
+    start: usize,
+    len: usize,
+    passes: Vec<Pass>,
 }
 
 /// A pass's fixed cost in positions, when choosing how to group rows: small passes run
 /// matmuls below their efficient size and add per-pass dispatches.
 const PASS_OVERHEAD: i64 = 256;
+
+/// Splits the batch into minibatches of `minibatch_size` rows (0 = the whole batch; the last
+/// holds the rest) and plans each one's passes: at most ceil(rows / `grad_accumulation`) rows
+/// a pass, under the token `budget` (see [`plan_passes`]).
+fn plan_minibatches(b: &Batch, minibatch_size: usize, grad_accumulation: usize, budget: i64, device: Device) -> Vec<Minibatch> {
+    let n = b.rows();
+    let mb = if minibatch_size == 0 { n } else { minibatch_size.min(n) };
+    let accum = grad_accumulation.max(1);
+    (0..n)
+        .step_by(mb)
+        .map(|start| {
+            let len = mb.min(n - start);
+            Minibatch { start, len, passes: plan_passes(b, start, len, len.div_ceil(accum), budget, device) }
+        })
+        .collect()
+}
 
 /// Splits minibatch rows `start..start + len` into passes of at most `max_rows` rows. Rows
 /// are sorted by completion length; a pass computes each distinct prompt among its rows once
@@ -56,7 +116,13 @@ const PASS_OVERHEAD: i64 = 256;
 /// `budget` (> 0) the grouping of the sorted rows is the one that computes the fewest
 /// positions (plus [`PASS_OVERHEAD`] a pass) with every pass under the budget (a row longer
 /// than the budget goes alone); without one, consecutive runs of `max_rows` rows.
-fn plan_micro(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64, device: Device) -> Vec<Micro> {
+fn plan_passes(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64, device: Device) -> Vec<Pass> {
+    group_rows(b, start, len, max_rows, budget).iter().map(|rows| Pass::new(b, rows, device)).collect()
+}
+
+/// The grouping of [`plan_passes`], before any tensor is built: each pass's rows (indices
+/// into the batch), passes and rows in order of completion length.
+fn group_rows(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (start..start + len).collect();
     order.sort_by_key(|&r| (b.comp_lens[r], r));
     let cl: Vec<i64> = order.iter().map(|&r| b.comp_lens[r].max(1)).collect();
@@ -104,36 +170,33 @@ fn plan_micro(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64,
         bounds.push(cut[j]);
     }
     bounds.reverse();
-    bounds
-        .windows(2)
-        .map(|w| {
-            let rows = &order[w[0]..w[1]];
-            let mut prompts: Vec<usize> = rows.iter().map(|&r| b.row_prompt[r]).collect();
-            prompts.sort_unstable();
-            prompts.dedup();
-            let row_prefix: Vec<i64> = rows.iter().map(|&r| prompts.binary_search(&b.row_prompt[r]).unwrap() as i64).collect();
-            let rows_i: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-            let completion_tokens: i64 = rows.iter().map(|&r| b.comp_lens[r]).sum();
-            let prompt_tokens: i64 = rows.iter().map(|&r| b.prompt_lens[r]).sum();
-            let distinct_prompt_tokens: usize = prompts.iter().map(|&g| b.prompts[g].len()).sum();
-            Micro {
-                rows: Tensor::from_slice(&rows_i).to_device(device),
-                prompt: prompts.iter().map(|&g| b.prompts[g].len() as i64).max().unwrap_or(1),
-                completion: cl[w[0]..w[1]].iter().copied().max().unwrap_or(1),
-                tokens: (completion_tokens + prompt_tokens) as usize,
-                computed: completion_tokens as usize + distinct_prompt_tokens,
-                prompts,
-                row_prefix: Tensor::from_slice(&row_prefix).to_device(device),
-            }
-        })
-        .collect()
+    bounds.windows(2).map(|w| order[w[0]..w[1]].to_vec()).collect()
+}
+
+/// A model's scores of a pass's completion tokens: log-probs and (when asked) entropies,
+/// [n, completion_width] each.
+struct TokenScores {
+    logp: Tensor,
+    entropy: Option<Tensor>,
+}
+
+/// Sums over a step's passes: the passes' losses, and the per-token figures weighted by each
+/// pass's loss tokens (divided by `tokens` at the end).
+#[derive(Default)]
+struct Sums {
+    loss: f64,
+    tokens: f64,
+    kl: f64,
+    entropy: f64,
+    clip_low: f64,
+    clip_high: f64,
 }
 
 impl Trainer {
-    /// Completion-token log-probs (and entropies) of `model` for one pass: [rows, completion].
+    /// Completion-token log-probs (and entropies) of `model` for one pass.
     /// Each distinct prompt goes through the model once; its rows attend to it.
-    fn logprobs(&self, model: &rollout::CausalLm, b: &Batch, m: &Micro, entropy: bool) -> (Tensor, Option<Tensor>) {
-        let (u, tp, tc) = (m.prompts.len(), m.prompt, m.completion);
+    fn logprobs(&self, model: &rollout::CausalLm, b: &Batch, m: &Pass, entropy: bool) -> TokenScores {
+        let (u, tp, tc) = (m.prompts.len(), m.prompt_width, m.completion_width);
         let mut ids = vec![0i64; u * tp as usize];
         let mut on = vec![false; u * tp as usize];
         for (k, &g) in m.prompts.iter().enumerate() {
@@ -145,68 +208,58 @@ impl Trainer {
         let d = self.device;
         let prefix = Tensor::from_slice(&ids).view([u as i64, tp]).to_device(d);
         let prefix_valid = Tensor::from_slice(&on).view([u as i64, tp]).to_device(d);
-        let sel = |t: &Tensor| t.index_select(0, &m.rows).narrow(1, 0, tc);
-        let (targets, valid) = (sel(&b.targets), sel(&b.valid));
+        let (targets, valid) = (m.select(&b.targets), m.select(&b.valid));
         let (hp, hs) = model.forward_prefixed(&prefix, &prefix_valid, &m.row_prefix, &targets, &valid);
         // Completion token 0 is predicted from its prompt's last position, token j from j - 1.
         let first = hp.select(1, tp - 1).index_select(0, &m.row_prefix).unsqueeze(1);
         let h = Tensor::cat(&[first, hs.narrow(1, 0, tc - 1)], 1);
-        grpo::chunked_logprobs(&h, &model.lm_head, &targets, self.recipe.rollout.temperature, self.recipe.grpo.logprob_chunk, entropy)
+        let (logp, entropy) = grpo::chunked_logprobs(&h, &model.lm_head, &targets, self.recipe.rollout.temperature, self.recipe.grpo.logprob_chunk, entropy);
+        TokenScores { logp, entropy }
     }
 
     pub(super) fn learn(&mut self, b: &Batch) -> Result<LearnStats> {
         let cfg = self.recipe.grpo.clone();
-        let n = b.adv.size()[0] as usize;
-        let mb = if cfg.minibatch_size == 0 { n } else { cfg.minibatch_size.min(n) };
-        let accum = self.recipe.optim.grad_accumulation.max(1);
         let eps_high = cfg.epsilon_high.unwrap_or(cfg.epsilon);
-        // Passes per minibatch: at least `grad_accumulation` of them, each under the token cap,
-        // rows grouped by length. Every loss type except bnpo is normalised by minibatch
-        // totals, so the passes sum to the whole minibatch's loss whatever their sizes.
-        let plans: Vec<(usize, usize, Vec<Micro>)> = (0..n)
-            .step_by(mb)
-            .map(|ms| {
-                let mlen = mb.min(n - ms);
-                (ms, mlen, plan_micro(b, ms, mlen, mlen.div_ceil(accum), cfg.max_tokens_per_micro_batch as i64, self.device))
-            })
-            .collect();
-        // Reference log-probs once per batch (no grad), pass by pass.
-        let ref_lp: Option<Vec<Vec<Tensor>>> = self.reference.as_ref().map(|r| {
-            tch::no_grad(|| plans.iter().map(|(_, _, micros)| micros.iter().map(|m| self.logprobs(&r.model, b, m, false).0).collect()).collect())
+        // Passes per minibatch: no more than ceil(rows / grad_accumulation) rows each, under
+        // the token cap, rows grouped by length. Every loss type except bnpo is normalised by
+        // minibatch totals, so the passes sum to the whole minibatch's loss whatever their sizes.
+        let minibatches = plan_minibatches(b, cfg.minibatch_size, self.recipe.optim.grad_accumulation, cfg.max_tokens_per_micro_batch as i64, self.device);
+        // Reference log-probs once per batch (no grad), pass by pass: [minibatch][pass].
+        let ref_logp: Option<Vec<Vec<Tensor>>> = self.reference.as_ref().map(|r| {
+            tch::no_grad(|| minibatches.iter().map(|mb| mb.passes.iter().map(|m| self.logprobs(&r.model, b, m, false).logp).collect()).collect())
         });
         let mut st = LearnStats::default();
-        let (mut kl_sum, mut ent_sum, mut low_sum, mut high_sum, mut loss_sum, mut tok_sum) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        let mut sums = Sums::default();
         let mut norms = vec![];
         let total_updates = self.total_updates();
-        let sel = |t: &Tensor, m: &Micro| t.index_select(0, &m.rows).narrow(1, 0, m.completion);
         for it in 0..cfg.num_iterations {
-            for (pi, (ms, mlen, micros)) in plans.iter().enumerate() {
+            for (mi, mb) in minibatches.iter().enumerate() {
                 let norm = grpo::Norm {
-                    tokens: f64::try_from(b.mask.narrow(0, *ms as i64, *mlen as i64).sum(Kind::Double))?,
-                    rows: *mlen as f64,
-                    micro_batches: micros.len(),
+                    tokens: f64::try_from(b.mask.narrow(0, mb.start as i64, mb.len as i64).sum(Kind::Double))?,
+                    rows: mb.len as f64,
+                    micro_batches: mb.passes.len(),
                     max_new_tokens: self.recipe.rollout.max_new_tokens,
                 };
-                st.micro_batches = st.micro_batches.max(micros.len());
+                st.micro_batches = st.micro_batches.max(mb.passes.len());
                 self.opt.zero_grad();
                 let mut finite = true;
-                for (ui, m) in micros.iter().enumerate() {
-                    let (logp, ent) = self.logprobs(&self.policy.model, b, m, true);
-                    let mask = sel(&b.mask, m);
-                    if it == 0 && pi == 0 {
+                for (pi, m) in mb.passes.iter().enumerate() {
+                    let TokenScores { logp, entropy } = self.logprobs(&self.policy.model, b, m, true);
+                    let mask = m.select(&b.mask);
+                    if it == 0 && mi == 0 {
                         // Before any update the learner scores the rollout's own weights: its
                         // log-probs must match what the sampler recorded (veRL logs the same
                         // check as rollout_probs_diff). A gap means the two paths disagree.
-                        let valid = sel(&b.valid, m).to_kind(Kind::Float);
-                        let diff = (logp.detach() - sel(&b.old, m)).abs() * &valid;
+                        let valid = m.select(&b.valid).to_kind(Kind::Float);
+                        let diff = (logp.detach() - m.select(&b.old)).abs() * &valid;
                         st.lp_diff_max = st.lp_diff_max.max(f64::try_from(diff.max())?);
                         st.lp_diff_sum += f64::try_from(diff.sum(Kind::Double))?;
                         st.lp_diff_n += f64::try_from(valid.sum(Kind::Double))?;
                     }
                     // mu = 1: old = current (ratio 1, no extra forward pass); else the
                     // rollout's log-probs.
-                    let old = if cfg.num_iterations == 1 { logp.detach() } else { sel(&b.old, m) };
-                    let rl = ref_lp.as_ref().map(|r| &r[pi][ui]);
+                    let old = if cfg.num_iterations == 1 { logp.detach() } else { m.select(&b.old) };
+                    let rl = ref_logp.as_ref().map(|r| &r[mi][pi]);
                     let tl = grpo::token_loss(&logp, &old, rl, &b.adv.index_select(0, &m.rows), cfg.epsilon, eps_high, cfg.beta);
                     let loss = grpo::aggregate(&tl.per_token, &mask, cfg.loss_type, &norm);
                     let lv = f64::try_from(&loss)?;
@@ -216,12 +269,12 @@ impl Trainer {
                     }
                     loss.backward();
                     let ntok = f64::try_from(mask.sum(Kind::Double))?;
-                    loss_sum += lv;
-                    tok_sum += ntok;
-                    kl_sum += grpo::masked_mean(&tl.kl, &mask) * ntok;
-                    ent_sum += grpo::masked_mean(ent.as_ref().unwrap(), &mask) * ntok;
-                    low_sum += grpo::masked_mean(&tl.low_clipped, &mask) * ntok;
-                    high_sum += grpo::masked_mean(&tl.high_clipped, &mask) * ntok;
+                    sums.loss += lv;
+                    sums.tokens += ntok;
+                    sums.kl += grpo::masked_mean(&tl.kl, &mask) * ntok;
+                    sums.entropy += grpo::masked_mean(entropy.as_ref().unwrap(), &mask) * ntok;
+                    sums.clip_low += grpo::masked_mean(&tl.low_clipped, &mask) * ntok;
+                    sums.clip_high += grpo::masked_mean(&tl.high_clipped, &mask) * ntok;
                     st.positions += m.positions() as usize;
                     st.tokens_processed += m.tokens;
                     st.computed += m.computed;
@@ -244,19 +297,20 @@ impl Trainer {
             }
         }
         self.state.optimizer_step = self.opt.step;
-        let t = tok_sum.max(1.0);
-        st.kl = kl_sum / t;
-        st.entropy = ent_sum / t;
-        st.clip_low = low_sum / t;
-        st.clip_high = high_sum / t;
+        let t = sums.tokens.max(1.0);
+        st.kl = sums.kl / t;
+        st.entropy = sums.entropy / t;
+        st.clip_low = sums.clip_low / t;
+        st.clip_high = sums.clip_high / t;
         // Each pass's loss is normalised by its minibatch's totals, so the passes of one
         // minibatch sum to that minibatch's loss: the mean over minibatches and iterations.
-        st.loss = loss_sum / (cfg.num_iterations * plans.len()).max(1) as f64;
+        st.loss = sums.loss / (cfg.num_iterations * minibatches.len()).max(1) as f64;
         st.grad_norm = if norms.is_empty() { f64::NAN } else { norms.iter().sum::<f64>() / norms.len() as f64 };
         Ok(st)
     }
 }
 
+/// What [`Trainer::learn`] reports for the step's metrics row.
 #[derive(Default, Debug)]
 pub(super) struct LearnStats {
     pub(super) loss: f64,
