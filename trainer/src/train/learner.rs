@@ -333,3 +333,291 @@ pub(super) struct LearnStats {
     /// Forward/backward passes per optimizer step (after accumulation and the token cap).
     pub(super) micro_batches: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch by hand: prompt g has `prompt_lens[g]` tokens; row r continues prompt `rows[r].0`
+    /// with `rows[r].1` completion tokens. Targets are `100 r + j` at real tokens (0 after).
+    fn batch(prompt_lens: &[usize], rows: &[(usize, i64)]) -> Batch {
+        let prompts: Vec<Vec<i64>> = prompt_lens.iter().enumerate().map(|(g, &n)| (0..n as i64).map(|t| 1000 * g as i64 + t).collect()).collect();
+        let n = rows.len() as i64;
+        let c = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1);
+        let lens = Tensor::from_slice(&rows.iter().map(|r| r.1).collect::<Vec<i64>>());
+        let valid = Tensor::arange(c, (Kind::Int64, Device::Cpu)).unsqueeze(0).lt_tensor(&lens.unsqueeze(1));
+        let ids = Tensor::arange(n, (Kind::Int64, Device::Cpu)).unsqueeze(1) * 100 + Tensor::arange(c, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+        Batch {
+            row_prompt: rows.iter().map(|r| r.0).collect(),
+            prompt_lens: rows.iter().map(|r| prompt_lens[r.0] as i64).collect(),
+            comp_lens: rows.iter().map(|r| r.1).collect(),
+            targets: ids * valid.to_kind(Kind::Int64),
+            mask: valid.to_kind(Kind::Float),
+            old: Tensor::zeros([n, c], (Kind::Float, Device::Cpu)),
+            adv: Tensor::zeros([n], (Kind::Float, Device::Cpu)),
+            valid,
+            prompts,
+        }
+    }
+
+    fn ints(t: &Tensor) -> Vec<usize> {
+        Vec::<i64>::try_from(t).unwrap().into_iter().map(|x| x as usize).collect()
+    }
+
+    fn plan(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64) -> Vec<Pass> {
+        plan_passes(b, start, len, max_rows, budget, Device::Cpu)
+    }
+
+    /// Everything a plan of rows `start..start + len` must satisfy, whatever the grouping.
+    fn check_invariants(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64, passes: &[Pass]) {
+        // Every row of the minibatch in exactly one pass, and only those rows: read in pass
+        // order, the rows are the minibatch's sorted by completion length (ties by index),
+        // so each pass is a run of similar lengths.
+        let mut sorted: Vec<usize> = (start..start + len).collect();
+        sorted.sort_by_key(|&r| (b.comp_lens[r], r));
+        let planned: Vec<usize> = passes.iter().flat_map(|p| ints(&p.rows)).collect();
+        assert_eq!(planned, sorted, "rows of the passes, in order");
+        for p in passes {
+            let rows = ints(&p.rows);
+            assert!(!rows.is_empty() && rows.len() <= max_rows, "pass of {} rows, max {max_rows}", rows.len());
+            if budget > 0 && rows.len() > 1 {
+                assert!(p.positions() <= budget, "pass of {rows:?} computes {} positions, budget {budget}", p.positions());
+            }
+            // Cut to its own longest completion (at least one position).
+            let longest = rows.iter().map(|&r| b.comp_lens[r]).max().unwrap();
+            assert_eq!(p.completion_width, longest.max(1));
+            assert_eq!(p.completion_width, b.comp_lens[*rows.last().unwrap()].max(1), "the last row is the longest");
+            // Each distinct prompt once; each row points at its own.
+            let mut want: Vec<usize> = rows.iter().map(|&r| b.row_prompt[r]).collect();
+            want.sort();
+            want.dedup();
+            assert_eq!(p.prompts, want);
+            let prefix = ints(&p.row_prefix);
+            assert_eq!(prefix.len(), rows.len());
+            for (k, &r) in rows.iter().enumerate() {
+                assert_eq!(p.prompts[prefix[k]], b.row_prompt[r]);
+            }
+            assert_eq!(p.prompt_width, p.prompts.iter().map(|&g| b.prompts[g].len() as i64).max().unwrap());
+            assert_eq!(p.positions(), rows.len() as i64 * p.completion_width + p.prompts.len() as i64 * p.prompt_width);
+            let comp: i64 = rows.iter().map(|&r| b.comp_lens[r]).sum();
+            let per_row_prompts: i64 = rows.iter().map(|&r| b.prompt_lens[r]).sum();
+            let distinct_prompts: usize = p.prompts.iter().map(|&g| b.prompts[g].len()).sum();
+            assert_eq!(p.tokens, (comp + per_row_prompts) as usize);
+            assert_eq!(p.computed, comp as usize + distinct_prompts);
+        }
+        if budget <= 0 {
+            // No budget: runs of max_rows sorted rows, the last holding the remainder.
+            let sizes: Vec<usize> = passes.iter().map(|p| p.rows.size()[0] as usize).collect();
+            let mut want = vec![max_rows; len / max_rows];
+            if len % max_rows > 0 {
+                want.push(len % max_rows);
+            }
+            assert_eq!(sizes, want);
+        }
+    }
+
+    /// A pass as plain values, to compare with hand-computed ones.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        rows: Vec<usize>,
+        prompts: Vec<usize>,
+        row_prefix: Vec<usize>,
+        prompt_width: i64,
+        completion_width: i64,
+        tokens: usize,
+        computed: usize,
+        positions: i64,
+    }
+
+    fn seen(passes: &[Pass]) -> Vec<Seen> {
+        passes
+            .iter()
+            .map(|p| Seen {
+                rows: ints(&p.rows),
+                prompts: p.prompts.clone(),
+                row_prefix: ints(&p.row_prefix),
+                prompt_width: p.prompt_width,
+                completion_width: p.completion_width,
+                tokens: p.tokens,
+                computed: p.computed,
+                positions: p.positions(),
+            })
+            .collect()
+    }
+
+    /// Prompts of 4 and 2 tokens; six rows. Sorted by completion: r5 (0 tokens), r3 (1),
+    /// r0 (3), r2 (3), r4 (6), r1 (7). One pass of all six computes 6 x 7 + 2 x 4 = 50
+    /// positions. Under a budget of 24 or 49 the cheapest grouping (positions + 256 a pass)
+    /// is two passes: [r5 r3 r0 r2] (4 x 3 + 2 prompts x 4 = 20) and [r4 r1] (2 x 7 + 4 = 18),
+    /// 20 + 18 + 2 x 256 = 550; under 49, [r5 .. r4] [r1] would cost 38 + 11 + 512 = 561, and
+    /// every other split more. Worked out by hand from the planner's table.
+    #[test]
+    fn hand_computed_grouping_under_a_token_budget() {
+        let b = batch(&[4, 2], &[(0, 3), (0, 7), (1, 3), (1, 1), (0, 6), (1, 0)]);
+        for budget in [24, 49] {
+            let passes = plan(&b, 0, 6, 6, budget);
+            check_invariants(&b, 0, 6, 6, budget, &passes);
+            assert_eq!(
+                seen(&passes),
+                vec![
+                    // r5 r3 r2 continue prompt 1, r0 prompt 0: tokens 7 + (2 + 2 + 4 + 2), computed 7 + 4 + 2.
+                    Seen { rows: vec![5, 3, 0, 2], prompts: vec![0, 1], row_prefix: vec![1, 1, 0, 1], prompt_width: 4, completion_width: 3, tokens: 17, computed: 13, positions: 20 },
+                    // Both continue prompt 0: tokens 13 + 8, computed 13 + 4.
+                    Seen { rows: vec![4, 1], prompts: vec![0], row_prefix: vec![0, 0], prompt_width: 4, completion_width: 7, tokens: 21, computed: 17, positions: 18 },
+                ],
+                "budget {budget}"
+            );
+        }
+        // A pass exactly at the budget is allowed: 50 positions fit a budget of 50.
+        let one = plan(&b, 0, 6, 6, 50);
+        check_invariants(&b, 0, 6, 6, 50, &one);
+        assert_eq!(
+            seen(&one),
+            vec![Seen { rows: vec![5, 3, 0, 2, 4, 1], prompts: vec![0, 1], row_prefix: vec![1, 1, 0, 1, 0, 0], prompt_width: 4, completion_width: 7, tokens: 38, computed: 26, positions: 50 }]
+        );
+    }
+
+    /// Budget 5, one 2-token prompt, completions 1, 8, 2: r0 and r2 together would compute
+    /// 2 x 2 + 2 = 6 positions, so each goes alone (3 and 4); r1 alone computes 8 + 2 = 10,
+    /// over the budget, but a single row always makes a pass.
+    #[test]
+    fn a_row_longer_than_the_budget_goes_alone() {
+        let b = batch(&[2], &[(0, 1), (0, 8), (0, 2)]);
+        let passes = plan(&b, 0, 3, 3, 5);
+        check_invariants(&b, 0, 3, 3, 5, &passes);
+        let got: Vec<(Vec<usize>, i64)> = passes.iter().map(|p| (ints(&p.rows), p.positions())).collect();
+        assert_eq!(got, vec![(vec![0], 3), (vec![2], 4), (vec![1], 10)]);
+    }
+
+    /// Without a budget (0): runs of `max_rows` rows in order of completion length, the last
+    /// holding the remainder. Completions 5 1 4 1 0 9 2 sort to r4 r1 r3 | r6 r2 r0 | r5; a
+    /// 0-token completion still gets a width of 1.
+    #[test]
+    fn without_a_budget_passes_are_runs_of_max_rows_and_the_last_holds_the_rest() {
+        let b = batch(&[3, 5], &[(0, 5), (0, 1), (1, 4), (1, 1), (0, 0), (1, 9), (0, 2)]);
+        let passes = plan(&b, 0, 7, 3, 0);
+        check_invariants(&b, 0, 7, 3, 0, &passes);
+        let got: Vec<(Vec<usize>, i64, i64)> = passes.iter().map(|p| (ints(&p.rows), p.completion_width, p.prompt_width)).collect();
+        assert_eq!(got, vec![(vec![4, 1, 3], 1, 5), (vec![6, 2, 0], 5, 5), (vec![5], 9, 5)]);
+    }
+
+    /// Budget 0 with room for every row (what `learn` asks for with no accumulation): one
+    /// pass, all rows, cut to the longest completion.
+    #[test]
+    fn budget_zero_is_one_pass() {
+        let b = batch(&[3, 5], &[(0, 5), (0, 1), (1, 4), (1, 1), (0, 0), (1, 9), (0, 2)]);
+        let passes = plan(&b, 0, 7, 7, 0);
+        check_invariants(&b, 0, 7, 7, 0, &passes);
+        assert_eq!(passes.len(), 1);
+        assert_eq!((passes[0].completion_width, passes[0].prompt_width, passes[0].positions()), (9, 5, 7 * 9 + 2 * 5));
+        let mbs = plan_minibatches(&b, 0, 1, 0, Device::Cpu);
+        assert_eq!(mbs.len(), 1);
+        assert_eq!((mbs[0].start, mbs[0].len, mbs[0].passes.len()), (0, 7, 1));
+    }
+
+    /// `max_rows` bounds a pass even when the budget would let more rows in.
+    #[test]
+    fn max_rows_caps_a_pass_under_a_large_budget() {
+        let b = batch(&[2, 2], &[(0, 3), (1, 3), (0, 4), (1, 4), (0, 5)]);
+        let passes = plan(&b, 0, 5, 2, 10_000);
+        check_invariants(&b, 0, 5, 2, 10_000, &passes);
+        assert_eq!(passes.len(), 3, "5 rows at most 2 a pass: 3 passes (each pass costs {PASS_OVERHEAD})");
+    }
+
+    /// Minibatches cover the batch in order (the last holds the rest); each is planned on
+    /// its own rows only, at most ceil(rows / grad_accumulation) rows a pass.
+    #[test]
+    fn minibatches_cover_the_batch_and_accumulation_bounds_rows_per_pass() {
+        let rows: Vec<(usize, i64)> = (0..10).map(|r| (r / 4, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3][r])).collect();
+        let b = batch(&[2, 3, 4], &rows);
+        let mbs = plan_minibatches(&b, 4, 2, 0, Device::Cpu);
+        let got: Vec<(usize, usize, Vec<usize>)> = mbs.iter().map(|m| (m.start, m.len, m.passes.iter().map(|p| p.rows.size()[0] as usize).collect())).collect();
+        assert_eq!(got, vec![(0, 4, vec![2, 2]), (4, 4, vec![2, 2]), (8, 2, vec![1, 1])]);
+        for m in &mbs {
+            check_invariants(&b, m.start, m.len, m.len.div_ceil(2), 0, &m.passes);
+        }
+        // Accumulation bounds the rows of a pass, not the count: 4 rows with accumulation 3
+        // are passes of at most 2 rows, so 2 passes.
+        let mbs = plan_minibatches(&b, 4, 3, 0, Device::Cpu);
+        assert_eq!(mbs[0].passes.len(), 2);
+        // A minibatch larger than the batch is the whole batch.
+        let mbs = plan_minibatches(&b, 64, 1, 0, Device::Cpu);
+        assert_eq!(mbs.iter().map(|m| (m.start, m.len)).collect::<Vec<_>>(), vec![(0, 10)]);
+        // With a token cap, every minibatch's passes still respect it.
+        for m in plan_minibatches(&b, 4, 1, 12, Device::Cpu) {
+            check_invariants(&b, m.start, m.len, m.len, 12, &m.passes);
+        }
+    }
+
+    /// `Pass::select` takes the pass's rows, in its order, cut to its width.
+    #[test]
+    fn select_takes_the_pass_rows_cut_to_its_width() {
+        let b = batch(&[2], &[(0, 4), (0, 2), (0, 1), (0, 3)]);
+        let passes = plan(&b, 0, 4, 2, 0);
+        assert_eq!(passes.len(), 2);
+        let t = passes[0].select(&b.targets);
+        // Rows r2 (1 token) and r1 (2): width 2, targets 100 r + j, 0 past the end.
+        assert_eq!(t.size(), vec![2, 2]);
+        assert_eq!(Vec::<i64>::try_from(t.flatten(0, 1)).unwrap(), vec![200, 0, 100, 101]);
+        let v = passes[1].select(&b.valid);
+        assert_eq!(v.size(), vec![2, 4]);
+        assert_eq!(Vec::<bool>::try_from(v.flatten(0, 1)).unwrap(), vec![true, true, true, false, true, true, true, true]);
+    }
+
+    /// Against brute force on small random batches: the plan satisfies every invariant and
+    /// its cost (positions + PASS_OVERHEAD a pass) is the least over all groupings of the
+    /// sorted rows into consecutive runs that respect `max_rows` and the budget.
+    #[test]
+    fn the_grouping_is_the_cheapest_allowed() {
+        let mut state = 0x2545f4914f6cdd1du64;
+        let mut next = |n: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        for case in 0..300 {
+            let n_prompts = 1 + next(3) as usize;
+            let prompt_lens: Vec<usize> = (0..n_prompts).map(|_| 1 + next(8) as usize).collect();
+            let n = 1 + next(9) as usize;
+            // Long completions now and then, so that some cases use the overhead trade-off.
+            let rows: Vec<(usize, i64)> = (0..n).map(|_| (next(n_prompts as u64) as usize, if next(4) == 0 { next(400) as i64 } else { next(12) as i64 })).collect();
+            let b = batch(&prompt_lens, &rows);
+            let start = next(n as u64) as usize;
+            let len = 1 + next((n - start) as u64) as usize;
+            let max_rows = 1 + next(len as u64 + 1) as usize;
+            let budget = [0, 1, 8, 20, 40, 100, 600][next(7) as usize];
+            let passes = plan(&b, start, len, max_rows, budget);
+            check_invariants(&b, start, len, max_rows, budget, &passes);
+            if budget == 0 {
+                continue;
+            }
+            let cost: i64 = passes.iter().map(|p| p.positions() + PASS_OVERHEAD).sum();
+            let mut sorted: Vec<usize> = (start..start + len).collect();
+            sorted.sort_by_key(|&r| (b.comp_lens[r], r));
+            let positions = |run: &[usize]| {
+                let mut ps: Vec<usize> = run.iter().map(|&r| b.row_prompt[r]).collect();
+                ps.sort();
+                ps.dedup();
+                let width = run.iter().map(|&r| b.comp_lens[r].max(1)).max().unwrap();
+                run.len() as i64 * width + ps.len() as i64 * ps.iter().map(|&g| prompt_lens[g] as i64).max().unwrap()
+            };
+            let mut best = i64::MAX;
+            // Bit k of `cuts` set: a pass ends after sorted row k.
+            for cuts in 0u32..1 << (len - 1) {
+                let (mut total, mut from, mut ok) = (0, 0, true);
+                for k in 0..len {
+                    if k == len - 1 || cuts >> k & 1 == 1 {
+                        let run = &sorted[from..=k];
+                        let p = positions(run);
+                        ok &= run.len() <= max_rows && (run.len() == 1 || p <= budget);
+                        total += p + PASS_OVERHEAD;
+                        from = k + 1;
+                    }
+                }
+                if ok {
+                    best = best.min(total);
+                }
+            }
+            assert_eq!(cost, best, "case {case}: rows {rows:?} prompts {prompt_lens:?} start {start} len {len} max_rows {max_rows} budget {budget}");
+        }
+    }
+}
