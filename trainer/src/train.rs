@@ -7,8 +7,8 @@ use crate::config::Recipe;
 use crate::data::{self, Cursor, Example};
 use crate::grpo;
 use crate::metrics::{ConsoleSink, JsonlSink, Row, Sink};
-use crate::wandb_sink::WandbSink;
 use crate::optim::{lr_at, AdamW};
+use crate::wandb_sink::WandbSink;
 use anyhow::{anyhow, bail, Context, Result};
 use rewards::{RewardSet, Sample};
 use rollout::folder::{parse_device, parse_kind, Policy};
@@ -75,7 +75,8 @@ impl Trainer {
         let latest = match (&opts.resume_from, resume) {
             (Some(name), true) => {
                 let dir = checkpoint::checkpoints_dir(&run_dir).join(name);
-                checkpoint::validate(&dir, checkpoint::STATE).with_context(|| format!("--from {name}: not a usable checkpoint of {}", run_dir.display()))?;
+                checkpoint::validate(&dir, checkpoint::STATE)
+                    .with_context(|| format!("--from {name}: not a usable checkpoint of {}", run_dir.display()))?;
                 let step = checkpoint::read_state(&dir)?.step;
                 eprintln!("resuming from {} (step {step}); later checkpoints will be overwritten as training passes them", dir.display());
                 Some((step, dir))
@@ -101,7 +102,14 @@ impl Trainer {
             (Some((_, dir)), true) => (dir.clone(), checkpoint::read_state(dir)?),
             _ => (
                 recipe.model.path.clone(),
-                TrainerState { step: 0, cursor: Cursor::start(), optimizer_step: 0, bad_steps: 0, reference_saved: false, wandb_run_id: None },
+                TrainerState {
+                    step: 0,
+                    cursor: Cursor::start(),
+                    optimizer_step: 0,
+                    bad_steps: 0,
+                    reference_saved: false,
+                    wandb_run_id: None,
+                },
             ),
         };
         if resume && latest.is_none() {
@@ -151,11 +159,35 @@ impl Trainer {
         sinks.append(&mut opts.sinks);
         let mut state = state;
         let config = serde_json::to_value(&recipe)?;
-        if let Some(w) = WandbSink::open(recipe.wandb.as_ref(), &recipe.run.name, &run_dir, config, resume, state.wandb_run_id.clone(), recipe.train.steps as u64)? {
+        if let Some(w) = WandbSink::open(
+            recipe.wandb.as_ref(),
+            &recipe.run.name,
+            &run_dir,
+            config,
+            resume,
+            state.wandb_run_id.clone(),
+            recipe.train.steps as u64,
+        )? {
             state.wandb_run_id = w.run_id().map(str::to_string);
             sinks.push(Box::new(w));
         }
-        Ok(Trainer { recipe, run_dir, tk, policy, reference, pool, opt, rewards, train_set, eval_set, state, device, kind, sinks, _lock: lock })
+        Ok(Trainer {
+            recipe,
+            run_dir,
+            tk,
+            policy,
+            reference,
+            pool,
+            opt,
+            rewards,
+            train_set,
+            eval_set,
+            state,
+            device,
+            kind,
+            sinks,
+            _lock: lock,
+        })
     }
 
     pub fn state(&self) -> &TrainerState {
@@ -242,8 +274,12 @@ impl Trainer {
         let rollout_s = t0.elapsed().as_secs_f64();
 
         // 2. Rewards and advantages.
-        let samples: Vec<Sample> =
-            examples.iter().zip(&groups).flat_map(|(ex, grp)| grp.iter().map(move |c| (ex, c))).map(|(ex, c)| self.reward_sample(ex, c)).collect();
+        let samples: Vec<Sample> = examples
+            .iter()
+            .zip(&groups)
+            .flat_map(|(ex, grp)| grp.iter().map(move |c| (ex, c)))
+            .map(|(ex, c)| self.reward_sample(ex, c))
+            .collect();
         let scores = self.rewards.score_batch(&samples);
         let totals = scores.totals();
         let adv = grpo::advantages(&totals, g, cfg.grpo.scale_rewards, 1e-4);
@@ -291,10 +327,7 @@ impl Trainer {
         row.insert("time/learner_s".into(), json!(learner_s));
         row.insert("time/step_s".into(), json!(t0.elapsed().as_secs_f64()));
         row.insert("throughput/rollout_tokens_per_s".into(), json!(completion_tokens as f64 / rollout_s.max(1e-9)));
-        row.insert(
-            "throughput/learner_tokens_per_s".into(),
-            json!((learn.tokens_processed as f64) / learner_s.max(1e-9)),
-        );
+        row.insert("throughput/learner_tokens_per_s".into(), json!((learn.tokens_processed as f64) / learner_s.max(1e-9)));
         row.insert("epoch".into(), json!(self.state.cursor.epoch as f64 + self.state.cursor.pos as f64 / self.train_set.len() as f64));
 
         let every = cfg.train.log_samples_every as u64;
@@ -338,7 +371,15 @@ impl Trainer {
         rows.max(1).div_ceil(mb) * self.recipe.grpo.num_iterations
     }
 
-    fn rollout_metrics(&self, row: &mut Row, comps: &[&Completion], totals: &[f64], scores: &rewards::BatchScores, zero_std: &[bool], g: usize) {
+    fn rollout_metrics(
+        &self,
+        row: &mut Row,
+        comps: &[&Completion],
+        totals: &[f64],
+        scores: &rewards::BatchScores,
+        zero_std: &[bool],
+        g: usize,
+    ) {
         let lens: Vec<f64> = comps.iter().map(|c| c.token_ids.len() as f64).collect();
         let n = lens.len() as f64;
         let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
@@ -375,7 +416,15 @@ impl Trainer {
         row.insert("rewards/unparseable_reference".into(), json!(scores.counts.unparseable_references));
         // Typed grader outcomes: a grader that stops judging shows here, not as silent zeros.
         let c = &scores.counts;
-        for (k, v) in [("correct", c.correct), ("wrong", c.wrong), ("no_answer", c.no_answer), ("missing_input", c.missing_inputs), ("timeouts", c.timeouts), ("panics", c.panics), ("unrouted", c.unrouted)] {
+        for (k, v) in [
+            ("correct", c.correct),
+            ("wrong", c.wrong),
+            ("no_answer", c.no_answer),
+            ("missing_input", c.missing_inputs),
+            ("timeouts", c.timeouts),
+            ("panics", c.panics),
+            ("unrouted", c.unrouted),
+        ] {
             row.insert(format!("rewards/outcomes/{k}"), json!(v));
         }
         row.insert("completions/mean_length".into(), json!(mean(&lens)));
@@ -389,7 +438,8 @@ impl Trainer {
         let g = self.recipe.rollout.group_size;
         let c = keep.iter().map(|&i| comps[i].token_ids.len()).max().unwrap().max(1) as i64;
         let n = keep.len() as i64;
-        let (mut tgt, mut valid, mut mask, mut old) = (vec![0i64; (n * c) as usize], vec![false; (n * c) as usize], vec![0f32; (n * c) as usize], vec![0f32; (n * c) as usize]);
+        let (mut tgt, mut valid, mut mask, mut old) =
+            (vec![0i64; (n * c) as usize], vec![false; (n * c) as usize], vec![0f32; (n * c) as usize], vec![0f32; (n * c) as usize]);
         let mut a = vec![0f32; n as usize];
         for (r, &i) in keep.iter().enumerate() {
             let comp = comps[i];
@@ -447,7 +497,8 @@ impl Trainer {
         let n_samples = self.recipe.train.eval_samples.max(1);
         let seed = mix_seed(self.recipe.run.seed, u64::MAX);
         let groups = self.pool.generate_groups(&prompts, n_samples, &sampling(&self.recipe), seed)?;
-        let samples: Vec<Sample> = set.iter().zip(&groups).flat_map(|(e, g)| g.iter().map(move |c| (e, c))).map(|(e, c)| self.reward_sample(e, c)).collect();
+        let samples: Vec<Sample> =
+            set.iter().zip(&groups).flat_map(|(e, g)| g.iter().map(move |c| (e, c))).map(|(e, c)| self.reward_sample(e, c)).collect();
         let scores = self.rewards.score_batch(&samples);
         let mut row = Row::new();
         let n = samples.len() as f64;
@@ -505,7 +556,10 @@ pub fn train(recipe_path: Option<&Path>, resume: Option<&Path>, sets: &[String],
         (_, Some(run_dir)) => {
             let cfg = run_dir.join("config.toml");
             if !cfg.exists() {
-                bail!("{} is not a run folder (no config.toml); give the folder `ponder train` created, e.g. runs/<name>", run_dir.display());
+                bail!(
+                    "{} is not a run folder (no config.toml); give the folder `ponder train` created, e.g. runs/<name>",
+                    run_dir.display()
+                );
             }
             let (mut r, t) = crate::config::Recipe::load(&cfg, sets)?;
             // The run folder is where it is now, even if it was moved.

@@ -319,7 +319,10 @@ impl CausalLm {
     pub fn fuse_for_inference(&mut self) {
         fn fuse(parts: &[&Linear]) -> (Tensor, Option<Tensor>) {
             let w = Tensor::cat(&parts.iter().map(|l| l.weight.detach()).collect::<Vec<_>>(), 0);
-            let b = parts.iter().all(|l| l.bias.is_some()).then(|| Tensor::cat(&parts.iter().map(|l| l.bias.as_ref().unwrap().detach()).collect::<Vec<_>>(), 0));
+            let b = parts
+                .iter()
+                .all(|l| l.bias.is_some())
+                .then(|| Tensor::cat(&parts.iter().map(|l| l.bias.as_ref().unwrap().detach()).collect::<Vec<_>>(), 0));
             let mut off = 0;
             for l in parts {
                 let n = l.weight.size()[0];
@@ -379,7 +382,14 @@ impl CausalLm {
     /// prefixes' hidden states [U, Tp, H] and the rows' [N, Tc, H]: the same values as
     /// [`forward_hidden`](Self::forward_hidden) over each row's prefix + continuation, with
     /// gradients reaching the prefix through every row that attends to it.
-    pub fn forward_prefixed(&self, prefix_ids: &Tensor, prefix_valid: &Tensor, row_prefix: &Tensor, ids: &Tensor, valid: &Tensor) -> (Tensor, Tensor) {
+    pub fn forward_prefixed(
+        &self,
+        prefix_ids: &Tensor,
+        prefix_valid: &Tensor,
+        row_prefix: &Tensor,
+        ids: &Tensor,
+        valid: &Tensor,
+    ) -> (Tensor, Tensor) {
         let (tp, tc) = (prefix_ids.size()[1], ids.size()[1]);
         let pos_p = positions_from_mask(prefix_valid);
         let prefix_len = prefix_valid.to_kind(Kind::Int64).sum_dim_intlist(&[1i64][..], true, Kind::Int64);

@@ -213,7 +213,8 @@ impl Trainer {
         // Completion token 0 is predicted from its prompt's last position, token j from j - 1.
         let first = hp.select(1, tp - 1).index_select(0, &m.row_prefix).unsqueeze(1);
         let h = Tensor::cat(&[first, hs.narrow(1, 0, tc - 1)], 1);
-        let (logp, entropy) = grpo::chunked_logprobs(&h, &model.lm_head, &targets, self.recipe.rollout.temperature, self.recipe.grpo.logprob_chunk, entropy);
+        let (logp, entropy) =
+            grpo::chunked_logprobs(&h, &model.lm_head, &targets, self.recipe.rollout.temperature, self.recipe.grpo.logprob_chunk, entropy);
         TokenScores { logp, entropy }
     }
 
@@ -223,10 +224,18 @@ impl Trainer {
         // Passes per minibatch: no more than ceil(rows / grad_accumulation) rows each, under
         // the token cap, rows grouped by length. Every loss type except bnpo is normalised by
         // minibatch totals, so the passes sum to the whole minibatch's loss whatever their sizes.
-        let minibatches = plan_minibatches(b, cfg.minibatch_size, self.recipe.optim.grad_accumulation, cfg.max_tokens_per_micro_batch as i64, self.device);
+        let minibatches = plan_minibatches(
+            b,
+            cfg.minibatch_size,
+            self.recipe.optim.grad_accumulation,
+            cfg.max_tokens_per_micro_batch as i64,
+            self.device,
+        );
         // Reference log-probs once per batch (no grad), pass by pass: [minibatch][pass].
         let ref_logp: Option<Vec<Vec<Tensor>>> = self.reference.as_ref().map(|r| {
-            tch::no_grad(|| minibatches.iter().map(|mb| mb.passes.iter().map(|m| self.logprobs(&r.model, b, m, false).logp).collect()).collect())
+            tch::no_grad(|| {
+                minibatches.iter().map(|mb| mb.passes.iter().map(|m| self.logprobs(&r.model, b, m, false).logp).collect()).collect()
+            })
         });
         let mut st = LearnStats::default();
         let mut sums = Sums::default();
@@ -341,12 +350,14 @@ mod tests {
     /// A batch by hand: prompt g has `prompt_lens[g]` tokens; row r continues prompt `rows[r].0`
     /// with `rows[r].1` completion tokens. Targets are `100 r + j` at real tokens (0 after).
     fn batch(prompt_lens: &[usize], rows: &[(usize, i64)]) -> Batch {
-        let prompts: Vec<Vec<i64>> = prompt_lens.iter().enumerate().map(|(g, &n)| (0..n as i64).map(|t| 1000 * g as i64 + t).collect()).collect();
+        let prompts: Vec<Vec<i64>> =
+            prompt_lens.iter().enumerate().map(|(g, &n)| (0..n as i64).map(|t| 1000 * g as i64 + t).collect()).collect();
         let n = rows.len() as i64;
         let c = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1);
         let lens = Tensor::from_slice(&rows.iter().map(|r| r.1).collect::<Vec<i64>>());
         let valid = Tensor::arange(c, (Kind::Int64, Device::Cpu)).unsqueeze(0).lt_tensor(&lens.unsqueeze(1));
-        let ids = Tensor::arange(n, (Kind::Int64, Device::Cpu)).unsqueeze(1) * 100 + Tensor::arange(c, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+        let ids =
+            Tensor::arange(n, (Kind::Int64, Device::Cpu)).unsqueeze(1) * 100 + Tensor::arange(c, (Kind::Int64, Device::Cpu)).unsqueeze(0);
         Batch {
             row_prompt: rows.iter().map(|r| r.0).collect(),
             prompt_lens: rows.iter().map(|r| prompt_lens[r.0] as i64).collect(),
@@ -461,9 +472,27 @@ mod tests {
                 seen(&passes),
                 vec![
                     // r5 r3 r2 continue prompt 1, r0 prompt 0: tokens 7 + (2 + 2 + 4 + 2), computed 7 + 4 + 2.
-                    Seen { rows: vec![5, 3, 0, 2], prompts: vec![0, 1], row_prefix: vec![1, 1, 0, 1], prompt_width: 4, completion_width: 3, tokens: 17, computed: 13, positions: 20 },
+                    Seen {
+                        rows: vec![5, 3, 0, 2],
+                        prompts: vec![0, 1],
+                        row_prefix: vec![1, 1, 0, 1],
+                        prompt_width: 4,
+                        completion_width: 3,
+                        tokens: 17,
+                        computed: 13,
+                        positions: 20
+                    },
                     // Both continue prompt 0: tokens 13 + 8, computed 13 + 4.
-                    Seen { rows: vec![4, 1], prompts: vec![0], row_prefix: vec![0, 0], prompt_width: 4, completion_width: 7, tokens: 21, computed: 17, positions: 18 },
+                    Seen {
+                        rows: vec![4, 1],
+                        prompts: vec![0],
+                        row_prefix: vec![0, 0],
+                        prompt_width: 4,
+                        completion_width: 7,
+                        tokens: 21,
+                        computed: 17,
+                        positions: 18
+                    },
                 ],
                 "budget {budget}"
             );
@@ -473,7 +502,16 @@ mod tests {
         check_invariants(&b, 0, 6, 6, 50, &one);
         assert_eq!(
             seen(&one),
-            vec![Seen { rows: vec![5, 3, 0, 2, 4, 1], prompts: vec![0, 1], row_prefix: vec![1, 1, 0, 1, 0, 0], prompt_width: 4, completion_width: 7, tokens: 38, computed: 26, positions: 50 }]
+            vec![Seen {
+                rows: vec![5, 3, 0, 2, 4, 1],
+                prompts: vec![0, 1],
+                row_prefix: vec![1, 1, 0, 1, 0, 0],
+                prompt_width: 4,
+                completion_width: 7,
+                tokens: 38,
+                computed: 26,
+                positions: 50
+            }]
         );
     }
 
@@ -531,7 +569,8 @@ mod tests {
         let rows: Vec<(usize, i64)> = (0..10).map(|r| (r / 4, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3][r])).collect();
         let b = batch(&[2, 3, 4], &rows);
         let mbs = plan_minibatches(&b, 4, 2, 0, Device::Cpu);
-        let got: Vec<(usize, usize, Vec<usize>)> = mbs.iter().map(|m| (m.start, m.len, m.passes.iter().map(|p| p.rows.size()[0] as usize).collect())).collect();
+        let got: Vec<(usize, usize, Vec<usize>)> =
+            mbs.iter().map(|m| (m.start, m.len, m.passes.iter().map(|p| p.rows.size()[0] as usize).collect())).collect();
         assert_eq!(got, vec![(0, 4, vec![2, 2]), (4, 4, vec![2, 2]), (8, 2, vec![1, 1])]);
         for m in &mbs {
             check_invariants(&b, m.start, m.len, m.len.div_ceil(2), 0, &m.passes);
@@ -579,7 +618,8 @@ mod tests {
             let prompt_lens: Vec<usize> = (0..n_prompts).map(|_| 1 + next(8) as usize).collect();
             let n = 1 + next(9) as usize;
             // Long completions now and then, so that some cases use the overhead trade-off.
-            let rows: Vec<(usize, i64)> = (0..n).map(|_| (next(n_prompts as u64) as usize, if next(4) == 0 { next(400) as i64 } else { next(12) as i64 })).collect();
+            let rows: Vec<(usize, i64)> =
+                (0..n).map(|_| (next(n_prompts as u64) as usize, if next(4) == 0 { next(400) as i64 } else { next(12) as i64 })).collect();
             let b = batch(&prompt_lens, &rows);
             let start = next(n as u64) as usize;
             let len = 1 + next((n - start) as u64) as usize;
@@ -617,7 +657,10 @@ mod tests {
                     best = best.min(total);
                 }
             }
-            assert_eq!(cost, best, "case {case}: rows {rows:?} prompts {prompt_lens:?} start {start} len {len} max_rows {max_rows} budget {budget}");
+            assert_eq!(
+                cost, best,
+                "case {case}: rows {rows:?} prompts {prompt_lens:?} start {start} len {len} max_rows {max_rows} budget {budget}"
+            );
         }
     }
 }
