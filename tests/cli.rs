@@ -66,7 +66,8 @@ fn score_skips_malformed_lines_with_their_number() {
 fn train_rejects_a_recipe_typo_with_a_suggestion() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = tmp.path().join("r.toml");
-    std::fs::write(&recipe, "[model]\npath = \"m\"\n[data]\ntrain = \"t.jsonl\"\n[[rewards]]\nkind = \"format\"\n[grpo]\nbetta = 0.1\n").unwrap();
+    std::fs::write(&recipe, "[model]\npath = \"m\"\n[data]\ntrain = \"t.jsonl\"\n[[rewards]]\nkind = \"format\"\n[grpo]\nbetta = 0.1\n")
+        .unwrap();
     let out = ponder().arg("train").arg(&recipe).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -107,11 +108,13 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     let steps = rows(&run);
     let last = *steps.last().unwrap();
     assert!(err.contains(&format!("interrupted after step {last}")), "{err}");
-    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join(format!("checkpoints/step-{last}/trainer_state.json"))).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join(format!("checkpoints/step-{last}/trainer_state.json"))).unwrap()).unwrap();
     assert_eq!(state["step"].as_u64(), Some(last), "the checkpoint is at the last logged step");
     assert_eq!(steps, (1..=last).collect::<Vec<_>>());
     // Resume two more steps: nothing lost, nothing repeated.
-    let out = ponder().args(["train", "--quiet", "--resume"]).arg(&run).args(["--set", &format!("train.steps={}", last + 2)]).output().unwrap();
+    let out =
+        ponder().args(["train", "--quiet", "--resume"]).arg(&run).args(["--set", &format!("train.steps={}", last + 2)]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(rows(&run), (1..=last + 2).collect::<Vec<_>>());
 }

@@ -121,7 +121,14 @@ fn a_second_process_on_a_run_folder_is_refused() {
 /// run has logged a new step since it started, then kills it with SIGKILL a random 0-60 ms
 /// later (so kills land in checkpoint writes, in step computations and in start-up); then
 /// lets the last process finish. Progress between kills is guaranteed, so the test ends.
-fn kill_then_finish(rng: &mut StdRng, start: impl Fn() -> Command, resume: impl Fn() -> Command, started: impl Fn() -> bool, progress: impl Fn() -> usize, kills: usize) {
+fn kill_then_finish(
+    rng: &mut StdRng,
+    start: impl Fn() -> Command,
+    resume: impl Fn() -> Command,
+    started: impl Fn() -> bool,
+    progress: impl Fn() -> usize,
+    kills: usize,
+) {
     for round in 0..=kills {
         let mut cmd = if round == 0 || !started() { start() } else { resume() };
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
@@ -161,7 +168,12 @@ fn kill_9_at_random_moments_then_resume_is_bit_identical() {
     let run = out.join("killed");
     let start = || {
         let mut c = ponder();
-        c.args(["train", "--quiet"]).arg(&recipe).args(["--set", &format!("run.output_dir=\"{}\"", out.display()), "--set", "run.name=\"killed\""]);
+        c.args(["train", "--quiet"]).arg(&recipe).args([
+            "--set",
+            &format!("run.output_dir=\"{}\"", out.display()),
+            "--set",
+            "run.name=\"killed\"",
+        ]);
         c
     };
     let resume_cmd = || {
@@ -171,11 +183,19 @@ fn kill_9_at_random_moments_then_resume_is_bit_identical() {
     };
     kill_then_finish(&mut rng, start, resume_cmd, || run.join("config.toml").exists(), || steps_logged(&run).len(), 5);
     assert_eq!(steps_logged(&run), (1..=10).collect::<Vec<_>>());
-    same_files(&out.join("straight/checkpoints/step-10"), &run.join("checkpoints/step-10"), &["model.safetensors", "optimizer.safetensors"]);
+    same_files(
+        &out.join("straight/checkpoints/step-10"),
+        &run.join("checkpoints/step-10"),
+        &["model.safetensors", "optimizer.safetensors"],
+    );
 
     // A pipeline: pretraining then SFT, checkpoints every 5 steps.
     let sft = dir.join("sft.jsonl");
-    std::fs::write(&sft, (0..40).map(|i| format!("{{\"prompt\": \"echo {i}\", \"completion\": \" <answer> {i} </answer>\"}}\n")).collect::<String>()).unwrap();
+    std::fs::write(
+        &sft,
+        (0..40).map(|i| format!("{{\"prompt\": \"echo {i}\", \"completion\": \" <answer> {i} </answer>\"}}\n")).collect::<String>(),
+    )
+    .unwrap();
     let pipeline = |name: &str| {
         let p = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -209,7 +229,11 @@ fn kill_9_at_random_moments_then_resume_is_bit_identical() {
     let progress = || steps_logged(&prun.join("stages/base")).len() + steps_logged(&prun.join("stages/sft")).len();
     kill_then_finish(&mut rng, start, resume_cmd, || prun.join("config.toml").exists(), progress, 6);
     for stage in ["base", "sft"] {
-        same_files(&out.join(format!("pstraight/stages/{stage}/model")), &prun.join(format!("stages/{stage}/model")), &["model.safetensors"]);
+        same_files(
+            &out.join(format!("pstraight/stages/{stage}/model")),
+            &prun.join(format!("stages/{stage}/model")),
+            &["model.safetensors"],
+        );
     }
     assert_eq!(steps_logged(&prun.join("stages/base")), (1..=60).collect::<Vec<_>>());
     assert_eq!(steps_logged(&prun.join("stages/sft")), (1..=40).collect::<Vec<_>>());

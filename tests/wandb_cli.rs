@@ -128,16 +128,24 @@ fn training_streams_every_row_and_resume_continues_the_same_run() {
     assert_eq!(upsert["variables"]["displayName"], json!("w"));
     assert_eq!(server.exit_code(&id), Some(0));
     let logs = server.output(&id);
-    assert!(logs.iter().any(|l| l.ends_with(&format!("step 3/3: reward {:.3} kl {:.4} len {:.0} {:.1}s/step",
-        history[3]["reward"].as_f64().unwrap(), history[3]["kl"].as_f64().unwrap(),
-        history[3]["completions/mean_length"].as_f64().unwrap(), history[3]["time/step_s"].as_f64().unwrap()))), "console lines in the Logs tab: {logs:?}");
+    assert!(
+        logs.iter().any(|l| l.ends_with(&format!(
+            "step 3/3: reward {:.3} kl {:.4} len {:.0} {:.1}s/step",
+            history[3]["reward"].as_f64().unwrap(),
+            history[3]["kl"].as_f64().unwrap(),
+            history[3]["completions/mean_length"].as_f64().unwrap(),
+            history[3]["time/step_s"].as_f64().unwrap()
+        ))),
+        "console lines in the Logs tab: {logs:?}"
+    );
     let ck: Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/step-3/trainer_state.json")).unwrap()).unwrap();
     assert_eq!(ck["wandb_run_id"], json!(id), "the checkpoint remembers the W&B run");
 
     // Resume for two more steps: same W&B run, history continues, no step twice.
     ok(&ponder(&server.url).args(["train", "--quiet", "--resume"]).arg(&run).args(["--set", "train.steps=5"]).output().unwrap());
     assert_eq!(run_id(&run), id);
-    let upserts: Vec<Value> = server.requests().into_iter().filter(|r| r.operation().as_deref() == Some("UpsertBucket")).map(|r| r.json()).collect();
+    let upserts: Vec<Value> =
+        server.requests().into_iter().filter(|r| r.operation().as_deref() == Some("UpsertBucket")).map(|r| r.json()).collect();
     assert!(upserts.len() >= 2 && upserts.iter().all(|u| u["variables"]["name"] == json!(id)));
     let history = server.history(&id);
     assert_eq!(steps(&history), [0, 1, 2, 3, 4, 5]);

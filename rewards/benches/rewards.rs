@@ -18,11 +18,7 @@ fn rate(set: &RewardSet, samples: &[Sample], parallel: bool, rounds: usize) -> f
     let mut best = f64::INFINITY;
     for _ in 0..rounds.max(1) {
         let t = Instant::now();
-        let out = if parallel {
-            set.score_batch(samples)
-        } else {
-            set.score_batch_sequential(samples)
-        };
+        let out = if parallel { set.score_batch(samples) } else { set.score_batch_sequential(samples) };
         std::hint::black_box(&out);
         best = best.min(t.elapsed().as_secs_f64());
     }
@@ -31,18 +27,8 @@ fn rate(set: &RewardSet, samples: &[Sample], parallel: bool, rounds: usize) -> f
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n = args
-        .iter()
-        .position(|a| a == "--n")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let opt = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let n = args.iter().position(|a| a == "--n").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let only = opt("--only");
     let rounds: usize = opt("--rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
     let labelled = labelled_samples(n, 42);
@@ -62,20 +48,14 @@ fn main() {
     let threads = rayon::current_num_threads();
     println!("rewards bench: {n} completions, mean {avg_len:.0} bytes; {threads} rayon threads");
     println!("samples written to {}", path.display());
-    println!(
-        "{:<24} {:>14} {:>14}",
-        "module", "1 thread/s", "all cores/s"
-    );
+    println!("{:<24} {:>14} {:>14}", "module", "1 thread/s", "all cores/s");
     let kinds = [
         ("accuracy", "kind = \"accuracy\""),
         ("format", "kind = \"format\""),
         ("language_consistency", "kind = \"language_consistency\""),
         ("countdown", "kind = \"countdown\""),
         ("cosine_length", "kind = \"cosine_length\""),
-        (
-            "overlong_penalty",
-            "kind = \"overlong_penalty\"\nmax_length = 4096",
-        ),
+        ("overlong_penalty", "kind = \"overlong_penalty\"\nmax_length = 4096"),
         ("repetition", "kind = \"repetition\""),
     ];
     for (name, body) in kinds {
@@ -83,35 +63,17 @@ fn main() {
             continue;
         }
         let set = RewardSet::from_toml_str(&format!("[[rewards]]\n{body}\n")).unwrap();
-        println!(
-            "{:<24} {:>14.0} {:>14.0}",
-            name,
-            rate(&set, &samples, false, rounds),
-            rate(&set, &samples, true, rounds)
-        );
+        println!("{:<24} {:>14.0} {:>14.0}", name, rate(&set, &samples, false, rounds), rate(&set, &samples, true, rounds));
     }
     if only.is_none() {
-        let all: String = kinds
-            .iter()
-            .map(|(_, b)| format!("[[rewards]]\n{b}\n"))
-            .collect();
+        let all: String = kinds.iter().map(|(_, b)| format!("[[rewards]]\n{b}\n")).collect();
         let set = RewardSet::from_toml_str(&all).unwrap();
-        println!(
-            "{:<24} {:>14.0} {:>14.0}",
-            "all seven together",
-            rate(&set, &samples, false, rounds),
-            rate(&set, &samples, true, rounds)
-        );
+        println!("{:<24} {:>14.0} {:>14.0}", "all seven together", rate(&set, &samples, false, rounds), rate(&set, &samples, true, rounds));
     }
 
     let acc = RewardSet::from_toml_str("[[rewards]]\nkind = \"accuracy\"\n").unwrap();
     let out = acc.score_batch(&samples);
-    let agree = out
-        .scores
-        .iter()
-        .zip(&labelled)
-        .filter(|(s, (_, l))| (s.total == 1.0) == *l)
-        .count();
+    let agree = out.scores.iter().zip(&labelled).filter(|(s, (_, l))| (s.total == 1.0) == *l).count();
     println!(
         "accuracy agreement with labels: {agree}/{n} = {:.2}% (unparseable references: {}, no answer: {})",
         100.0 * agree as f64 / n as f64,

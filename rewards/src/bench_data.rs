@@ -134,13 +134,9 @@ pub fn labelled_samples(n: usize, seed: u64) -> Vec<(Sample, bool)> {
             let (eq, r, p) = cases[i % cases.len()];
             // a prediction that is itself a sentence or carries its own delimiters
             // (`Answer $ 9 $`, `\boxed{1}\boxed{2}`) is written as is inside `<answer>`
-            let own_delims = ["\\(", "\\[", "\\boxed"].iter().any(|d| p.contains(d))
-                || (p.replace("\\$", "").contains('$') && p.contains(' '));
-            let style = if own_delims {
-                1
-            } else {
-                (i / cases.len() + i) % STYLES
-            };
+            let own_delims =
+                ["\\(", "\\[", "\\boxed"].iter().any(|d| p.contains(d)) || (p.replace("\\$", "").contains('$') && p.contains(' '));
+            let style = if own_delims { 1 } else { (i / cases.len() + i) % STYLES };
             let c = completion(&mut rng, p, style);
             (Sample::new("Solve the problem.", &c, Some(r)), eq)
         })
@@ -149,10 +145,7 @@ pub fn labelled_samples(n: usize, seed: u64) -> Vec<(Sample, bool)> {
 
 /// `n` samples, deterministic in `seed`.
 pub fn samples(n: usize, seed: u64) -> Vec<Sample> {
-    labelled_samples(n, seed)
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect()
+    labelled_samples(n, seed).into_iter().map(|(s, _)| s).collect()
 }
 
 /// One JSONL line: `prompt`, `completion`, `answer`, `label`.

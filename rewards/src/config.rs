@@ -6,16 +6,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The reward kinds, in documentation order.
-pub const KINDS: &[&str] = &[
-    "accuracy",
-    "format",
-    "language_consistency",
-    "countdown",
-    "cosine_length",
-    "overlong_penalty",
-    "repetition",
-    "char_fraction",
-];
+pub const KINDS: &[&str] =
+    &["accuracy", "format", "language_consistency", "countdown", "cosine_length", "overlong_penalty", "repetition", "char_fraction"];
 
 fn one() -> f64 {
     1.0
@@ -54,14 +46,7 @@ pub struct RewardSpec {
 impl RewardSpec {
     /// A spec of the given kind with default parameters and weight 1.
     pub fn new(kind: &str) -> RewardSpec {
-        RewardSpec {
-            kind: kind.to_string(),
-            name: None,
-            weight: 1.0,
-            timeout_ms: None,
-            tasks: Vec::new(),
-            params: Map::new(),
-        }
+        RewardSpec { kind: kind.to_string(), name: None, weight: 1.0, timeout_ms: None, tasks: Vec::new(), params: Map::new() }
     }
 
     /// The name used in score tables: `name`, else the kind.
@@ -80,8 +65,7 @@ fn closest<'a>(key: &str, valid: impl IntoIterator<Item = &'a str>) -> String {
             best = Some((s, v));
         }
     }
-    best.map(|(_, v)| format!(" (did you mean `{v}`?)"))
-        .unwrap_or_default()
+    best.map(|(_, v)| format!(" (did you mean `{v}`?)")).unwrap_or_default()
 }
 
 /// Deserialises a module's parameter struct from the table, checking keys strictly.
@@ -96,51 +80,32 @@ where
     };
     for key in spec.params.keys() {
         if !known.iter().any(|k| k == key) {
-            let all: Vec<&str> = known
-                .iter()
-                .map(String::as_str)
-                .chain(COMMON.iter().copied())
-                .collect();
+            let all: Vec<&str> = known.iter().map(String::as_str).chain(COMMON.iter().copied()).collect();
             return Err(RewardsError::UnknownKey {
                 index,
                 kind: spec.kind.clone(),
                 key: key.clone(),
                 hint: closest(key, all.iter().copied()),
-                valid: all
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                valid: all.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
             });
         }
     }
-    serde_json::from_value(Value::Object(spec.params.clone())).map_err(|e| {
-        RewardsError::InvalidParam {
-            index,
-            kind: spec.kind.clone(),
-            message: e.to_string(),
-        }
+    serde_json::from_value(Value::Object(spec.params.clone())).map_err(|e| RewardsError::InvalidParam {
+        index,
+        kind: spec.kind.clone(),
+        message: e.to_string(),
     })
 }
 
 /// Builds the module for one spec.
-pub(crate) fn build(
-    index: usize,
-    spec: &RewardSpec,
-) -> Result<Box<dyn RewardModule>, RewardsError> {
+pub(crate) fn build(index: usize, spec: &RewardSpec) -> Result<Box<dyn RewardModule>, RewardsError> {
     if !spec.weight.is_finite() {
-        return Err(RewardsError::InvalidParam {
-            index,
-            kind: spec.kind.clone(),
-            message: "`weight` must be finite".into(),
-        });
+        return Err(RewardsError::InvalidParam { index, kind: spec.kind.clone(), message: "`weight` must be finite".into() });
     }
     let m: Box<dyn RewardModule> = match spec.kind.as_str() {
         "accuracy" => Box::new(modules::accuracy::Accuracy::new(params(index, spec)?)),
         "format" => Box::new(modules::format::Format::new(params(index, spec)?)),
-        "language_consistency" => Box::new(modules::language::LanguageConsistency::new(params(
-            index, spec,
-        )?)),
+        "language_consistency" => Box::new(modules::language::LanguageConsistency::new(params(index, spec)?)),
         "countdown" => Box::new(modules::countdown::Countdown::new(params(index, spec)?)),
         "cosine_length" => Box::new(modules::length::CosineLength::new(params(index, spec)?)),
         "overlong_penalty" => Box::new(modules::length::OverlongPenalty::new(params(index, spec)?)),
@@ -151,19 +116,11 @@ pub(crate) fn build(
                 index,
                 kind: other.to_string(),
                 hint: closest(other, KINDS.iter().copied()),
-                valid: KINDS
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                valid: KINDS.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
             })
         }
     };
-    m.validate().map_err(|message| RewardsError::InvalidParam {
-        index,
-        kind: spec.kind.clone(),
-        message,
-    })?;
+    m.validate().map_err(|message| RewardsError::InvalidParam { index, kind: spec.kind.clone(), message })?;
     Ok(m)
 }
 

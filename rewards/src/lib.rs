@@ -82,31 +82,13 @@ pub enum RewardsError {
     #[error("rewards config: {0}")]
     Toml(String),
     #[error("reward #{index} (kind `{kind}`): unknown key `{key}`{hint}; valid keys: {valid}")]
-    UnknownKey {
-        index: usize,
-        kind: String,
-        key: String,
-        hint: String,
-        valid: String,
-    },
+    UnknownKey { index: usize, kind: String, key: String, hint: String, valid: String },
     #[error("reward #{index}: unknown kind `{kind}`{hint}; valid kinds: {valid}")]
-    UnknownKind {
-        index: usize,
-        kind: String,
-        hint: String,
-        valid: String,
-    },
+    UnknownKind { index: usize, kind: String, hint: String, valid: String },
     #[error("reward #{index} (kind `{kind}`): {message}")]
-    InvalidParam {
-        index: usize,
-        kind: String,
-        message: String,
-    },
+    InvalidParam { index: usize, kind: String, message: String },
     #[error("rewards config: {0}")]
     Invalid(String),
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 }

@@ -52,12 +52,7 @@ pub fn sample_from_json(obj: &Map<String, Value>) -> Result<Sample, String> {
             extra.insert(k.clone(), v.clone());
         }
     }
-    Ok(Sample {
-        prompt,
-        completion,
-        answer,
-        extra,
-    })
+    Ok(Sample { prompt, completion, answer, extra })
 }
 
 const CHUNK: usize = 4096;
@@ -66,20 +61,12 @@ const CHUNK: usize = 4096;
 /// writes each input object plus `rewards` (module name -> score) and `reward`
 /// (weighted total) to `output` (stdout when `None`); reports malformed lines with
 /// their line numbers on stderr and skips them; prints a summary to stderr.
-pub fn run(
-    rewards_toml: &Path,
-    input: &Path,
-    output: Option<&Path>,
-) -> Result<ScoreReport, RewardsError> {
+pub fn run(rewards_toml: &Path, input: &Path, output: Option<&Path>) -> Result<ScoreReport, RewardsError> {
     fn io(p: &Path) -> impl Fn(std::io::Error) -> RewardsError + '_ {
-        move |e| RewardsError::Io {
-            path: p.display().to_string(),
-            source: e,
-        }
+        move |e| RewardsError::Io { path: p.display().to_string(), source: e }
     }
     let src = std::fs::read_to_string(rewards_toml).map_err(io(rewards_toml))?;
-    let set = RewardSet::from_toml_str(&src)
-        .map_err(|e| RewardsError::Invalid(format!("{}: {e}", rewards_toml.display())))?;
+    let set = RewardSet::from_toml_str(&src).map_err(|e| RewardsError::Invalid(format!("{}: {e}", rewards_toml.display())))?;
     let reader = BufReader::new(std::fs::File::open(input).map_err(io(input))?);
     let out_path = output.map(Path::to_path_buf);
     let mut writer: Box<dyn Write> = match &out_path {
@@ -87,16 +74,11 @@ pub fn run(
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
     let out_err = |e: std::io::Error| RewardsError::Io {
-        path: out_path
-            .as_ref()
-            .map_or("<stdout>".to_string(), |p| p.display().to_string()),
+        path: out_path.as_ref().map_or("<stdout>".to_string(), |p| p.display().to_string()),
         source: e,
     };
     let names = set.names();
-    let mut report = ScoreReport {
-        means: names.iter().map(|n| (n.clone(), 0.0)).collect(),
-        ..Default::default()
-    };
+    let mut report = ScoreReport { means: names.iter().map(|n| (n.clone(), 0.0)).collect(), ..Default::default() };
     let mut total_sum = 0.0;
     let mut applied = vec![0usize; names.len()];
     let mut objs: Vec<Map<String, Value>> = Vec::with_capacity(CHUNK);
@@ -124,10 +106,7 @@ pub fn run(
             obj.insert("rewards".into(), Value::Object(r));
             obj.insert("reward".into(), Value::from(sc.total));
             if !sc.failures.is_empty() {
-                obj.insert(
-                    "reward_failures".into(),
-                    serde_json::to_value(&sc.failures).unwrap_or(Value::Null),
-                );
+                obj.insert("reward_failures".into(), serde_json::to_value(&sc.failures).unwrap_or(Value::Null));
             }
             serde_json::to_writer(&mut *w, &obj).map_err(|e| out_err(e.into()))?;
             w.write_all(b"\n").map_err(out_err)?;
@@ -141,62 +120,36 @@ pub fn run(
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<Value>(&line)
-            .map_err(|e| e.to_string())
-            .and_then(|v| match v {
-                Value::Object(o) => sample_from_json(&o).map(|s| (o, s)),
-                _ => Err("not a JSON object".to_string()),
-            });
+        let parsed = serde_json::from_str::<Value>(&line).map_err(|e| e.to_string()).and_then(|v| match v {
+            Value::Object(o) => sample_from_json(&o).map(|s| (o, s)),
+            _ => Err("not a JSON object".to_string()),
+        });
         match parsed {
             Ok((o, s)) => {
                 objs.push(o);
                 samples.push(s);
                 if samples.len() == CHUNK {
-                    flush(
-                        &mut objs,
-                        &mut samples,
-                        &mut report,
-                        &mut total_sum,
-                        &mut applied,
-                        &mut writer,
-                    )?;
+                    flush(&mut objs, &mut samples, &mut report, &mut total_sum, &mut applied, &mut writer)?;
                 }
             }
             Err(e) => {
-                eprintln!(
-                    "{}:{}: skipped malformed line: {e}",
-                    input.display(),
-                    lineno + 1
-                );
+                eprintln!("{}:{}: skipped malformed line: {e}", input.display(), lineno + 1);
                 report.skipped += 1;
             }
         }
     }
-    flush(
-        &mut objs,
-        &mut samples,
-        &mut report,
-        &mut total_sum,
-        &mut applied,
-        &mut writer,
-    )?;
+    flush(&mut objs, &mut samples, &mut report, &mut total_sum, &mut applied, &mut writer)?;
     writer.flush().map_err(out_err)?;
     let n = report.scored.max(1) as f64;
     for (m, k) in report.means.iter_mut().zip(&applied) {
         m.1 /= (*k).max(1) as f64;
     }
     report.mean_total = total_sum / n;
-    eprintln!(
-        "scored {} lines, skipped {} malformed",
-        report.scored, report.skipped
-    );
+    eprintln!("scored {} lines, skipped {} malformed", report.scored, report.skipped);
     for (name, m) in &report.means {
         eprintln!("  {name:<24} mean {m:.4}");
     }
-    eprintln!(
-        "  {:<24} mean {:.4}",
-        "reward (weighted)", report.mean_total
-    );
+    eprintln!("  {:<24} mean {:.4}", "reward (weighted)", report.mean_total);
     let c = &report.counts;
     eprintln!(
         "  errors: {} panics, {} timeouts, {} unparseable references, {} missing inputs, {} unrouted; {} without answer",

@@ -39,9 +39,7 @@ pub struct RewardSet {
 
 impl std::fmt::Debug for RewardSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RewardSet")
-            .field("specs", &self.specs)
-            .finish()
+        f.debug_struct("RewardSet").field("specs", &self.specs).finish()
     }
 }
 
@@ -98,10 +96,7 @@ pub struct Scores {
 impl Scores {
     /// The score of the module with this name.
     pub fn get(&self, name: &str) -> Option<f64> {
-        self.per_module
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| *s)
+        self.per_module.iter().find(|(n, _)| n == name).map(|(_, s)| *s)
     }
 }
 
@@ -164,11 +159,7 @@ impl BatchScores {
 
     /// The scores of module `i` on the samples it applies to, in batch order.
     pub fn values(&self, i: usize) -> Vec<f64> {
-        self.scores
-            .iter()
-            .filter(|s| s.applied[i])
-            .map(|s| s.per_module[i].1)
-            .collect()
+        self.scores.iter().filter(|s| s.applied[i]).map(|s| s.per_module[i].1).collect()
     }
 }
 
@@ -182,9 +173,7 @@ impl RewardSet {
     /// Builds a set from specs, checking every parameter.
     pub fn from_specs(specs: Vec<RewardSpec>) -> Result<RewardSet, RewardsError> {
         if specs.is_empty() {
-            return Err(RewardsError::Invalid(
-                "a reward set needs at least one reward".into(),
-            ));
+            return Err(RewardsError::Invalid("a reward set needs at least one reward".into()));
         }
         let mut entries = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
@@ -219,21 +208,15 @@ impl RewardSet {
     /// Checks reward routing against the tasks of a dataset (each sample's `task`, `None`
     /// for samples without one): every task must be scored by at least one reward. The
     /// error names the first task that no reward covers.
-    pub fn check_tasks<'a>(
-        &self,
-        tasks: impl IntoIterator<Item = Option<&'a str>>,
-    ) -> Result<(), RewardsError> {
+    pub fn check_tasks<'a>(&self, tasks: impl IntoIterator<Item = Option<&'a str>>) -> Result<(), RewardsError> {
         let mut seen = std::collections::BTreeSet::new();
         for t in tasks {
             if !seen.insert(t) {
                 continue;
             }
             if !self.entries.iter().any(|e| e.applies(t)) {
-                let routed: std::collections::BTreeSet<&str> = self
-                    .entries
-                    .iter()
-                    .flat_map(|e| e.tasks.iter().map(String::as_str))
-                    .collect();
+                let routed: std::collections::BTreeSet<&str> =
+                    self.entries.iter().flat_map(|e| e.tasks.iter().map(String::as_str)).collect();
                 let what = match t {
                     Some(t) => format!("task `{t}`"),
                     None => "samples without a `task` field".to_string(),
@@ -274,9 +257,7 @@ impl RewardSet {
             }
             applied.push(true);
             let start = Instant::now();
-            let ctx = Ctx {
-                deadline: start + e.timeout,
-            };
+            let ctx = Ctx { deadline: start + e.timeout };
             let res = catch_unwind(AssertUnwindSafe(|| e.module.score(sample, &ctx)));
             let elapsed = start.elapsed();
             let score = match res {
@@ -286,11 +267,7 @@ impl RewardSet {
                         .map(|s| s.to_string())
                         .or_else(|| payload.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "panic".to_string());
-                    failures.push(Failure {
-                        module: e.name.clone(),
-                        kind: FailureKind::Panic,
-                        message: msg,
-                    });
+                    failures.push(Failure { module: e.name.clone(), kind: FailureKind::Panic, message: msg });
                     0.0
                 }
                 Ok(_) if elapsed > e.timeout || ctx.expired() => {
@@ -305,20 +282,13 @@ impl RewardSet {
                     judged.extend(out.correct);
                     match out.issue {
                         None => {}
-                        Some(Issue::NoAnswer(m)) => notes.push(Note {
-                            module: e.name.clone(),
-                            message: m,
-                        }),
-                        Some(Issue::UnparseableReference(m)) => failures.push(Failure {
-                            module: e.name.clone(),
-                            kind: FailureKind::UnparseableReference,
-                            message: m,
-                        }),
-                        Some(Issue::MissingInput(m)) => failures.push(Failure {
-                            module: e.name.clone(),
-                            kind: FailureKind::MissingInput,
-                            message: m,
-                        }),
+                        Some(Issue::NoAnswer(m)) => notes.push(Note { module: e.name.clone(), message: m }),
+                        Some(Issue::UnparseableReference(m)) => {
+                            failures.push(Failure { module: e.name.clone(), kind: FailureKind::UnparseableReference, message: m })
+                        }
+                        Some(Issue::MissingInput(m)) => {
+                            failures.push(Failure { module: e.name.clone(), kind: FailureKind::MissingInput, message: m })
+                        }
                     }
                     if out.score.is_finite() {
                         out.score
@@ -340,15 +310,7 @@ impl RewardSet {
                 ),
             });
         }
-        Scores {
-            judged,
-            per_module,
-            applied,
-            task: task.map(str::to_string),
-            total,
-            failures,
-            notes,
-        }
+        Scores { judged, per_module, applied, task: task.map(str::to_string), total, failures, notes }
     }
 
     /// Scores a batch in parallel (rayon's global pool). A module that panics or runs
@@ -380,11 +342,7 @@ impl RewardSet {
             counts.correct += s.judged.iter().filter(|&&j| j).count();
             counts.wrong += s.judged.iter().filter(|&&j| !j).count();
         }
-        BatchScores {
-            names: self.names(),
-            scores,
-            counts,
-        }
+        BatchScores { names: self.names(), scores, counts }
     }
 
     #[cfg(test)]
@@ -431,14 +389,8 @@ mod tests {
 
     #[test]
     fn panics_and_timeouts_are_isolated_and_counted() {
-        let set = RewardSet::from_modules(vec![
-            ("p", 1.0, 1000, Box::new(Panicky)),
-            ("s", 2.0, 10, Box::new(Slow)),
-        ]);
-        let samples: Vec<Sample> = ["ok", "boom", "slow", "ok"]
-            .iter()
-            .map(|c| Sample::new("", c, None))
-            .collect();
+        let set = RewardSet::from_modules(vec![("p", 1.0, 1000, Box::new(Panicky)), ("s", 2.0, 10, Box::new(Slow))]);
+        let samples: Vec<Sample> = ["ok", "boom", "slow", "ok"].iter().map(|c| Sample::new("", c, None)).collect();
         let out = set.score_batch(&samples);
         assert_eq!(out.names, vec!["p", "s"]);
         assert_eq!(out.totals(), vec![2.0, 1.0, 1.0, 2.0]);

@@ -67,9 +67,7 @@ pub fn last_boxed(text: &str) -> Option<&str> {
                 return Some(&inner[..close]);
             }
         } else if after.starts_with(' ') {
-            let tok_end = trimmed
-                .find(|c: char| c.is_whitespace() || c == '$')
-                .unwrap_or(trimmed.len());
+            let tok_end = trimmed.find(|c: char| c.is_whitespace() || c == '$').unwrap_or(trimmed.len());
             if tok_end > 0 {
                 return Some(&trimmed[..tok_end]);
             }

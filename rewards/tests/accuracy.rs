@@ -31,18 +31,10 @@ fn equivalence_table() {
         let v = equivalent(p, r, &o);
         let got = v == Verdict::Correct;
         if got != *expected || matches!(v, Verdict::UnparseableReference(_)) {
-            bad.push(format!(
-                "ref `{r}` pred `{p}`: expected {expected}, got {v:?}"
-            ));
+            bad.push(format!("ref `{r}` pred `{p}`: expected {expected}, got {v:?}"));
         }
     }
-    assert!(
-        bad.is_empty(),
-        "{} of {} cases fail:\n{}",
-        bad.len(),
-        all.len(),
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "{} of {} cases fail:\n{}", bad.len(), all.len(), bad.join("\n"));
 }
 
 #[test]
@@ -50,11 +42,7 @@ fn equivalence_is_symmetric_for_plain_values() {
     // For scalar answers the reference and the prediction can be swapped.
     let o = EquivOptions::default();
     for (expected, r, p) in cases() {
-        let plain = |s: &str| {
-            !s.contains(['=', '<', '>', '\\', ',', '(', '[', '|'])
-                && !s.contains("ge")
-                && s.len() < 20
-        };
+        let plain = |s: &str| !s.contains(['=', '<', '>', '\\', ',', '(', '[', '|']) && !s.contains("ge") && s.len() < 20;
         if plain(r) && plain(p) && !r.chars().all(|c| c.is_ascii_uppercase()) {
             let v = equivalent(r, p, &o) == Verdict::Correct;
             assert_eq!(v, expected, "swapped: ref `{p}` pred `{r}`");
@@ -66,10 +54,7 @@ fn equivalence_is_symmetric_for_plain_values() {
 fn unparseable_reference_is_reported() {
     let o = EquivOptions::default();
     for r in ["\\frac{1}{", "\\weird{3}", "2 +* 3", "\\sqrt{}"] {
-        assert!(
-            matches!(equivalent("3", r, &o), Verdict::UnparseableReference(_)),
-            "{r}"
-        );
+        assert!(matches!(equivalent("3", r, &o), Verdict::UnparseableReference(_)), "{r}");
     }
 }
 
@@ -80,27 +65,15 @@ const EXTRACT: &[(&str, Option<&str>)] = &[
     ("so \\boxed{\\{1,2\\}}", Some("\\{1,2\\}")),
     ("\\fbox{7}", Some("7")),
     ("$\\boxed 5$", Some("5")),
-    (
-        "<think>maybe \\boxed{3}</think> <answer>\\boxed{4}</answer>",
-        Some("4"),
-    ),
-    (
-        "<think>maybe \\boxed{3}</think> <answer>4</answer>",
-        Some("4"),
-    ),
+    ("<think>maybe \\boxed{3}</think> <answer>\\boxed{4}</answer>", Some("4")),
+    ("<think>maybe \\boxed{3}</think> <answer>4</answer>", Some("4")),
     ("<think>x</think><answer> 12 </answer>", Some("12")),
-    (
-        "<think>x</think><answer>The answer is 12.</answer>",
-        Some("12"),
-    ),
+    ("<think>x</think><answer>The answer is 12.</answer>", Some("12")),
     ("<think>x</think><answer>$x = 5$</answer>", Some("$x = 5$")),
     ("<think>x</think><answer>5", Some("5")),
     ("<think>x</think><answer></answer> \\boxed{9}", Some("9")),
     ("The answer is 17.", Some("17")),
-    (
-        "Thus the final answer is $\\frac{3}{4}$.",
-        Some("\\frac{3}{4}"),
-    ),
+    ("Thus the final answer is $\\frac{3}{4}$.", Some("\\frac{3}{4}")),
     ("Final Answer: 6", Some("6")),
     ("**Final Answer:** 6", Some("6")),
     ("so the answer is 42 because 6*7", Some("42")),
@@ -109,28 +82,13 @@ const EXTRACT: &[(&str, Option<&str>)] = &[
     ("\\boxed{unbalanced", None),
     ("The answer is\n", None),
     // consecutive boxes are one answer (compared as a whole list), never the last alone
-    (
-        "<answer>\\boxed{1}\\boxed{2}</answer>",
-        Some("\\boxed{1}\\boxed{2}"),
-    ),
-    (
-        "<answer>\\boxed{1}, \\boxed{2}</answer>",
-        Some("\\boxed{1}, \\boxed{2}"),
-    ),
-    (
-        "<answer>\\boxed{(1,2)} \\text{ and } \\boxed{(3,4)}</answer>",
-        Some("\\boxed{(1,2)} \\text{ and } \\boxed{(3,4)}"),
-    ),
-    (
-        "The answer is $\\boxed{1} \\quad \\boxed{2}$.",
-        Some("\\boxed{1} \\quad \\boxed{2}"),
-    ),
+    ("<answer>\\boxed{1}\\boxed{2}</answer>", Some("\\boxed{1}\\boxed{2}")),
+    ("<answer>\\boxed{1}, \\boxed{2}</answer>", Some("\\boxed{1}, \\boxed{2}")),
+    ("<answer>\\boxed{(1,2)} \\text{ and } \\boxed{(3,4)}</answer>", Some("\\boxed{(1,2)} \\text{ and } \\boxed{(3,4)}")),
+    ("The answer is $\\boxed{1} \\quad \\boxed{2}$.", Some("\\boxed{1} \\quad \\boxed{2}")),
     ("so \\boxed{3}, \\boxed{3}", Some("3")),
     ("\\boxed{1} is wrong, so \\boxed{2}", Some("2")),
-    (
-        "<answer>Final Answer: The final answer is $9$. I hope it is correct.</answer>",
-        Some("9"),
-    ),
+    ("<answer>Final Answer: The final answer is $9$. I hope it is correct.</answer>", Some("9")),
     ("<answer>Answer $ 9 $</answer>", Some("Answer $ 9 $")),
 ];
 
@@ -144,46 +102,20 @@ fn extraction_table() {
 
 #[test]
 fn extraction_sources_and_fallback() {
-    assert_eq!(
-        extract_answer("<answer>\\boxed{2}</answer>", false)
-            .unwrap()
-            .1,
-        Source::BoxedInAnswerTag
-    );
-    assert_eq!(
-        extract_answer("<answer>2</answer>", false).unwrap().1,
-        Source::AnswerTag
-    );
-    assert_eq!(
-        extract_answer("\\boxed{2}", false).unwrap().1,
-        Source::Boxed
-    );
-    assert_eq!(
-        extract_answer("the answer is 2", false).unwrap().1,
-        Source::Phrase
-    );
+    assert_eq!(extract_answer("<answer>\\boxed{2}</answer>", false).unwrap().1, Source::BoxedInAnswerTag);
+    assert_eq!(extract_answer("<answer>2</answer>", false).unwrap().1, Source::AnswerTag);
+    assert_eq!(extract_answer("\\boxed{2}", false).unwrap().1, Source::Boxed);
+    assert_eq!(extract_answer("the answer is 2", false).unwrap().1, Source::Phrase);
     assert!(extract_answer("6*7=42", false).is_err());
-    assert_eq!(
-        extract_answer("6*7=42", true).unwrap(),
-        ("42", Source::LastNumber)
-    );
+    assert_eq!(extract_answer("6*7=42", true).unwrap(), ("42", Source::LastNumber));
     assert_eq!(extract_answer("so -3.5 it is", true).unwrap().0, "-3.5");
-    assert_eq!(
-        extract_answer("total 1,234 apples", true).unwrap().0,
-        "1,234"
-    );
+    assert_eq!(extract_answer("total 1,234 apples", true).unwrap().0, "1,234");
 }
 
 #[test]
 fn reference_extraction() {
-    assert_eq!(
-        extract_reference("Natalia sold 48/2 = 24 clips.\n#### 72"),
-        "72"
-    );
-    assert_eq!(
-        extract_reference("so the area is $\\boxed{12\\pi}$."),
-        "12\\pi"
-    );
+    assert_eq!(extract_reference("Natalia sold 48/2 = 24 clips.\n#### 72"), "72");
+    assert_eq!(extract_reference("so the area is $\\boxed{12\\pi}$."), "12\\pi");
     assert_eq!(extract_reference(" 5 "), "5");
 }
 
@@ -193,22 +125,12 @@ fn gsm8k_and_math_references_grade() {
     let g = |c: &str, r: &str| rewards::math::grade(c, r, false, &o).unwrap();
     assert_eq!(g("<answer>72</answer>", "blah\n#### 72"), Verdict::Correct);
     assert_eq!(g("<answer>1,000</answer>", "#### 1000"), Verdict::Correct);
-    assert_eq!(
-        g(
-            "\\boxed{\\dfrac{\\pi}{2}}",
-            "thus $\\boxed{\\frac{\\pi}{2}}$"
-        ),
-        Verdict::Correct
-    );
-    assert_eq!(
-        g("\\boxed{\\pi}", "thus $\\boxed{\\frac{\\pi}{2}}$"),
-        Verdict::Wrong
-    );
+    assert_eq!(g("\\boxed{\\dfrac{\\pi}{2}}", "thus $\\boxed{\\frac{\\pi}{2}}$"), Verdict::Correct);
+    assert_eq!(g("\\boxed{\\pi}", "thus $\\boxed{\\frac{\\pi}{2}}$"), Verdict::Wrong);
 }
 
 fn judge(completion: &str, reference: Option<&str>) -> Judgement {
-    Accuracy::new(AccuracyParams::default())
-        .judge(&Sample::new("", completion, reference), &Ctx::unlimited())
+    Accuracy::new(AccuracyParams::default()).judge(&Sample::new("", completion, reference), &Ctx::unlimited())
 }
 
 /// Real answer forms (issue 16) through the `accuracy` module, inside `<answer>` blocks.
@@ -218,16 +140,8 @@ const END_TO_END: &[(&str, &str, bool)] = &[
     ("<answer>\\( 9 \\)</answer>", "9", true),
     ("<answer>\\[ 9 \\]</answer>", "9", true),
     ("<answer>\\[ 9 \\]</answer>", "#### 9", true),
-    (
-        "<answer>Final Answer: The largest $n$ is 34.</answer>",
-        "34",
-        true,
-    ),
-    (
-        "<answer>Final Answer: The largest $n$ is 34.</answer>",
-        "35",
-        false,
-    ),
+    ("<answer>Final Answer: The largest $n$ is 34.</answer>", "34", true),
+    ("<answer>Final Answer: The largest $n$ is 34.</answer>", "35", false),
     ("<answer>\nThe largest $n$ is $34$.\n</answer>", "34", true),
     ("<answer>x = 5+5+1 = 11</answer>", "11", true),
     ("<answer>x = 5+5+1 = 11</answer>", "12", false),
@@ -243,49 +157,17 @@ const END_TO_END: &[(&str, &str, bool)] = &[
     ("<answer>$(p,q)=(3,2)$</answer>", "(2,3)", false),
     ("<answer>AB=4,CD=5</answer>", "4, 5", true),
     ("<answer>AB=5,CD=4</answer>", "4, 5", false),
-    (
-        "<answer>$\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}$</answer>",
-        "\\frac{1}{\\sqrt{6}}",
-        true,
-    ),
-    (
-        "<answer>\\boxed{1}\\boxed{2}</answer>",
-        "$\\boxed{1,2}$",
-        true,
-    ),
+    ("<answer>$\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}$</answer>", "\\frac{1}{\\sqrt{6}}", true),
+    ("<answer>\\boxed{1}\\boxed{2}</answer>", "$\\boxed{1,2}$", true),
     ("<answer>\\boxed{1}\\boxed{2}</answer>", "\\{1,2\\}", true),
     ("<answer>\\boxed{1}\\boxed{2}</answer>", "1", false),
     ("<answer>\\boxed{1}\\boxed{2}</answer>", "2", false),
-    (
-        "<answer>\\boxed{1}, \\boxed{2}, \\boxed{3}</answer>",
-        "1, 2",
-        false,
-    ),
-    (
-        "<answer>The solutions are $\\boxed{1}$ and $\\boxed{2}$.</answer>",
-        "2, 1",
-        true,
-    ),
-    (
-        "<answer>\\boxed{(1,2)} \\boxed{(3,4)}</answer>",
-        "\\{(3,4),(1,2)\\}",
-        true,
-    ),
-    (
-        "<answer>\\boxed{(1,2)} \\boxed{(4,3)}</answer>",
-        "\\{(3,4),(1,2)\\}",
-        false,
-    ),
-    (
-        "<answer>\\{(3,4),(1,2)\\}</answer>",
-        "\\{(1,2),(3,4)\\}",
-        true,
-    ),
-    (
-        "<answer>$W(x)=1$ or $W(x)=-1$</answer>",
-        "W(x)=\\pm 1",
-        true,
-    ),
+    ("<answer>\\boxed{1}, \\boxed{2}, \\boxed{3}</answer>", "1, 2", false),
+    ("<answer>The solutions are $\\boxed{1}$ and $\\boxed{2}$.</answer>", "2, 1", true),
+    ("<answer>\\boxed{(1,2)} \\boxed{(3,4)}</answer>", "\\{(3,4),(1,2)\\}", true),
+    ("<answer>\\boxed{(1,2)} \\boxed{(4,3)}</answer>", "\\{(3,4),(1,2)\\}", false),
+    ("<answer>\\{(3,4),(1,2)\\}</answer>", "\\{(1,2),(3,4)\\}", true),
+    ("<answer>$W(x)=1$ or $W(x)=-1$</answer>", "W(x)=\\pm 1", true),
     ("<answer>$W(x)=1$</answer>", "W(x)=\\pm 1", false),
     (
         "<answer>\\boxed{\\begin{bmatrix} \\frac12 & 0 \\\\ 0 & 2 \\end{bmatrix}}</answer>",
@@ -305,11 +187,7 @@ const END_TO_END: &[(&str, &str, bool)] = &[
     ("<answer>1, 22</answer>", "1.22", false),
     ("<answer>1,222</answer>", "1.222", false),
     ("<answer>\\text{Odd}</answer>", "\\text{odd}", true),
-    (
-        "<answer>The function is even.</answer>",
-        "\\text{odd}",
-        false,
-    ),
+    ("<answer>The function is even.</answer>", "\\text{odd}", false),
     // several candidates: no credit for containing the right one
     ("<answer>1, 2, 3, 4, 5</answer>", "3", false),
     ("<answer>It is 3 or 4.</answer>", "3", false),
@@ -318,16 +196,8 @@ const END_TO_END: &[(&str, &str, bool)] = &[
     ("<answer>\\boxed{3} or \\boxed{4}</answer>", "4", false),
     ("<answer>x is 3 or x is 4</answer>", "4", false),
     // the last block and the box inside it win over earlier boxes
-    (
-        "<think>maybe \\boxed{3}</think><answer>4</answer>",
-        "4",
-        true,
-    ),
-    (
-        "<think>maybe \\boxed{3}</think><answer>4</answer>",
-        "3",
-        false,
-    ),
+    ("<think>maybe \\boxed{3}</think><answer>4</answer>", "4", true),
+    ("<think>maybe \\boxed{3}</think><answer>4</answer>", "3", false),
 ];
 
 #[test]
@@ -335,11 +205,7 @@ fn accuracy_module_end_to_end() {
     let mut bad = Vec::new();
     for (c, r, want) in END_TO_END {
         let j = judge(&format!("<think>work</think>\n{c}"), Some(r));
-        let want_j = if *want {
-            Judgement::Correct
-        } else {
-            Judgement::Wrong
-        };
+        let want_j = if *want { Judgement::Correct } else { Judgement::Wrong };
         if j != want_j {
             bad.push(format!("{c:?} vs {r:?}: got {j:?}, want {want_j:?}"));
         }
@@ -349,43 +215,25 @@ fn accuracy_module_end_to_end() {
 
 #[test]
 fn accuracy_judgements_are_typed() {
-    assert!(matches!(
-        judge("<think>no answer here</think>", Some("3")),
-        Judgement::NoAnswer(_)
-    ));
-    assert!(matches!(
-        judge("<think>x</think><answer> </answer>", Some("3")),
-        Judgement::NoAnswer(_)
-    ));
-    assert!(matches!(
-        judge("<answer>3</answer>", Some("\\frac{1}{")),
-        Judgement::UnparseableReference(_)
-    ));
-    assert_eq!(
-        judge("<answer>3</answer>", None),
-        Judgement::MissingReference
-    );
+    assert!(matches!(judge("<think>no answer here</think>", Some("3")), Judgement::NoAnswer(_)));
+    assert!(matches!(judge("<think>x</think><answer> </answer>", Some("3")), Judgement::NoAnswer(_)));
+    assert!(matches!(judge("<answer>3</answer>", Some("\\frac{1}{")), Judgement::UnparseableReference(_)));
+    assert_eq!(judge("<answer>3</answer>", None), Judgement::MissingReference);
     assert_eq!(judge("<answer>3</answer>", Some("3")), Judgement::Correct);
     assert_eq!(judge("<answer>4</answer>", Some("3")), Judgement::Wrong);
     // a deadline already past: a time-out, not a wrong answer
-    let past = std::time::Instant::now()
-        .checked_sub(std::time::Duration::from_millis(5))
-        .unwrap();
+    let past = std::time::Instant::now().checked_sub(std::time::Duration::from_millis(5)).unwrap();
     let acc = Accuracy::new(AccuracyParams::default());
     let s = Sample::new("", "<answer>3</answer>", Some("3"));
     assert_eq!(acc.judge(&s, &Ctx { deadline: past }), Judgement::Timeout);
     // no answer is checked first: it needs no time
     let s = Sample::new("", "nothing", Some("3"));
-    assert!(matches!(
-        acc.judge(&s, &Ctx { deadline: past }),
-        Judgement::NoAnswer(_)
-    ));
+    assert!(matches!(acc.judge(&s, &Ctx { deadline: past }), Judgement::NoAnswer(_)));
 }
 
 #[test]
 fn judgements_reach_the_batch_counts() {
-    let set =
-        RewardSet::from_toml_str("[[rewards]]\nkind = \"accuracy\"\ncorrect = 2.0\n").unwrap();
+    let set = RewardSet::from_toml_str("[[rewards]]\nkind = \"accuracy\"\ncorrect = 2.0\n").unwrap();
     let out = set.score_batch(&[
         Sample::new("", "<answer>Answer $ 9 $</answer>", Some("9")),
         Sample::new("", "<answer>\\boxed{1}\\boxed{2}</answer>", Some("2")),

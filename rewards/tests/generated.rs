@@ -24,21 +24,9 @@ fn set(body: &str) -> RewardSet {
 #[test]
 fn format_combinations() {
     let prefixes = ["", "  ", "\n", "x "];
-    let thinks = [
-        "<think>r</think>",
-        "<think></think>",
-        "<think>a\nb</think>",
-        "<think>r",
-        "",
-    ];
+    let thinks = ["<think>r</think>", "<think></think>", "<think>a\nb</think>", "<think>r", ""];
     let seps = ["", " ", "\n", " mid "];
-    let answers = [
-        "<answer>a</answer>",
-        "<answer> </answer>",
-        "<answer>\n42\n</answer>",
-        "<answer>a",
-        "",
-    ];
+    let answers = ["<answer>a</answer>", "<answer> </answer>", "<answer>\n42\n</answer>", "<answer>a", ""];
     let suffixes = ["", "\n", " tail"];
     let mut n = 0;
     for p in prefixes {
@@ -52,12 +40,7 @@ fn format_combinations() {
                         let ans_ok = a.contains("</answer>") && !a.contains("<answer> </answer>");
                         let want_strict = ws(p) && think_ok && ws(s) && ans_ok && ws(x);
                         let want_lenient = think_ok && ans_ok;
-                        let tags = [
-                            t.contains("<think>"),
-                            t.contains("</think>"),
-                            a.contains("<answer>"),
-                            a.contains("</answer>"),
-                        ];
+                        let tags = [t.contains("<think>"), t.contains("</think>"), a.contains("<answer>"), a.contains("</answer>")];
                         let want_count = tags.iter().filter(|b| **b).count() as f64 * 0.25;
                         assert_eq!(strict(&c), want_strict, "strict {c:?}");
                         assert_eq!(lenient(&c), want_lenient, "lenient {c:?}");
@@ -126,11 +109,7 @@ fn build(rng: &mut Rng, nums: &[i64]) -> T {
     }
     let k = 1 + rng.below(nums.len() as u64 - 1) as usize;
     let op = ['+', '-', '*', '/'][rng.below(4) as usize];
-    T::B(
-        op,
-        Box::new(build(rng, &nums[..k])),
-        Box::new(build(rng, &nums[k..])),
-    )
+    T::B(op, Box::new(build(rng, &nums[..k])), Box::new(build(rng, &nums[k..])))
 }
 
 #[test]
@@ -150,13 +129,9 @@ fn countdown_random_expressions() {
         let mut shuffled = nums.clone();
         shuffled.reverse();
         let s = |c: &str, target: i128, numbers: &[i64]| {
-            Sample::new(
-                "",
-                &format!("<think>...</think> <answer>{c}</answer>"),
-                None,
-            )
-            .with("numbers", json!(numbers))
-            .with("target", json!(target as i64))
+            Sample::new("", &format!("<think>...</think> <answer>{c}</answer>"), None)
+                .with("numbers", json!(numbers))
+                .with("target", json!(target as i64))
         };
         let out = cd.score_batch(&[
             s(&expr, n, &shuffled),              // correct, numbers in any order
@@ -182,30 +157,19 @@ fn language_mixtures() {
         if ne + nz == 0 {
             continue;
         }
-        let mut parts: Vec<String> = (0..ne)
-            .map(|i| en_words[i % en_words.len()].to_string())
-            .collect();
+        let mut parts: Vec<String> = (0..ne).map(|i| en_words[i % en_words.len()].to_string()).collect();
         parts.extend((0..nz).map(|i| zh_chars[i % zh_chars.len()].to_string()));
         // shuffle deterministically, sprinkle numbers and math (neutral)
         for i in (1..parts.len()).rev() {
             parts.swap(i, rng.below(i as u64 + 1) as usize);
         }
-        let text = format!(
-            "<think>{} 12 = 3 $x^2$</think><answer>4</answer>",
-            parts.join(" ")
-        );
+        let text = format!("<think>{} 12 = 3 $x^2$</think><answer>4</answer>", parts.join(" "));
         let s = Sample::new("", &text, None);
         let want_en = ne as f64 / (ne + nz) as f64;
         let got_en = en.score_batch(std::slice::from_ref(&s)).totals()[0];
         let got_zh = zh.score_batch(&[s]).totals()[0];
-        assert!(
-            (got_en - want_en).abs() < 1e-9,
-            "{text}: en {got_en} want {want_en}"
-        );
-        assert!(
-            (got_zh - (1.0 - want_en)).abs() < 1e-9,
-            "{text}: zh {got_zh}"
-        );
+        assert!((got_en - want_en).abs() < 1e-9, "{text}: en {got_en} want {want_en}");
+        assert!((got_zh - (1.0 - want_en)).abs() < 1e-9, "{text}: zh {got_zh}");
     }
 }
 
@@ -216,19 +180,12 @@ fn repetition_patterns() {
         for times in 1..11usize {
             // a cycle of `distinct` words repeated `times` times: L = d*t words,
             // L-2 trigrams of which min(d, L-2) are distinct
-            let words: Vec<String> = (0..distinct * times)
-                .map(|i| format!("w{}", i % distinct))
-                .collect();
+            let words: Vec<String> = (0..distinct * times).map(|i| format!("w{}", i % distinct)).collect();
             let l = words.len();
             let total = l - 2;
             let want = -(1.0 - distinct.min(total) as f64 / total as f64);
-            let got = rep
-                .score_batch(&[Sample::new("", &words.join(" "), None)])
-                .totals()[0];
-            assert!(
-                (got - want).abs() < 1e-9,
-                "d={distinct} t={times}: {got} want {want}"
-            );
+            let got = rep.score_batch(&[Sample::new("", &words.join(" "), None)]).totals()[0];
+            assert!((got - want).abs() < 1e-9, "d={distinct} t={times}: {got} want {want}");
         }
     }
 }
@@ -236,9 +193,7 @@ fn repetition_patterns() {
 #[test]
 fn length_curves() {
     let cos = set("kind = \"cosine_length\"\nmax_length = 1000\nunit = \"tokens\"");
-    let over = set(
-        "kind = \"overlong_penalty\"\nmax_length = 1000\ncache_length = 200\nunit = \"tokens\"",
-    );
+    let over = set("kind = \"overlong_penalty\"\nmax_length = 1000\ncache_length = 200\nunit = \"tokens\"");
     for len in (0..=1200u64).step_by(5) {
         let t = (len as f64 / 1000.0).min(1.0);
         let c = (std::f64::consts::PI * t).cos();

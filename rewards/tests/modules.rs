@@ -15,30 +15,15 @@ fn format_table() {
     // (completion, strict, lenient, tag_count)
     let cases: &[(&str, bool, bool, f64)] = &[
         ("<think>r</think> <answer>a</answer>", true, true, 1.0),
-        (
-            "<think>\nr\n</think>\n<answer>\na\n</answer>",
-            true,
-            true,
-            1.0,
-        ),
+        ("<think>\nr\n</think>\n<answer>\na\n</answer>", true, true, 1.0),
         ("  <think>r</think><answer>a</answer>\n", true, true, 1.0),
         ("<think></think> <answer>a</answer>", true, true, 1.0),
         ("<think>r</think> <answer> </answer>", false, false, 1.0),
         ("<think>r</think> text <answer>a</answer>", false, true, 1.0),
         ("pre <think>r</think> <answer>a</answer>", false, true, 1.0),
         ("<think>r</think> <answer>a</answer> post", false, true, 1.0),
-        (
-            "<think>r</think> <answer>a</answer><answer>b</answer>",
-            false,
-            true,
-            0.5,
-        ),
-        (
-            "<think>r<think>r</think> <answer>a</answer>",
-            false,
-            true,
-            0.75,
-        ),
+        ("<think>r</think> <answer>a</answer><answer>b</answer>", false, true, 0.5),
+        ("<think>r<think>r</think> <answer>a</answer>", false, true, 0.75),
         ("<answer>a</answer> <think>r</think>", false, false, 1.0),
         ("<think>r</think>", false, false, 0.5),
         ("<answer>a</answer>", false, false, 0.5),
@@ -61,29 +46,12 @@ fn format_prefill_from_prompt() {
     let s = Sample::new(prompt, "r</think> <answer>a</answer>", None);
     assert_eq!(score("kind = \"format\"", s.clone()), 1.0);
     assert_eq!(score("kind = \"format\"\nprompt_prefill = false", s), 0.0);
-    assert_eq!(
-        score(
-            "kind = \"format\"\nmode = \"lenient\"",
-            Sample::new("", "x <think>r</think><answer>a</answer>", None)
-        ),
-        1.0
-    );
-    assert_eq!(
-        score(
-            "kind = \"format\"\nmode = \"tag_count\"",
-            Sample::new("", "<think>r</think>", None)
-        ),
-        0.5
-    );
+    assert_eq!(score("kind = \"format\"\nmode = \"lenient\"", Sample::new("", "x <think>r</think><answer>a</answer>", None)), 1.0);
+    assert_eq!(score("kind = \"format\"\nmode = \"tag_count\"", Sample::new("", "<think>r</think>", None)), 0.5);
 }
 
 fn cd(completion: &str, nums: &[i64], target: i64) -> f64 {
-    score(
-        "kind = \"countdown\"",
-        Sample::new("", completion, None)
-            .with("numbers", json!(nums))
-            .with("target", json!(target)),
-    )
+    score("kind = \"countdown\"", Sample::new("", completion, None).with("numbers", json!(nums)).with("target", json!(target)))
 }
 
 #[test]
@@ -116,19 +84,12 @@ fn countdown_table() {
         ("<answer>3*5+7</answer> then <answer>1+1</answer>", 0.1),
     ];
     for (c, want) in cases {
-        let target = if c.starts_with("<answer>(7 - 5)") {
-            6
-        } else {
-            22
-        };
+        let target = if c.starts_with("<answer>(7 - 5)") { 6 } else { 22 };
         let got = cd(c, &n, target);
         assert_eq!(got, *want, "{c:?}");
     }
     // exact rational arithmetic: 8 / (3 - 8/3) = 24
-    assert_eq!(
-        cd("<answer>8 / (3 - 8 / 3)</answer>", &[8, 3, 8, 3], 24),
-        1.0
-    );
+    assert_eq!(cd("<answer>8 / (3 - 8 / 3)</answer>", &[8, 3, 8, 3], 24), 1.0);
     assert_eq!(evaluate("1/3*3").unwrap().0.num, 1);
     // missing inputs are reported
     let set = RewardSet::from_toml_str("[[rewards]]\nkind = \"countdown\"\n").unwrap();
@@ -137,10 +98,7 @@ fn countdown_table() {
 }
 
 fn lang(body: &str, completion: &str) -> f64 {
-    score(
-        &format!("kind = \"language_consistency\"\n{body}"),
-        Sample::new("", completion, None),
-    )
+    score(&format!("kind = \"language_consistency\"\n{body}"), Sample::new("", completion, None))
 }
 
 #[test]
@@ -167,10 +125,7 @@ fn language_table() {
     ];
     for (body, c, want) in cases {
         let got = lang(body, c);
-        assert!(
-            (got - want).abs() < 1e-9,
-            "{body} {c:?}: got {got}, want {want}"
-        );
+        assert!((got - want).abs() < 1e-9, "{body} {c:?}: got {got}, want {want}");
     }
     // per-sample language overrides the parameter
     let s = Sample::new("", "<think>我们把两个数相加</think>", None).with("language", json!("zh"));
@@ -181,12 +136,7 @@ fn language_table() {
 fn cosine_length_table() {
     let body = "kind = \"cosine_length\"\nmax_length = 100\nunit = \"tokens\"";
     let s = |correct: bool, len: u64| {
-        Sample::new(
-            "",
-            if correct { "\\boxed{4}" } else { "\\boxed{5}" },
-            Some("4"),
-        )
-        .with("completion_tokens", json!(len))
+        Sample::new("", if correct { "\\boxed{4}" } else { "\\boxed{5}" }, Some("4")).with("completion_tokens", json!(len))
     };
     let cases: &[(bool, u64, f64)] = &[
         (true, 0, 1.0),
@@ -210,48 +160,27 @@ fn cosine_length_table() {
     let b = score(body, s(false, 60));
     assert!(a < b);
     // chars when no token count; max_tokens from the sample
-    let got = score(
-        "kind = \"cosine_length\"",
-        Sample::new("", "\\boxed{4}", Some("4")).with("max_tokens", json!(9)),
-    );
+    let got = score("kind = \"cosine_length\"", Sample::new("", "\\boxed{4}", Some("4")).with("max_tokens", json!(9)));
     assert!((got - 0.5).abs() < 1e-9);
     // tokens unit without a count: missing input
     let set = RewardSet::from_toml_str(&format!("[[rewards]]\n{body}\n")).unwrap();
-    assert_eq!(
-        set.score_batch(&[Sample::new("", "x", Some("1"))])
-            .counts
-            .missing_inputs,
-        1
-    );
+    assert_eq!(set.score_batch(&[Sample::new("", "x", Some("1"))]).counts.missing_inputs, 1);
 }
 
 #[test]
 fn overlong_table() {
     let body = "kind = \"overlong_penalty\"\nmax_length = 100\ncache_length = 20";
     let s = |len: u64| Sample::new("", "x", None).with("completion_tokens", json!(len));
-    for (len, want) in [
-        (0, 0.0),
-        (80, 0.0),
-        (85, -0.25),
-        (90, -0.5),
-        (100, -1.0),
-        (150, -1.0),
-    ] {
+    for (len, want) in [(0, 0.0), (80, 0.0), (85, -0.25), (90, -0.5), (100, -1.0), (150, -1.0)] {
         let got = score(body, s(len));
         assert!((got - want).abs() < 1e-9, "{len}: {got}");
     }
     // defaults: max from the sample, cache = max / 5
-    let got = score(
-        "kind = \"overlong_penalty\"",
-        s(90).with("max_tokens", json!(100)),
-    );
+    let got = score("kind = \"overlong_penalty\"", s(90).with("max_tokens", json!(100)));
     assert!((got + 0.5).abs() < 1e-9);
     let set = RewardSet::from_toml_str("[[rewards]]\nkind = \"overlong_penalty\"\n").unwrap();
     assert_eq!(set.score_batch(&[s(5)]).counts.missing_inputs, 1);
-    assert!(RewardSet::from_toml_str(
-        "[[rewards]]\nkind = \"overlong_penalty\"\nmax_length = 10\ncache_length = 20\n"
-    )
-    .is_err());
+    assert!(RewardSet::from_toml_str("[[rewards]]\nkind = \"overlong_penalty\"\nmax_length = 10\ncache_length = 20\n").is_err());
 }
 
 #[test]
@@ -269,10 +198,7 @@ fn repetition_table() {
         let got = score("kind = \"repetition\"", Sample::new("", c, None));
         assert!((got - want).abs() < 1e-9, "{c:?}: {got}");
     }
-    let got = score(
-        "kind = \"repetition\"\nngram_size = 1\nmax_penalty = -2.0",
-        Sample::new("", "a a b b", None),
-    );
+    let got = score("kind = \"repetition\"\nngram_size = 1\nmax_penalty = -2.0", Sample::new("", "a a b b", None));
     assert!((got + 1.0).abs() < 1e-9);
     let long = "wait let me check again. ".repeat(200);
     assert!(score("kind = \"repetition\"", Sample::new("", &long, None)) < -0.95);
@@ -282,10 +208,7 @@ fn repetition_table() {
 fn accuracy_module_options() {
     let s = Sample::new("", "so we get 42 in the end", Some("42"));
     assert_eq!(score("kind = \"accuracy\"", s.clone()), 0.0);
-    assert_eq!(
-        score("kind = \"accuracy\"\nlast_number_fallback = true", s),
-        1.0
-    );
+    assert_eq!(score("kind = \"accuracy\"\nlast_number_fallback = true", s), 1.0);
     let s = Sample::new("", "\\boxed{3.1416}", Some("\\pi"));
     assert_eq!(score("kind = \"accuracy\"", s.clone()), 0.0);
     assert_eq!(score("kind = \"accuracy\"\nrel_tol = 1e-3", s), 1.0);

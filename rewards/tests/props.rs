@@ -37,17 +37,7 @@ fn all_kinds() -> RewardSet {
 }
 
 fn ranges() -> Vec<(f64, f64)> {
-    vec![
-        (0.0, 1.0),
-        (0.0, 1.0),
-        (0.0, 1.0),
-        (0.0, 1.0),
-        (0.0, 1.0),
-        (0.0, 1.0),
-        (-1.0, 1.0),
-        (-1.0, 0.0),
-        (-1.0, 0.0),
-    ]
+    vec![(0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (-1.0, 1.0), (-1.0, 0.0), (-1.0, 0.0)]
 }
 
 /// Strings mixing math-looking pieces, tags and arbitrary Unicode.
@@ -130,11 +120,7 @@ fn deep_nesting_does_not_overflow_the_stack() {
         let set = all_kinds();
         let out = set.score_batch(&[Sample::new("", &b, Some(&s))]);
         assert_eq!(out.counts.panics, 0);
-        let e = format!(
-            "<answer>{}1+2+3{}</answer>",
-            "(".repeat(depth),
-            ")".repeat(depth)
-        );
+        let e = format!("<answer>{}1+2+3{}</answer>", "(".repeat(depth), ")".repeat(depth));
         let _ = rewards::modules::countdown::evaluate(&e);
         let pw = format!("2{}", "^2".repeat(depth.min(500)));
         let _ = equivalent(&pw, "1", &o);
@@ -148,11 +134,7 @@ fn adversarial_inputs_stay_linear() {
     let n = 200_000;
     let inputs = [
         "\\boxed{".repeat(n / 7),
-        format!(
-            "<answer>{}5{}</answer>",
-            "\\text{".repeat(n / 6),
-            "}".repeat(n / 6)
-        ),
+        format!("<answer>{}5{}</answer>", "\\text{".repeat(n / 6), "}".repeat(n / 6)),
         format!("<answer>5{}</answer>", " cm".repeat(n / 3)),
         "the answer is ".repeat(n / 14),
         "<think>".repeat(n / 7),

@@ -12,13 +12,18 @@ fn scores_jsonl_and_skips_malformed_lines() {
     std::fs::write(
         &input,
         concat!(
-            r#"{"prompt": "q", "completion": "<answer>42</answer>", "answer": "42", "numbers": [40, 2], "target": 42, "id": 7}"#, "\n",
+            r#"{"prompt": "q", "completion": "<answer>42</answer>", "answer": "42", "numbers": [40, 2], "target": 42, "id": 7}"#,
+            "\n",
             "not json\n",
             "\n",
-            r#"{"prompt": "q", "completion": "<answer>40-2</answer>", "answer": 42, "numbers": [40, 2], "target": 42}"#, "\n",
-            r#"[1, 2]"#, "\n",
-            r#"{"prompt": "q"}"#, "\n",
-            r#"{"completion": "\\boxed{1}", "answer": null}"#, "\n",
+            r#"{"prompt": "q", "completion": "<answer>40-2</answer>", "answer": 42, "numbers": [40, 2], "target": 42}"#,
+            "\n",
+            r#"[1, 2]"#,
+            "\n",
+            r#"{"prompt": "q"}"#,
+            "\n",
+            r#"{"completion": "\\boxed{1}", "answer": null}"#,
+            "\n",
         ),
     )
     .unwrap();
@@ -27,11 +32,7 @@ fn scores_jsonl_and_skips_malformed_lines() {
     assert_eq!(report.scored, 3);
     assert_eq!(report.skipped, 3);
     assert!(!report.ok());
-    let lines: Vec<Value> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["id"], 7);
     assert_eq!(lines[0]["rewards"]["accuracy"], 1.0);
@@ -55,14 +56,10 @@ fn config_and_io_errors() {
     std::fs::write(&input, "").unwrap();
     let e = run(&toml, &input, None).unwrap_err().to_string();
     assert!(e.contains("rewards.toml") && e.contains("bogus"), "{e}");
-    let e = run(&dir.path().join("missing.toml"), &input, None)
-        .unwrap_err()
-        .to_string();
+    let e = run(&dir.path().join("missing.toml"), &input, None).unwrap_err().to_string();
     assert!(e.contains("missing.toml"), "{e}");
     std::fs::write(&toml, "[[rewards]]\nkind = \"accuracy\"\n").unwrap();
-    let e = run(&toml, &dir.path().join("nope.jsonl"), None)
-        .unwrap_err()
-        .to_string();
+    let e = run(&toml, &dir.path().join("nope.jsonl"), None).unwrap_err().to_string();
     assert!(e.contains("nope.jsonl"), "{e}");
     let report = run(&toml, &input, Some(&dir.path().join("o.jsonl"))).unwrap();
     assert_eq!((report.scored, report.skipped), (0, 0));

@@ -39,43 +39,20 @@ fn parses_all_kinds_with_defaults() {
         "#,
     )
     .unwrap();
-    assert_eq!(
-        set.names(),
-        vec![
-            "accuracy",
-            "format",
-            "language_consistency",
-            "countdown",
-            "cosine_length",
-            "overlong_penalty",
-            "rep4"
-        ]
-    );
+    assert_eq!(set.names(), vec!["accuracy", "format", "language_consistency", "countdown", "cosine_length", "overlong_penalty", "rep4"]);
     assert_eq!(set.weights(), vec![1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0]);
 }
 
 #[test]
 fn unknown_keys_name_the_key_and_suggest() {
     let e = err("[[rewards]]\nkind = \"accuracy\"\nrel_tolerance = 0.1\n");
-    assert!(
-        e.contains("unknown key `rel_tolerance`") && e.contains("did you mean `rel_tol`"),
-        "{e}"
-    );
+    assert!(e.contains("unknown key `rel_tolerance`") && e.contains("did you mean `rel_tol`"), "{e}");
     let e = err("[[rewards]]\nkind = \"format\"\nmod = \"strict\"\n");
-    assert!(
-        e.contains("`mod`") && e.contains("did you mean `mode`"),
-        "{e}"
-    );
+    assert!(e.contains("`mod`") && e.contains("did you mean `mode`"), "{e}");
     let e = err("[[rewards]]\nkind = \"format\"\nwieght = 2\n");
-    assert!(
-        e.contains("`wieght`") && e.contains("did you mean `weight`"),
-        "{e}"
-    );
+    assert!(e.contains("`wieght`") && e.contains("did you mean `weight`"), "{e}");
     let e = err("[[rewards]]\nkind = \"acuracy\"\n");
-    assert!(
-        e.contains("unknown kind `acuracy`") && e.contains("did you mean `accuracy`"),
-        "{e}"
-    );
+    assert!(e.contains("unknown kind `acuracy`") && e.contains("did you mean `accuracy`"), "{e}");
     let e = err("[[rewards]]\nkind = \"repetition\"\nzzz = 1\n");
     assert!(e.contains("`zzz`") && !e.contains("did you mean"), "{e}");
 }
@@ -85,16 +62,10 @@ fn bad_values_are_errors() {
     assert!(err("[[rewards]]\nkind = \"format\"\nmode = \"loose\"\n").contains("format"));
     assert!(err("[[rewards]]\nkind = \"repetition\"\nmax_penalty = 1.0\n").contains("max_penalty"));
     assert!(err("[[rewards]]\nkind = \"accuracy\"\nrel_tol = \"x\"\n").contains("accuracy"));
-    assert!(
-        err("[[rewards]]\nkind = \"accuracy\"\n[[rewards]]\nkind = \"accuracy\"\n")
-            .contains("duplicate")
-    );
+    assert!(err("[[rewards]]\nkind = \"accuracy\"\n[[rewards]]\nkind = \"accuracy\"\n").contains("duplicate"));
     assert!(err("x = 1\n").contains("no `[[rewards]]`"));
     assert!(err("[[rewards]]\nname = \"a\"\n").contains("kind"));
-    assert!(matches!(
-        RewardSet::from_specs(vec![]),
-        Err(RewardsError::Invalid(_))
-    ));
+    assert!(matches!(RewardSet::from_specs(vec![]), Err(RewardsError::Invalid(_))));
 }
 
 #[test]
@@ -105,28 +76,20 @@ fn specs_embed_in_other_configs() {
         lr: f64,
         rewards: Vec<RewardSpec>,
     }
-    let r: Recipe = toml::from_str(
-        "lr = 1e-6\n[[rewards]]\nkind = \"format\"\nweight = 2\nmode = \"lenient\"\n",
-    )
-    .unwrap();
+    let r: Recipe = toml::from_str("lr = 1e-6\n[[rewards]]\nkind = \"format\"\nweight = 2\nmode = \"lenient\"\n").unwrap();
     assert_eq!(r.rewards[0].weight, 2.0);
     assert_eq!(r.rewards[0].params.get("mode").unwrap(), "lenient");
     let set = RewardSet::from_specs(r.rewards).unwrap();
     assert_eq!(set.specs()[0].kind, "format");
     let mut spec = RewardSpec::new("accuracy");
     spec.name = Some("acc".into());
-    assert_eq!(
-        RewardSet::from_specs(vec![spec]).unwrap().names(),
-        vec!["acc"]
-    );
+    assert_eq!(RewardSet::from_specs(vec![spec]).unwrap().names(), vec!["acc"]);
 }
 
 #[test]
 fn weighted_total_and_counts() {
-    let set = RewardSet::from_toml_str(
-        "[[rewards]]\nkind = \"accuracy\"\nweight = 2.0\n[[rewards]]\nkind = \"format\"\nweight = 0.5\n",
-    )
-    .unwrap();
+    let set =
+        RewardSet::from_toml_str("[[rewards]]\nkind = \"accuracy\"\nweight = 2.0\n[[rewards]]\nkind = \"format\"\nweight = 0.5\n").unwrap();
     let samples = vec![
         Sample::new("q", "<think>a</think> <answer>4</answer>", Some("4")),
         Sample::new("q", "<think>a</think> <answer>5</answer>", Some("4")),
@@ -141,10 +104,7 @@ fn weighted_total_and_counts() {
     assert_eq!(out.counts.unparseable_references, 1);
     assert_eq!(out.counts.panics + out.counts.timeouts, 0);
     assert_eq!(out.means()[0], ("accuracy".to_string(), 0.2));
-    assert_eq!(
-        out.scores[0].per_module,
-        vec![("accuracy".to_string(), 1.0), ("format".to_string(), 1.0)]
-    );
+    assert_eq!(out.scores[0].per_module, vec![("accuracy".to_string(), 1.0), ("format".to_string(), 1.0)]);
 }
 
 #[test]

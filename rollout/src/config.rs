@@ -15,7 +15,8 @@ pub enum Arch {
     Llama,
 }
 
-pub const SUPPORTED_ARCHITECTURES: &str = "Qwen2ForCausalLM (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen), LlamaForCausalLM (Llama 3.x, SmolLM2, DeepSeek-R1-Distill-Llama)";
+pub const SUPPORTED_ARCHITECTURES: &str =
+    "Qwen2ForCausalLM (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen), LlamaForCausalLM (Llama 3.x, SmolLM2, DeepSeek-R1-Distill-Llama)";
 
 impl Arch {
     pub fn hf_name(self) -> &'static str {
@@ -37,9 +38,16 @@ impl Arch {
 pub enum RopeScaling {
     Default,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 /// The normalised model configuration.
@@ -127,7 +135,8 @@ impl ModelConfig {
         };
         let hidden_size = pos("hidden_size", int("hidden_size")?)?;
         let num_attention_heads = pos("num_attention_heads", int("num_attention_heads")?)?;
-        let num_key_value_heads = pos("num_key_value_heads", obj.get("num_key_value_heads").and_then(Value::as_i64).unwrap_or(num_attention_heads))?;
+        let num_key_value_heads =
+            pos("num_key_value_heads", obj.get("num_key_value_heads").and_then(Value::as_i64).unwrap_or(num_attention_heads))?;
         for k in ["vocab_size", "intermediate_size", "num_hidden_layers"] {
             pos(k, int(k)?)?;
         }
@@ -141,9 +150,10 @@ impl ModelConfig {
             }
         };
         if num_attention_heads % num_key_value_heads != 0 {
-            return Err(cfg_err(path, format!(
-                "num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"
-            )));
+            return Err(cfg_err(
+                path,
+                format!("num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"),
+            ));
         }
         if let Some(act) = obj.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
@@ -152,11 +162,8 @@ impl ModelConfig {
         }
         // transformers 5 nests rope settings in `rope_parameters`; 4 has them flat.
         let rope_params = obj.get("rope_parameters").and_then(Value::as_object);
-        let rope_theta = rope_params
-            .and_then(|p| p.get("rope_theta"))
-            .or_else(|| obj.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .unwrap_or(10000.0);
+        let rope_theta =
+            rope_params.and_then(|p| p.get("rope_theta")).or_else(|| obj.get("rope_theta")).and_then(Value::as_f64).unwrap_or(10000.0);
         let scaling_obj = match rope_params {
             Some(p) => Some(p),
             None => obj.get("rope_scaling").and_then(Value::as_object),
@@ -178,9 +185,7 @@ impl ModelConfig {
                         original_max_position_embeddings: f("original_max_position_embeddings")?,
                     },
                     other => {
-                        return Err(cfg_err(path, format!(
-                            "rope type {other:?} is not supported (supported: default, linear, llama3)"
-                        )))
+                        return Err(cfg_err(path, format!("rope type {other:?} is not supported (supported: default, linear, llama3)")))
                     }
                 }
             }

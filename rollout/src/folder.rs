@@ -66,10 +66,9 @@ impl Policy {
             });
         }
         let cfg = ModelConfig::from_file(&cfg_path).map_err(|e| match e {
-            RolloutError::MissingFile { path, .. } => RolloutError::MissingFile {
-                path,
-                hint: "every model folder needs config.json; is this the right folder?".into(),
-            },
+            RolloutError::MissingFile { path, .. } => {
+                RolloutError::MissingFile { path, hint: "every model folder needs config.json; is this the right folder?".into() }
+            }
             e => e,
         })?;
         check_kind_device(kind, device)?;

@@ -8,8 +8,8 @@
 use crate::error::{Result, RolloutError};
 use crate::model::{positions_from_mask, CausalLm, KvCache};
 use crate::tokenizer::Tokenizer;
-use rand::{Rng, SeedableRng};
 use crate::SeededRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -174,7 +174,14 @@ pub struct ThinkParams {
 
 impl Default for ThinkParams {
     fn default() -> Self {
-        ThinkParams { open: "<think>".into(), close: "</think>".into(), end: "</think> <answer>".into(), continuation: "Wait".into(), budget: None, min: 0 }
+        ThinkParams {
+            open: "<think>".into(),
+            close: "</think>".into(),
+            end: "</think> <answer>".into(),
+            continuation: "Wait".into(),
+            budget: None,
+            min: 0,
+        }
     }
 }
 
@@ -184,7 +191,9 @@ impl ThinkParams {
         let enc = |what: &str, s: &str| -> Result<Vec<i64>> {
             let ids = tk.encode(s, false)?;
             if ids.is_empty() {
-                return Err(RolloutError::Generation(format!("the thinking {what} string {s:?} encodes to no tokens; give a non-empty string")));
+                return Err(RolloutError::Generation(format!(
+                    "the thinking {what} string {s:?} encodes to no tokens; give a non-empty string"
+                )));
             }
             Ok(ids)
         };
@@ -236,7 +245,8 @@ pub struct Emit {
 impl ThinkTracker {
     /// The state after the prompt: thinking already when the prompt ends with `open`.
     pub fn new(ids: &ThinkIds, prompt: &[i64]) -> Self {
-        let mut t = ThinkTracker { phase: Phase::Before, count: 0, queue: Default::default(), answer_from: None, stats: ThinkStats::default() };
+        let mut t =
+            ThinkTracker { phase: Phase::Before, count: 0, queue: Default::default(), answer_from: None, stats: ThinkStats::default() };
         if prompt.ends_with(&ids.open) {
             t.open(ids);
         }
@@ -539,7 +549,13 @@ fn generate_inner(
     };
     let mut rngs: Vec<SeededRng> = seeds.iter().map(|&s| SeededRng::seed_from_u64(s)).collect();
     let mut out: Vec<Completion> = (0..b)
-        .map(|_| Completion { token_ids: vec![], logprobs: vec![], text: String::new(), finish_reason: FinishReason::Length, think: ThinkStats::default() })
+        .map(|_| Completion {
+            token_ids: vec![],
+            logprobs: vec![],
+            text: String::new(),
+            finish_reason: FinishReason::Length,
+            think: ThinkStats::default(),
+        })
         .collect();
     let mut trackers: Vec<Option<ThinkTracker>> = prompts.iter().map(|pr| think.map(|t| ThinkTracker::new(t, pr))).collect();
     // The cache slot each generated token was fed at (for taking tokens back).
@@ -657,7 +673,14 @@ mod tests {
     const EOS: i64 = 0;
 
     fn ids(max: Option<usize>, min: usize) -> ThinkIds {
-        ThinkIds { open: vec![OPEN], close: vec![CLOSE], force_end: vec![CLOSE, 7, 8], continuation: vec![5, 6], max_think: max, min_think: min }
+        ThinkIds {
+            open: vec![OPEN],
+            close: vec![CLOSE],
+            force_end: vec![CLOSE, 7, 8],
+            continuation: vec![5, 6],
+            max_think: max,
+            min_think: min,
+        }
     }
 
     /// Runs the tracker over a stream of sampled tokens, applying take-backs as generation
@@ -720,7 +743,14 @@ mod tests {
 
     #[test]
     fn multi_token_close_is_taken_back_whole() {
-        let ids = ThinkIds { open: vec![OPEN], close: vec![3, 4], force_end: vec![3, 4, 8], continuation: vec![5], max_think: None, min_think: 4 };
+        let ids = ThinkIds {
+            open: vec![OPEN],
+            close: vec![3, 4],
+            force_end: vec![3, 4, 8],
+            continuation: vec![5],
+            max_think: None,
+            min_think: 4,
+        };
         // 10, 3, 4 closes after one thinking token (3 was counted, then is taken back).
         let (out, st) = run(&ids, &[OPEN], &[10, 3, 4, 11, 12, 3, 4, 13, EOS]);
         assert_eq!(out, vec![10, 5, 11, 12, 3, 4, 13, EOS]);

@@ -24,9 +24,14 @@ enum Job {
         think: Option<ThinkIds>,
         reply: mpsc::Sender<Result<(Vec<Completion>, GenStats)>>,
     },
-    Sync { tensors: BTreeMap<String, Tensor>, reply: mpsc::Sender<Result<()>> },
+    Sync {
+        tensors: BTreeMap<String, Tensor>,
+        reply: mpsc::Sender<Result<()>>,
+    },
     /// Returns a copy of the worker's weights (used by tests to check the copies differ).
-    Snapshot { reply: mpsc::Sender<BTreeMap<String, Tensor>> },
+    Snapshot {
+        reply: mpsc::Sender<BTreeMap<String, Tensor>>,
+    },
 }
 
 struct Worker {
@@ -121,7 +126,13 @@ impl RolloutPool {
     }
 
     /// `group_size` samples for each prompt, grouped per prompt in order.
-    pub fn generate_groups(&self, prompts: &[Vec<i64>], group_size: usize, params: &SamplingParams, seed: u64) -> Result<Vec<Vec<Completion>>> {
+    pub fn generate_groups(
+        &self,
+        prompts: &[Vec<i64>],
+        group_size: usize,
+        params: &SamplingParams,
+        seed: u64,
+    ) -> Result<Vec<Vec<Completion>>> {
         self.generate_groups_with(prompts, group_size, params, seed, None).map(|(g, _)| g)
     }
 

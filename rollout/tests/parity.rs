@@ -204,7 +204,15 @@ fn stop_strings_and_eos() {
     assert!(out[0].token_ids.len() < 12);
     // Forcing EOS to be the greedy choice: declare the first greedy token an EOS id.
     let first = r.greedy[2][0];
-    let out = generate(&p.model, Some(&tk), &[r.prompts[2].clone()], &[0], &[first], &SamplingParams { temperature: 0.0, max_new_tokens: 12, ..Default::default() }).unwrap();
+    let out = generate(
+        &p.model,
+        Some(&tk),
+        &[r.prompts[2].clone()],
+        &[0],
+        &[first],
+        &SamplingParams { temperature: 0.0, max_new_tokens: 12, ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(out[0].finish_reason, FinishReason::Eos);
     assert_eq!(out[0].token_ids, vec![first]);
     // min_new_tokens suppresses it.
@@ -282,7 +290,8 @@ fn error_paths_are_clear() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), s.join(entry.file_name())).unwrap();
     }
-    let shard = std::fs::read_dir(&s).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with("-of-00002.safetensors")).unwrap();
+    let shard =
+        std::fs::read_dir(&s).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with("-of-00002.safetensors")).unwrap();
     std::fs::remove_file(&shard).unwrap();
     let e = Policy::load(&s, Kind::Float, Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("shard"), "{e}");
@@ -338,7 +347,8 @@ fn fused_inference_matches_transformers_and_follows_weight_syncs() {
         }
         // Sync other weights in (scaled copies) and compare with an unfused model holding them.
         let other = load(name);
-        let scaled: std::collections::BTreeMap<String, Tensor> = other.named_tensors().into_iter().map(|(k, t)| (k, tch::no_grad(|| &t * 0.9))).collect();
+        let scaled: std::collections::BTreeMap<String, Tensor> =
+            other.named_tensors().into_iter().map(|(k, t)| (k, tch::no_grad(|| &t * 0.9))).collect();
         p.copy_from(&scaled).unwrap();
         other.copy_from(&scaled).unwrap();
         let input = Tensor::from_slice(&r.prompts[0]).unsqueeze(0);
@@ -350,7 +360,10 @@ fn fused_inference_matches_transformers_and_follows_weight_syncs() {
         // Saving still writes the separate, named tensors.
         let names = p.named_tensors();
         assert!(names.contains_key("model.layers.0.self_attn.q_proj.weight") && names.contains_key("model.layers.0.mlp.up_proj.weight"));
-        assert_eq!(names["model.layers.0.self_attn.k_proj.weight"].size(), other.named_tensors()["model.layers.0.self_attn.k_proj.weight"].size());
+        assert_eq!(
+            names["model.layers.0.self_attn.k_proj.weight"].size(),
+            other.named_tensors()["model.layers.0.self_attn.k_proj.weight"].size()
+        );
     }
 }
 
@@ -421,14 +434,28 @@ fn shared_prefix_forward_matches_the_plain_forward_with_gradients() {
         let conts: Vec<Vec<i64>> = vec![vec![5, 9, 11], vec![7], vec![3, 4, 5, 6, 8], vec![12, 2], vec![9, 9, 9, 1]];
         let (tp, tc) = (prefixes.iter().map(Vec::len).max().unwrap(), conts.iter().map(Vec::len).max().unwrap());
         let pad = |rows: &[Vec<i64>], w: usize, left: bool| -> (Tensor, Tensor) {
-            let ids: Vec<i64> = rows.iter().flat_map(|x| {
-                let fill = vec![0i64; w - x.len()];
-                if left { [fill, x.clone()].concat() } else { [x.clone(), fill].concat() }
-            }).collect();
-            let valid: Vec<bool> = rows.iter().flat_map(|x| {
-                let (on, off) = (vec![true; x.len()], vec![false; w - x.len()]);
-                if left { [off, on].concat() } else { [on, off].concat() }
-            }).collect();
+            let ids: Vec<i64> = rows
+                .iter()
+                .flat_map(|x| {
+                    let fill = vec![0i64; w - x.len()];
+                    if left {
+                        [fill, x.clone()].concat()
+                    } else {
+                        [x.clone(), fill].concat()
+                    }
+                })
+                .collect();
+            let valid: Vec<bool> = rows
+                .iter()
+                .flat_map(|x| {
+                    let (on, off) = (vec![true; x.len()], vec![false; w - x.len()]);
+                    if left {
+                        [off, on].concat()
+                    } else {
+                        [on, off].concat()
+                    }
+                })
+                .collect();
             (Tensor::from_slice(&ids).view([rows.len() as i64, w as i64]), Tensor::from_slice(&valid).view([rows.len() as i64, w as i64]))
         };
         let (pids, pvalid) = pad(prefixes, tp, true);
@@ -450,10 +477,20 @@ fn shared_prefix_forward_matches_the_plain_forward_with_gradients() {
             }
             loss.backward();
             // lm_head gets none when untied: the loss reads hidden states only.
-            vars.iter().map(|v| { let g = v.grad(); if g.defined() { g.copy() } else { v.zeros_like() } }).collect()
+            vars.iter()
+                .map(|v| {
+                    let g = v.grad();
+                    if g.defined() {
+                        g.copy()
+                    } else {
+                        v.zeros_like()
+                    }
+                })
+                .collect()
         };
         let (hp, hs) = p.model.forward_prefixed(&pids, &pvalid, &rp, &cids, &cvalid);
-        let plain = p.model.forward_hidden(&full_ids, &rollout::model::positions_from_mask(&full_valid.to_kind(Kind::Int64)), &full_valid, None);
+        let plain =
+            p.model.forward_hidden(&full_ids, &rollout::model::positions_from_mask(&full_valid.to_kind(Kind::Int64)), &full_valid, None);
         let cmask = cvalid.to_kind(Kind::Float).unsqueeze(-1);
         let pmask = pvalid.to_kind(Kind::Float).unsqueeze(-1);
         // Continuations: every valid position; prompts: every valid position of each prefix

@@ -47,16 +47,26 @@ fn shared_prompt_sampling_equals_sampling_each_copy_separately() {
         let mixed: Vec<Vec<i64>> = (0..9).map(|i| ps[i % 3].clone()).collect();
         for (rows, what) in [(&copies, "copies"), (&mixed, "mixed")] {
             let seeds: Vec<u64> = (0..rows.len() as u64).map(|s| 1000 + s).collect();
-            for (params, kind) in [(greedy(12), "greedy"), (SamplingParams { temperature: 1.0, top_p: 0.9, max_new_tokens: 12, ..Default::default() }, "sampled")] {
+            for (params, kind) in [
+                (greedy(12), "greedy"),
+                (SamplingParams { temperature: 1.0, top_p: 0.9, max_new_tokens: 12, ..Default::default() }, "sampled"),
+            ] {
                 let (shared, stats) = generate_with(&p.model, None, rows, &seeds, &eos, &params, None).unwrap();
                 let distinct = if what == "copies" { 1 } else { 3 };
-                assert_eq!(stats, GenStats { prompts_prefilled: distinct, prefill_tokens: rows[..distinct].iter().map(Vec::len).sum(), rows: rows.len() }, "{name} {what}");
+                assert_eq!(
+                    stats,
+                    GenStats { prompts_prefilled: distinct, prefill_tokens: rows[..distinct].iter().map(Vec::len).sum(), rows: rows.len() },
+                    "{name} {what}"
+                );
                 for (i, pr) in rows.iter().enumerate() {
                     let alone = generate(&p.model, None, &[pr.clone()], &[seeds[i]], &eos, &params).unwrap();
                     assert_same(&shared[i], &alone[0], &format!("{name} {what} {kind} row {i}"));
                 }
                 if kind == "sampled" && what == "copies" {
-                    assert!(shared.iter().any(|c| c.token_ids != shared[0].token_ids), "{name}: different seeds should give different samples");
+                    assert!(
+                        shared.iter().any(|c| c.token_ids != shared[0].token_ids),
+                        "{name}: different seeds should give different samples"
+                    );
                 }
             }
         }
@@ -77,7 +87,8 @@ fn pool_groups_prefill_each_prompt_once() {
     let learner = Policy::load(&dir, Kind::Float, Device::Cpu).unwrap();
     for (i, g) in groups.iter().enumerate() {
         for (j, c) in g.iter().enumerate() {
-            let alone = generate(&learner.model, Some(&tk), &[ps[i].clone()], &[sample_seed(5, i, j)], &learner.eos_token_ids(), &sp).unwrap();
+            let alone =
+                generate(&learner.model, Some(&tk), &[ps[i].clone()], &[sample_seed(5, i, j)], &learner.eos_token_ids(), &sp).unwrap();
             assert_eq!(c.token_ids, alone[0].token_ids, "prompt {i} sample {j}");
         }
     }
@@ -214,7 +225,10 @@ fn min_think_never_lets_thinking_end_before_t() {
         // shorter: the take-back used a step).
         let rest = &c.token_ids[first + 2..];
         assert_eq!(c.token_ids.len(), n - 1);
-        let upto = (0..fresh[0].token_ids.len().saturating_sub(1)).find(|&i| fresh[0].token_ids[i..i + 2] == close2[..]).unwrap_or(rest.len()).min(rest.len());
+        let upto = (0..fresh[0].token_ids.len().saturating_sub(1))
+            .find(|&i| fresh[0].token_ids[i..i + 2] == close2[..])
+            .unwrap_or(rest.len())
+            .min(rest.len());
         assert!(upto >= 3, "{name}: too short a stretch to compare ({upto})");
         assert_eq!(&rest[..upto], &fresh[0].token_ids[..upto], "{name}: the taken-back token still shows");
         for (a, b) in c.logprobs[first + 2..first + 2 + upto].iter().zip(&fresh[0].logprobs) {

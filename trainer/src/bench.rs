@@ -143,9 +143,17 @@ fn bench_generate(a: GenBench) -> Result<()> {
     let attn = 4.0 * (cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim) as f64 * ctx;
     let flops = (2.0 * matmul_params + attn) * tokens as f64;
     let peak = matmul_peak_gflops(device);
-    println!("bench generate: model {} ({:.2}M params), {} x {} new tokens, {}, dtype {}, device {}, threads {}",
-        a.model.display(), policy.named_tensors().values().map(|t| t.numel()).sum::<usize>() as f64 / 1e6,
-        a.batch, a.new_tokens, if a.greedy { "greedy" } else { "sampling T=1" }, a.dtype, a.device, tch::get_num_threads());
+    println!(
+        "bench generate: model {} ({:.2}M params), {} x {} new tokens, {}, dtype {}, device {}, threads {}",
+        a.model.display(),
+        policy.named_tensors().values().map(|t| t.numel()).sum::<usize>() as f64 / 1e6,
+        a.batch,
+        a.new_tokens,
+        if a.greedy { "greedy" } else { "sampling T=1" },
+        a.dtype,
+        a.device,
+        tch::get_num_threads()
+    );
     println!("  runs (s): {}", times.iter().map(|t| format!("{t:.3}")).collect::<Vec<_>>().join(" "));
     println!("  tokens/s (median): {:.0}", tokens as f64 / secs);
     if a.stop_rate > 0.0 {
@@ -153,7 +161,12 @@ fn bench_generate(a: GenBench) -> Result<()> {
         println!("  completion length: mean {:.1}, max {longest} (stop rate {})", tokens as f64 / lens.len() as f64, a.stop_rate);
     }
     println!("  ms per decode step: {:.2}", secs * 1000.0 / lens.iter().max().copied().unwrap_or(1).max(1) as f64);
-    println!("  achieved GFLOP/s: {:.2} of a measured fp32 matmul peak of {:.1} ({:.1}%)", flops / secs / 1e9, peak, 100.0 * flops / secs / 1e9 / peak);
+    println!(
+        "  achieved GFLOP/s: {:.2} of a measured fp32 matmul peak of {:.1} ({:.1}%)",
+        flops / secs / 1e9,
+        peak,
+        100.0 * flops / secs / 1e9 / peak
+    );
     println!("  peak memory (RSS): {:.0} MiB", peak_rss_mib());
     Ok(())
 }
@@ -244,7 +257,9 @@ pub fn bench_train(a: TrainBench) -> Result<()> {
         a.model.canonicalize()?
     };
     let data = tmp.path().join("prompts.jsonl");
-    let lines: String = (0..a.prompts.max(1) * 4).map(|i| format!("{{\"prompt\": \"What is {i} + {}?\", \"answer\": \"{}\"}}\n", i + 7, 2 * i + 7)).collect();
+    let lines: String = (0..a.prompts.max(1) * 4)
+        .map(|i| format!("{{\"prompt\": \"What is {i} + {}?\", \"answer\": \"{}\"}}\n", i + 7, 2 * i + 7))
+        .collect();
     std::fs::write(&data, lines)?;
     let recipe = format!(
         r#"
@@ -330,13 +345,30 @@ log_samples_every = 0
         tch::get_num_threads()
     );
     if a.stop_rate > 0.0 {
-        println!("  completion length: mean {:.1}, max {:.0} (stop rate {})", get("completions/mean_length"), get("completions/max_length"), a.stop_rate);
+        println!(
+            "  completion length: mean {:.1}, max {:.0} (stop rate {})",
+            get("completions/mean_length"),
+            get("completions/max_length"),
+            a.stop_rate
+        );
     }
     println!("  learner padding fraction: {:.3}", get("learner/padding_fraction"));
-    println!("  steps (s): {}", rows.iter().map(|r| format!("{:.3}", r["time/step_s"].as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(" "));
+    println!(
+        "  steps (s): {}",
+        rows.iter().map(|r| format!("{:.3}", r["time/step_s"].as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(" ")
+    );
     println!("  seconds per step (median): {step_s:.3}  ({:.3} steps/s)", 1.0 / step_s);
-    println!("  rollout tokens/s: {:.0}   learner tokens/s: {:.0}", get("throughput/rollout_tokens_per_s"), get("throughput/learner_tokens_per_s"));
-    println!("  achieved GFLOP/s: {:.2} of a measured fp32 matmul peak of {:.1} ({:.1}%)", flops / step_s / 1e9, peak, 100.0 * flops / step_s / 1e9 / peak);
+    println!(
+        "  rollout tokens/s: {:.0}   learner tokens/s: {:.0}",
+        get("throughput/rollout_tokens_per_s"),
+        get("throughput/learner_tokens_per_s")
+    );
+    println!(
+        "  achieved GFLOP/s: {:.2} of a measured fp32 matmul peak of {:.1} ({:.1}%)",
+        flops / step_s / 1e9,
+        peak,
+        100.0 * flops / step_s / 1e9 / peak
+    );
     println!("  peak memory (RSS): {:.0} MiB", peak_rss_mib());
     Ok(())
 }

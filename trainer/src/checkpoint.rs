@@ -59,7 +59,13 @@ pub fn write(run_dir: &Path, state: &TrainerState, keep_last: usize, fill: impl 
 /// are fsynced, the folder renamed to `parent/step-N` and the parent fsynced, then all but
 /// the newest `keep_last` complete checkpoints are removed (0 = keep all). A kill at any
 /// moment leaves every earlier checkpoint whole, and the new one either whole or absent.
-pub fn write_step_dir(parent: &Path, step: u64, state_file: &str, keep_last: usize, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+pub fn write_step_dir(
+    parent: &Path,
+    step: u64,
+    state_file: &str,
+    keep_last: usize,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(parent)?;
     let final_dir = parent.join(format!("step-{step}"));
     let tmp = parent.join(format!(".tmp-step-{step}"));
@@ -141,7 +147,8 @@ pub fn validate(dir: &Path, state_file: &str) -> Result<()> {
     serde_json::from_str::<serde_json::Value>(&text).with_context(|| format!("{}: not valid JSON", state.display()))?;
     let cfg = dir.join("config.json");
     if cfg.exists() {
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&cfg)?).with_context(|| format!("{}: not valid JSON", cfg.display()))?;
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&cfg)?)
+            .with_context(|| format!("{}: not valid JSON", cfg.display()))?;
     }
     let mut tensors = 0;
     for e in std::fs::read_dir(dir)? {
@@ -171,13 +178,18 @@ fn check_safetensors(p: &Path) -> Result<()> {
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|_| bad("truncated header".into()))?;
-    let h: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable header ({e})")))?;
+    let h: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable header ({e})")))?;
     let mut end = 0u64;
     for (k, v) in &h {
         if k == "__metadata__" {
             continue;
         }
-        let off = v.get("data_offsets").and_then(|o| o.as_array()).filter(|o| o.len() == 2).ok_or_else(|| bad(format!("tensor `{k}` has no data_offsets")))?;
+        let off = v
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .filter(|o| o.len() == 2)
+            .ok_or_else(|| bad(format!("tensor `{k}` has no data_offsets")))?;
         end = end.max(off[1].as_u64().unwrap_or(u64::MAX));
     }
     if 8 + n + end != size {
@@ -210,7 +222,13 @@ impl RunLock {
     pub fn acquire(dir: &Path) -> Result<RunLock> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(".lock");
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -226,7 +244,11 @@ impl RunLock {
         use std::io::{Seek, Write};
         let previous = std::fs::read_to_string(&path).unwrap_or_default();
         if !previous.trim().is_empty() {
-            eprintln!("note: {} was last used by {} , which ended without releasing it cleanly (crashed or killed); continuing", dir.display(), previous.trim());
+            eprintln!(
+                "note: {} was last used by {} , which ended without releasing it cleanly (crashed or killed); continuing",
+                dir.display(),
+                previous.trim()
+            );
         }
         file.set_len(0)?;
         file.seek(std::io::SeekFrom::Start(0))?;

@@ -11,10 +11,12 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
-#[command(after_long_help = "Examples:\n  ponder generate --model runs/demo/model --prompt 'What is 2 + 3?' --samples 4\n  ponder generate --model DIR --prompts prompts.jsonl --chat --json > out.jsonl\n\n\
+#[command(
+    after_long_help = "Examples:\n  ponder generate --model runs/demo/model --prompt 'What is 2 + 3?' --samples 4\n  ponder generate --model DIR --prompts prompts.jsonl --chat --json > out.jsonl\n\n\
 With --json, one JSON object per line: prompt_index, sample_index, text, token_ids, logprobs \
 (log-probabilities of the sampled tokens under the temperature-scaled policy), finish_reason \
-(eos | stop | length).")]
+(eos | stop | length)."
+)]
 pub struct GenerateArgs {
     /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
     #[arg(long)]
@@ -76,8 +78,7 @@ pub fn read_prompts(path: &Path) -> Result<Vec<Vec<ChatMessage>>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
         let msgs = match &v {
             serde_json::Value::String(s) => vec![ChatMessage { role: "user".into(), content: s.clone() }],
             serde_json::Value::Object(o) => {
@@ -186,7 +187,14 @@ pub struct InitModelArgs {
 }
 
 pub fn init_model(a: InitModelArgs) -> Result<()> {
-    let shape = tiny::TinyShape { hidden: a.hidden, layers: a.layers, heads: a.heads, kv_heads: a.kv_heads, intermediate: a.intermediate, vocab: a.vocab };
+    let shape = tiny::TinyShape {
+        hidden: a.hidden,
+        layers: a.layers,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        intermediate: a.intermediate,
+        vocab: a.vocab,
+    };
     if a.hidden % a.heads != 0 || a.heads % a.kv_heads != 0 {
         bail!("--hidden must be a multiple of --heads, and --heads a multiple of --kv-heads");
     }

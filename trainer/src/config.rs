@@ -315,7 +315,16 @@ pub struct TrainCfg {
 
 impl Default for TrainCfg {
     fn default() -> Self {
-        TrainCfg { steps: 100, eval_every: 0, eval_limit: 0, eval_samples: 1, save_every: 50, keep_last: 2, log_samples_every: 10, samples_to_log: 4 }
+        TrainCfg {
+            steps: 100,
+            eval_every: 0,
+            eval_limit: 0,
+            eval_samples: 1,
+            save_every: 50,
+            keep_last: 2,
+            log_samples_every: 10,
+            samples_to_log: 4,
+        }
     }
 }
 
@@ -325,7 +334,11 @@ fn explain(path: &str, msg: &str) -> String {
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let bad = rest.split('`').next().unwrap_or("");
         let valid: Vec<&str> = msg.split("expected").nth(1).map(|e| e.split('`').skip(1).step_by(2).collect()).unwrap_or_default();
-        let full = if path.is_empty() || path == "." { bad.to_string() } else { format!("{}.{bad}", path.trim_end_matches(&format!(".{bad}")[..]).trim_end_matches(bad).trim_end_matches('.')) };
+        let full = if path.is_empty() || path == "." {
+            bad.to_string()
+        } else {
+            format!("{}.{bad}", path.trim_end_matches(&format!(".{bad}")[..]).trim_end_matches(bad).trim_end_matches('.'))
+        };
         let best = valid.iter().map(|v| (strsim::levenshtein(bad, v), *v)).min();
         let hint = match best {
             Some((d, v)) if d <= 3 || v.starts_with(bad) || bad.starts_with(v) => format!("; did you mean `{v}`?"),

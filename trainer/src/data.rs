@@ -3,8 +3,8 @@
 use crate::config::DataCfg;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::{seq::SliceRandom, SeedableRng};
-use rollout::SeededRng;
 use rollout::tokenizer::{ChatMessage, Tokenizer};
+use rollout::SeededRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::io::BufRead;
@@ -31,12 +31,15 @@ pub fn load_jsonl(path: &Path, cfg: &DataCfg) -> Result<Vec<Example>> {
             continue;
         }
         let where_ = || format!("{}:{}", path.display(), i + 1);
-        let v: Value = serde_json::from_str(&line).map_err(|e| anyhow!("{}: not valid JSON ({e}); each line must be one JSON object", where_()))?;
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| anyhow!("{}: not valid JSON ({e}); each line must be one JSON object", where_()))?;
         let Value::Object(mut obj) = v else { bail!("{}: expected a JSON object", where_()) };
         let prompt = match obj.remove(&cfg.prompt_field) {
             Some(Value::String(s)) => s,
             Some(_) => bail!("{}: field `{}` must be a string", where_(), cfg.prompt_field),
-            None => bail!("{}: missing the prompt field `{}` (set data.prompt_field to the name your data uses)", where_(), cfg.prompt_field),
+            None => {
+                bail!("{}: missing the prompt field `{}` (set data.prompt_field to the name your data uses)", where_(), cfg.prompt_field)
+            }
         };
         let answer = match obj.remove(&cfg.answer_field) {
             Some(Value::String(s)) => Some(s),

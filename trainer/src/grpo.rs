@@ -85,7 +85,15 @@ pub struct TokenLoss {
 }
 
 /// `logp`, `old`, `ref_logp`: [B, T]; `adv`: [B].
-pub fn token_loss(logp: &Tensor, old: &Tensor, ref_logp: Option<&Tensor>, adv: &Tensor, eps_low: f64, eps_high: f64, beta: f64) -> TokenLoss {
+pub fn token_loss(
+    logp: &Tensor,
+    old: &Tensor,
+    ref_logp: Option<&Tensor>,
+    adv: &Tensor,
+    eps_low: f64,
+    eps_high: f64,
+    beta: f64,
+) -> TokenLoss {
     let ratio = (logp - old).exp();
     let a = adv.unsqueeze(1);
     let unclipped = &ratio * &a;
@@ -157,7 +165,14 @@ pub fn masked_mean(x: &Tensor, mask: &Tensor) -> f64 {
 /// Log-probabilities of `targets` [B, T] and entropies from hidden states [B, T, H], computing
 /// logits `chunk` positions at a time so a full fp32 [B, T, V] never exists at once (150k
 /// vocabularies fit). Logits are divided by `temperature` (as the sampler did).
-pub fn chunked_logprobs(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor, temperature: f64, chunk: i64, with_entropy: bool) -> (Tensor, Option<Tensor>) {
+pub fn chunked_logprobs(
+    hidden: &Tensor,
+    lm_head: &Tensor,
+    targets: &Tensor,
+    temperature: f64,
+    chunk: i64,
+    with_entropy: bool,
+) -> (Tensor, Option<Tensor>) {
     let t = hidden.size()[1];
     let mut lps = vec![];
     let mut ents = vec![];

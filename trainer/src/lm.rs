@@ -7,8 +7,8 @@ use crate::metrics::{Row, Sink};
 use crate::optim::{lr_at, AdamW};
 use anyhow::{bail, Context, Result};
 use rand::{seq::SliceRandom, SeedableRng};
-use rollout::SeededRng;
 use rollout::folder::Policy;
+use rollout::SeededRng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -44,7 +44,18 @@ pub struct LmCfg {
 
 impl Default for LmCfg {
     fn default() -> Self {
-        LmCfg { steps: 500, batch_size: 32, max_len: 512, lr: 1e-3, weight_decay: 0.01, warmup_steps: 20, schedule: Schedule::Cosine, max_grad_norm: 1.0, log_every: 10, save_every: 200 }
+        LmCfg {
+            steps: 500,
+            batch_size: 32,
+            max_len: 512,
+            lr: 1e-3,
+            weight_decay: 0.01,
+            warmup_steps: 20,
+            schedule: Schedule::Cosine,
+            max_grad_norm: 1.0,
+            log_every: 10,
+            save_every: 200,
+        }
     }
 }
 
@@ -171,7 +182,16 @@ pub struct LmOutcome {
 /// Trains `policy` on `examples` for `cfg.steps` steps, logging rows to `sinks`. With
 /// `ckpt`, resumes from the checkpoint there (same data order, bit-identical on CPU), saves
 /// one every `cfg.save_every` steps, and saves one when `stop` is raised.
-pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, sinks: &mut [Box<dyn Sink>], quiet: bool, ckpt: Option<&Path>, stop: &AtomicBool) -> Result<LmOutcome> {
+pub fn train(
+    policy: &Policy,
+    examples: &[LmExample],
+    cfg: &LmCfg,
+    seed: u64,
+    sinks: &mut [Box<dyn Sink>],
+    quiet: bool,
+    ckpt: Option<&Path>,
+    stop: &AtomicBool,
+) -> Result<LmOutcome> {
     if examples.is_empty() {
         bail!("no training sequences");
     }
@@ -186,7 +206,8 @@ pub fn train(policy: &Policy, examples: &[LmExample], cfg: &LmCfg, seed: u64, si
         None => None,
     };
     if let Some((dir, st)) = resume_from {
-        let w = rollout::model::weights::load_file(&dir.join("model.safetensors")).with_context(|| format!("reading checkpoint {}", dir.display()))?;
+        let w = rollout::model::weights::load_file(&dir.join("model.safetensors"))
+            .with_context(|| format!("reading checkpoint {}", dir.display()))?;
         let dir = dir.as_path();
         policy.copy_from(&w)?;
         opt.load(&dir.join("optimizer.safetensors"), st.optimizer_step)?;

@@ -103,14 +103,16 @@ struct WandbSyncArgs {
 }
 
 #[derive(Args)]
-#[command(after_long_help = "Examples:\n  ponder train recipes/tiny-r1-zero.toml\n  ponder train recipes/tiny-r1-zero.toml --set optim.lr=3e-6 --set run.name=lr3e-6\n  ponder train --resume runs/tiny-r1-zero\n\n\
+#[command(
+    after_long_help = "Examples:\n  ponder train recipes/tiny-r1-zero.toml\n  ponder train recipes/tiny-r1-zero.toml --set optim.lr=3e-6 --set run.name=lr3e-6\n  ponder train --resume runs/tiny-r1-zero\n\n\
 The run folder (run.output_dir/run.name) gets config.toml (the resolved recipe), metrics.jsonl \
 (one row per step), samples/ and checkpoints/step-N/ (Hugging Face layout + optimizer and \
 trainer state). Ctrl-C finishes the current step, saves a checkpoint and exits 0; a second \
 Ctrl-C exits at once.\n\n\
 A [wandb] section (or WANDB_MODE=online) streams every metrics row to Weights & Biases from a \
 background thread: a slow or unreachable server never holds training up, and --resume continues \
-the same W&B run. Offline or failed uploads: `ponder wandb-sync RUN_DIR`.")]
+the same W&B run. Offline or failed uploads: `ponder wandb-sync RUN_DIR`."
+)]
 struct TrainArgs {
     /// The recipe (TOML).
     recipe: Option<PathBuf>,
@@ -171,7 +173,8 @@ fn main() {
 }
 
 #[derive(Args)]
-#[command(after_long_help = "Examples:\n  ponder eval --model runs/tiny-r1-zero/stages/grpo/checkpoints/step-120 --data runs/tiny-r1-zero/data/heldout.jsonl --samples 64 --max-new-tokens 64 --out-dir eval-out\n  ponder eval --model base=runs/tiny-r1-zero/stages/base/model --model rl=runs/tiny-r1-zero/stages/grpo/checkpoints/step-120 \\\n    --data runs/tiny-r1-zero/data/heldout.jsonl --samples 16 --think-budgets 4,8,16,32 --out-dir eval-out\n\n\
+#[command(
+    after_long_help = "Examples:\n  ponder eval --model runs/tiny-r1-zero/stages/grpo/checkpoints/step-120 --data runs/tiny-r1-zero/data/heldout.jsonl --samples 64 --max-new-tokens 64 --out-dir eval-out\n  ponder eval --model base=runs/tiny-r1-zero/stages/base/model --model rl=runs/tiny-r1-zero/stages/grpo/checkpoints/step-120 \\\n    --data runs/tiny-r1-zero/data/heldout.jsonl --samples 16 --think-budgets 4,8,16,32 --out-dir eval-out\n\n\
 Samples --samples N completions per prompt (each prompt is computed once and its KV cache shared \
 by its N samples) and reports accuracy (avg@n, with its standard error over problems), format rate, \
 lengths and, for k = 1, 2, 4, ..., N: unbiased pass@k, maj@k (majority vote over extracted answers, \
@@ -186,7 +189,8 @@ itself, else {\"models\": [{\"report\": ..., \"budgets\": [...]}]}. --out-dir DI
 LABEL.json, LABEL-budgets.json and the charts k.png (accuracy vs k; k-LABEL.png per model when \
 there are several), think_budget.png and flops.png (accuracy vs FLOPs per problem, every model in one chart). --samples-output writes one JSON line per \
 sample. `ponder eval --combine A.json B.json --out-dir D` draws the charts of saved reports together \
-(e.g. models evaluated at different times).")]
+(e.g. models evaluated at different times)."
+)]
 struct EvalArgs {
     /// Model folder, or LABEL=FOLDER (repeatable: several models share the charts).
     #[arg(long, required_unless_present = "combine")]
@@ -266,13 +270,20 @@ struct EvalArgs {
 
 /// Reads reports saved by `ponder eval --out-dir` (and the budget sweep beside each).
 fn read_reports(files: &[PathBuf]) -> Result<Vec<(trainer::eval::EvalReport, Vec<trainer::eval::EvalReport>)>> {
-    let read = |p: &std::path::Path| -> Result<String> { std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display())) };
+    let read =
+        |p: &std::path::Path| -> Result<String> { std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display())) };
     files
         .iter()
         .map(|f| {
-            let r: trainer::eval::EvalReport = serde_json::from_str(&read(f)?).map_err(|e| anyhow::anyhow!("{}: not an eval report ({e}); give the LABEL.json that `ponder eval --out-dir` wrote", f.display()))?;
+            let r: trainer::eval::EvalReport = serde_json::from_str(&read(f)?).map_err(|e| {
+                anyhow::anyhow!("{}: not an eval report ({e}); give the LABEL.json that `ponder eval --out-dir` wrote", f.display())
+            })?;
             let sweep = f.with_file_name(format!("{}-budgets.json", f.file_stem().unwrap_or_default().to_string_lossy()));
-            let b = if sweep.exists() { serde_json::from_str(&read(&sweep)?).map_err(|e| anyhow::anyhow!("{}: {e}", sweep.display()))? } else { vec![] };
+            let b = if sweep.exists() {
+                serde_json::from_str(&read(&sweep)?).map_err(|e| anyhow::anyhow!("{}: {e}", sweep.display()))?
+            } else {
+                vec![]
+            };
             Ok((r, b))
         })
         .collect()
@@ -298,7 +309,12 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         }
         None => eval::default_rewards(),
     };
-    let params = rollout::generate::SamplingParams { temperature: a.temperature, top_p: a.top_p, max_new_tokens: a.max_new_tokens, ..Default::default() };
+    let params = rollout::generate::SamplingParams {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        max_new_tokens: a.max_new_tokens,
+        ..Default::default()
+    };
     let think = rollout::generate::ThinkParams {
         open: a.think_open.clone(),
         close: a.think_close.clone(),
@@ -311,7 +327,9 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     // Every setting is checked before the first model loads.
     spec.check()?;
     for &b in &a.think_budgets {
-        EvalSpec { think: rollout::generate::ThinkParams { budget: Some(b), ..spec.think.clone() }, ..spec.clone() }.check().map_err(|e| anyhow::anyhow!("--think-budgets {b}: {e}"))?;
+        EvalSpec { think: rollout::generate::ThinkParams { budget: Some(b), ..spec.think.clone() }, ..spec.clone() }
+            .check()
+            .map_err(|e| anyhow::anyhow!("--think-budgets {b}: {e}"))?;
     }
     let models: Vec<(String, PathBuf)> = a
         .model
@@ -334,7 +352,8 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     };
     let mut results: Vec<(eval::EvalReport, Vec<eval::EvalReport>)> = vec![];
     for (label, dir) in &models {
-        let pool = eval::open_pool(dir, device, kind, a.workers, a.threads).map_err(|e| anyhow::anyhow!("model {}: {e:#}", dir.display()))?;
+        let pool =
+            eval::open_pool(dir, device, kind, a.workers, a.threads).map_err(|e| anyhow::anyhow!("model {}: {e:#}", dir.display()))?;
         let mut runs = vec![eval::evaluate_full(dir, &examples, &spec, Some(&pool), device, kind)?];
         runs.extend(eval::sweep_budgets(dir, &examples, &spec, &a.think_budgets, &pool)?);
         let mut reports = vec![];
@@ -374,7 +393,11 @@ fn run_eval(a: EvalArgs) -> Result<()> {
 
 /// Charts (and, with `reports`, the reports) of evaluated models into `dir`: k.png (or
 /// k-LABEL.png per model), flops.png, think_budget.png.
-fn write_charts(dir: &std::path::Path, results: &[(trainer::eval::EvalReport, Vec<trainer::eval::EvalReport>)], reports: bool) -> Result<()> {
+fn write_charts(
+    dir: &std::path::Path,
+    results: &[(trainer::eval::EvalReport, Vec<trainer::eval::EvalReport>)],
+    reports: bool,
+) -> Result<()> {
     use trainer::eval::{charts, EvalReport};
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     let file = |r: &EvalReport| r.label.replace(['/', '\\', ' '], "_");
@@ -441,7 +464,11 @@ fn run_train(a: TrainArgs) -> Result<i32> {
     let out = train::train(a.recipe.as_deref(), a.resume.as_deref(), &a.set, opts)?;
     let ck = out.final_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
     if out.interrupted {
-        eprintln!("interrupted after step {}; checkpoint {ck}; resume with: ponder train --resume {}", out.steps_done, out.run_dir.display());
+        eprintln!(
+            "interrupted after step {}; checkpoint {ck}; resume with: ponder train --resume {}",
+            out.steps_done,
+            out.run_dir.display()
+        );
     } else {
         eprintln!("done: {} steps; run folder {}; final checkpoint {ck}", out.steps_done, out.run_dir.display());
     }

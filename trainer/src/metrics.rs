@@ -47,7 +47,8 @@ impl JsonlSink {
             std::fs::File::open(&tmp)?.sync_all()?;
             std::fs::rename(&tmp, &path)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
         let samples_dir = run_dir.join("samples");
         std::fs::create_dir_all(&samples_dir)?;
         Ok(JsonlSink { file, samples_dir })
@@ -91,8 +92,7 @@ impl ConsoleSink {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let b = indicatif::ProgressBar::new(total);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-                    .unwrap(),
+                indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap(),
             );
             b.set_position(start);
             b

@@ -133,7 +133,8 @@ impl AdamW {
         tch::no_grad(|| -> Result<()> {
             for (prefix, map) in [("exp_avg", &mut self.m), ("exp_avg_sq", &mut self.v)] {
                 for (k, t) in map.iter_mut() {
-                    let src = tensors.get(&format!("{prefix}.{k}")).with_context(|| format!("{}: missing `{prefix}.{k}`", path.display()))?;
+                    let src =
+                        tensors.get(&format!("{prefix}.{k}")).with_context(|| format!("{}: missing `{prefix}.{k}`", path.display()))?;
                     t.copy_(src);
                 }
             }

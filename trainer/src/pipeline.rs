@@ -106,9 +106,13 @@ fn resolve(t: &toml::Table, run_dir: &Path, state: &PipelineState, origin: &str)
     map_strings(&mut v, &mut |s: &str| {
         let mut out = s.replace("{run}", &run_dir.to_string_lossy());
         for (name, what) in references(s) {
-            let o = state.outputs.get(&name).ok_or_else(|| anyhow!("{origin}: `{{stages.{name}.{what}}}`: stage `{name}` has not run (a stage can only refer to earlier ones)"))?;
+            let o = state.outputs.get(&name).ok_or_else(|| {
+                anyhow!("{origin}: `{{stages.{name}.{what}}}`: stage `{name}` has not run (a stage can only refer to earlier ones)")
+            })?;
             let path = match what.as_str() {
-                "model" => o.model.clone().ok_or_else(|| anyhow!("{origin}: `{{stages.{name}.model}}`: stage `{name}` produced no model"))?,
+                "model" => {
+                    o.model.clone().ok_or_else(|| anyhow!("{origin}: `{{stages.{name}.model}}`: stage `{name}` produced no model"))?
+                }
                 "data" => o.data.clone().ok_or_else(|| anyhow!("{origin}: `{{stages.{name}.data}}`: stage `{name}` wrote no dataset"))?,
                 "dir" => run_dir.join("stages").join(&name),
                 other => bail!("{origin}: `{{stages.{name}.{other}}}`: a stage's outputs are `model`, `data` and `dir`"),
@@ -138,7 +142,10 @@ pub fn validate(p: &Pipeline) -> Result<()> {
         map_strings(&mut v, &mut |s: &str| {
             for (r, what) in references(s) {
                 if !names.contains(&r) {
-                    bail!("{origin}: `{{stages.{r}.{what}}}` names no earlier stage (earlier: {})", if names.is_empty() { "none".into() } else { names.join(", ") });
+                    bail!(
+                        "{origin}: `{{stages.{r}.{what}}}` names no earlier stage (earlier: {})",
+                        if names.is_empty() { "none".into() } else { names.join(", ") }
+                    );
                 }
                 if !["model", "data", "dir"].contains(&what.as_str()) {
                     bail!("{origin}: `{{stages.{r}.{what}}}`: a stage's outputs are `model`, `data` and `dir`");
@@ -158,7 +165,11 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
     validate(&p)?;
     let run_dir = p.run.output_dir.join(&p.run.name);
     if !resume && state_path(&run_dir).exists() {
-        bail!("run folder {} already holds a run; continue it with `ponder train --resume {}`, or pick another run.name", run_dir.display(), run_dir.display());
+        bail!(
+            "run folder {} already holds a run; continue it with `ponder train --resume {}`, or pick another run.name",
+            run_dir.display(),
+            run_dir.display()
+        );
     }
     std::fs::create_dir_all(&run_dir)?;
     let _lock = crate::checkpoint::RunLock::acquire(&run_dir)?;
@@ -191,7 +202,17 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
         std::fs::create_dir_all(&dir)?;
         eprintln!("stage {name} ({kind})");
         let t0 = std::time::Instant::now();
-        let ctx = Ctx { pipeline: &p, run_dir: &run_dir, dir, name: &name, origin, previous: previous.clone(), quiet, stop: &stop, table: &table };
+        let ctx = Ctx {
+            pipeline: &p,
+            run_dir: &run_dir,
+            dir,
+            name: &name,
+            origin,
+            previous: previous.clone(),
+            quiet,
+            stop: &stop,
+            table: &table,
+        };
         let out = match stages::run(&kind, &ctx)? {
             StageOutcome::Done(o) => o,
             StageOutcome::Interrupted => {

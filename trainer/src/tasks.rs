@@ -200,18 +200,18 @@ fn addition(a: u64, b: u64, task: TaskKind) -> Problem {
     let sum = a + b;
     let slip_val: u64 = slip_digits.iter().rev().fold(0, |acc, d| acc * 10 + d);
     let slip = (forgot || slip_val != sum).then(|| (slip_steps, spaced(slip_val)));
-    Problem {
-        task,
-        prompt: format!("What is {a} + {b}?"),
-        answer: sum.to_string(),
-        extra: Map::new(),
-        steps,
-        slip,
-    }
+    Problem { task, prompt: format!("What is {a} + {b}?"), answer: sum.to_string(), extra: Map::new(), steps, slip }
 }
 
 fn successor(a: u64) -> Problem {
-    Problem { task: TaskKind::Successor, prompt: format!("What number comes after {a}?"), answer: (a + 1).to_string(), extra: Map::new(), steps: vec![], slip: None }
+    Problem {
+        task: TaskKind::Successor,
+        prompt: format!("What number comes after {a}?"),
+        answer: (a + 1).to_string(),
+        extra: Map::new(),
+        steps: vec![],
+        slip: None,
+    }
 }
 
 fn compare(a: u64, b: u64) -> Problem {
@@ -387,7 +387,8 @@ mod tests {
         let train: std::collections::HashSet<&str> = tr.iter().map(|p| p.prompt.as_str()).collect();
         assert!(ho.iter().all(|p| !train.contains(p.prompt.as_str())));
         for p in tr.iter().chain(&ho) {
-            let nums: Vec<u64> = p.prompt.trim_start_matches("What is ").trim_end_matches('?').split(" + ").map(|x| x.parse().unwrap()).collect();
+            let nums: Vec<u64> =
+                p.prompt.trim_start_matches("What is ").trim_end_matches('?').split(" + ").map(|x| x.parse().unwrap()).collect();
             assert_eq!(p.answer, (nums[0] + nums[1]).to_string());
             // The reasoning ends with the answer's digits.
             if let Some((_, wrong)) = &p.slip {
@@ -396,13 +397,15 @@ mod tests {
         }
         let m = generate(TaskKind::Multiplication, Split::Train, 100, 2, 1, 0.2).unwrap();
         for p in &m {
-            let nums: Vec<u64> = p.prompt.trim_start_matches("What is ").trim_end_matches('?').split(" * ").map(|x| x.parse().unwrap()).collect();
+            let nums: Vec<u64> =
+                p.prompt.trim_start_matches("What is ").trim_end_matches('?').split(" * ").map(|x| x.parse().unwrap()).collect();
             assert_eq!(p.answer, (nums[0] * nums[1]).to_string());
             assert!(p.reasoning().ends_with(&spaced(nums[0] * nums[1])));
         }
         let c = generate(TaskKind::Compare, Split::Train, 200, 2, 1, 0.2).unwrap();
         for p in &c {
-            let nums: Vec<u64> = p.prompt.trim_start_matches("Which is larger, ").trim_end_matches('?').split(" or ").map(|x| x.parse().unwrap()).collect();
+            let nums: Vec<u64> =
+                p.prompt.trim_start_matches("Which is larger, ").trim_end_matches('?').split(" or ").map(|x| x.parse().unwrap()).collect();
             assert_ne!(nums[0], nums[1]);
             assert_eq!(p.answer, nums[0].max(nums[1]).to_string());
             assert_eq!(p.to_json()["task"], "compare");

@@ -152,14 +152,24 @@ pub fn llama_config(shape: TinyShape, vocab_size: i64, eos_id: i64, max_position
 /// embeddings) that uses the tokenizer of the model folder `tokenizer_from`: a distillation
 /// student must share its teacher's tokenizer. The vocabulary is `vocab` (a teacher's
 /// `config.json` size, which may exceed the tokenizer's) or the tokenizer's size.
-pub fn create_with_tokenizer(out: &Path, shape: TinyShape, arch: rollout::config::Arch, tokenizer_from: &Path, vocab: Option<i64>, seed: i64) -> Result<()> {
+pub fn create_with_tokenizer(
+    out: &Path,
+    shape: TinyShape,
+    arch: rollout::config::Arch,
+    tokenizer_from: &Path,
+    vocab: Option<i64>,
+    seed: i64,
+) -> Result<()> {
     if !tokenizer_from.join("tokenizer.json").is_file() {
         anyhow::bail!("{}: no tokenizer.json there; the tokenizer to reuse must be a model folder's", tokenizer_from.display());
     }
     std::fs::create_dir_all(out)?;
     crate::checkpoint::copy_side_files(tokenizer_from, out)?;
     let tk = rollout::tokenizer::Tokenizer::from_dir(out)?;
-    let eos = tk.eos_token_id().or_else(|| tk.token_to_id(EOS)).with_context(|| format!("the tokenizer of {} has no EOS token", tokenizer_from.display()))?;
+    let eos = tk
+        .eos_token_id()
+        .or_else(|| tk.token_to_id(EOS))
+        .with_context(|| format!("the tokenizer of {} has no EOS token", tokenizer_from.display()))?;
     let vocab = vocab.unwrap_or(tk.vocab_size() as i64);
     let raw = match arch {
         rollout::config::Arch::Qwen2 => qwen2_config(shape, vocab, eos, 4096),

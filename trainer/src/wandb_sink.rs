@@ -27,7 +27,15 @@ impl WandbSink {
     /// Starts (or, with `resume`, continues) the W&B run for `run_dir`; `None` when W&B is
     /// disabled. `config` is the resolved recipe, logged as the run config. Only
     /// configuration mistakes are errors; the network never is.
-    pub fn open(cfg: Option<&WandbConfig>, display_name: &str, run_dir: &Path, config: Value, resume: bool, run_id: Option<String>, total_steps: u64) -> Result<Option<WandbSink>> {
+    pub fn open(
+        cfg: Option<&WandbConfig>,
+        display_name: &str,
+        run_dir: &Path,
+        config: Value,
+        resume: bool,
+        run_id: Option<String>,
+        total_steps: u64,
+    ) -> Result<Option<WandbSink>> {
         let settings = Settings::resolve(cfg, display_name, &process_env).map_err(|e| anyhow!("[wandb]: {e}"))?;
         let state_path = run_dir.join(STATE_FILE);
         if !resume && state_path.exists() {
@@ -49,7 +57,9 @@ impl Sink for WandbSink {
         if let Some(r) = &self.run {
             r.log(step, row);
             // The Logs tab shows what the console shows, one line per step.
-            if let Some(crate::metrics::Line::Step(l) | crate::metrics::Line::Eval(l)) = crate::metrics::console_line(step, self.total_steps, row) {
+            if let Some(crate::metrics::Line::Step(l) | crate::metrics::Line::Eval(l)) =
+                crate::metrics::console_line(step, self.total_steps, row)
+            {
                 r.console(&l);
             }
         }
@@ -89,10 +99,8 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     }
     // A pipeline: its [wandb] names the stages that carry no recipe of their own
     // (pretrain, SFT) the way training did: `<pipeline>/<stage>`, grouped by pipeline.
-    let pipeline: Option<(WandbConfig, String)> = std::fs::read_to_string(dir.join("config.toml"))
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .and_then(|t| {
+    let pipeline: Option<(WandbConfig, String)> =
+        std::fs::read_to_string(dir.join("config.toml")).ok().and_then(|t| t.parse::<toml::Table>().ok()).and_then(|t| {
             let name = t.get("run")?.get("name")?.as_str()?.to_string();
             let w: WandbConfig = t.get("wandb")?.clone().try_into().ok()?;
             Some((w, name))
@@ -100,7 +108,11 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     let stages = dir.join("stages");
     let mut any = false;
     if let Ok(rd) = std::fs::read_dir(&stages) {
-        let mut dirs: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.join("metrics.jsonl").exists() && (p.join("config.toml").exists() || p.join(STATE_FILE).exists())).collect();
+        let mut dirs: Vec<_> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("metrics.jsonl").exists() && (p.join("config.toml").exists() || p.join(STATE_FILE).exists()))
+            .collect();
         dirs.sort();
         for d in dirs {
             let stage = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -138,7 +150,13 @@ fn sync_one(dir: &Path, fallback: Option<WandbConfig>) -> Result<()> {
     if u.rows_uploaded == 0 && u.complete {
         eprintln!("wandb-sync: {}: up to date (run {}, {url})", dir.display(), u.run_id);
     } else {
-        eprintln!("wandb-sync: {}: uploaded {} rows ({} already there); run {} at {url}", dir.display(), u.rows_uploaded, u.rows_skipped, u.run_id);
+        eprintln!(
+            "wandb-sync: {}: uploaded {} rows ({} already there); run {} at {url}",
+            dir.display(),
+            u.rows_uploaded,
+            u.rows_skipped,
+            u.run_id
+        );
     }
     Ok(())
 }

@@ -40,7 +40,11 @@ fn teacher(dir: &Path) -> PathBuf {
 }
 
 fn prompts(path: &Path, from: u32, n: u32) {
-    let body: String = (from..from + n).map(|i| format!("{{\"prompt\": \"What is {} + {}?\", \"answer\": \"{}\"}}\n", i * 7 % 100, i * 13 % 100, i * 7 % 100 + i * 13 % 100)).collect();
+    let body: String = (from..from + n)
+        .map(|i| {
+            format!("{{\"prompt\": \"What is {} + {}?\", \"answer\": \"{}\"}}\n", i * 7 % 100, i * 13 % 100, i * 7 % 100 + i * 13 % 100)
+        })
+        .collect();
     std::fs::write(path, body).unwrap();
 }
 
@@ -113,7 +117,8 @@ fn a_cache_covering_the_vocabulary_trains_exactly_like_the_online_teacher() {
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "online {x} vs full cache {y}");
     }
-    let (wa, wb, wc) = (weights(&stage("online").join("model")), weights(&stage("full").join("model")), weights(&stage("top3").join("model")));
+    let (wa, wb, wc) =
+        (weights(&stage("online").join("model")), weights(&stage("full").join("model")), weights(&stage("top3").join("model")));
     let maxdiff = |u: &std::collections::BTreeMap<String, tch::Tensor>, v: &std::collections::BTreeMap<String, tch::Tensor>| {
         u.iter().map(|(k, x)| f64::try_from((x - &v[k]).abs().max()).unwrap()).fold(0.0, f64::max)
     };
@@ -201,7 +206,14 @@ log_every = 5
     let n = d.len() as f64;
     let mean = d.iter().sum::<f64>() / n;
     let sd = (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    eprintln!("held-out reverse KL {:.3} -> {:.3} (drop {mean:.3} +- {:.3} s.e.), agreement {:.3} -> {:.3}", before.reverse_kl, after.reverse_kl, sd / n.sqrt(), before.agreement, after.agreement);
+    eprintln!(
+        "held-out reverse KL {:.3} -> {:.3} (drop {mean:.3} +- {:.3} s.e.), agreement {:.3} -> {:.3}",
+        before.reverse_kl,
+        after.reverse_kl,
+        sd / n.sqrt(),
+        before.agreement,
+        after.agreement
+    );
     assert!(mean > 5.0 * sd / n.sqrt(), "drop {mean} is within 5 standard errors ({})", sd / n.sqrt());
     assert!(after.reverse_kl < 0.5 * before.reverse_kl, "reverse KL {} -> {}", before.reverse_kl, after.reverse_kl);
     // The stage's own held-out measurement (step 0 and the end) saw the same direction.
@@ -260,7 +272,17 @@ fn a_stopped_on_policy_run_resumes_to_identical_weights() {
     let run = |stop_at: Option<u64>, ck: &Path| {
         let student = rollout::folder::Policy::load(&s_dir, tch::Kind::Float, tch::Device::Cpu).unwrap();
         let pool = rollout::pool::RolloutPool::from_dir(&s_dir, &[tch::Device::Cpu], tch::Kind::Float, tk.clone()).unwrap();
-        let job = Job { settings: settings.clone(), student: &student, teacher: Some(&teacher), sequences: &seqs, cache: None, prompts: &prompts, pool: Some(&pool), eval: None, setup_flops: 0.0 };
+        let job = Job {
+            settings: settings.clone(),
+            student: &student,
+            teacher: Some(&teacher),
+            sequences: &seqs,
+            cache: None,
+            prompts: &prompts,
+            pool: Some(&pool),
+            eval: None,
+            setup_flops: 0.0,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StopAt(stop_at.unwrap_or(0), stop.clone()))];
         let c = Checkpoints { dir: ck.to_path_buf(), side_files: s_dir.clone(), keep_last: 1 };
@@ -304,7 +326,8 @@ fn a_tokenizer_mismatch_names_both_sizes_and_the_first_differing_token() {
     // The truth, read from the two tokenizer.json files directly.
     let vocab = |d: &Path| -> Vec<Option<String>> {
         let j: Value = serde_json::from_str(&std::fs::read_to_string(d.join("tokenizer.json")).unwrap()).unwrap();
-        let mut m: std::collections::BTreeMap<u64, String> = j["model"]["vocab"].as_object().unwrap().iter().map(|(k, v)| (v.as_u64().unwrap(), k.clone())).collect();
+        let mut m: std::collections::BTreeMap<u64, String> =
+            j["model"]["vocab"].as_object().unwrap().iter().map(|(k, v)| (v.as_u64().unwrap(), k.clone())).collect();
         for t in j["added_tokens"].as_array().unwrap() {
             m.insert(t["id"].as_u64().unwrap(), t["content"].as_str().unwrap().to_string());
         }
@@ -339,7 +362,10 @@ fn bad_settings_are_clear_errors_before_anything_runs() {
         let mut text = stage(&body);
         if body.contains("{stages.t.model}") {
             // A model-producing stage named `t` before, so the reference is valid.
-            text = text.replace("[[stages]]\nname = \"d\"", "[[stages]]\nname = \"t\"\nkind = \"sft\"\nmodel = \"m\"\ndata = \"s.jsonl\"\n[[stages]]\nname = \"d\"");
+            text = text.replace(
+                "[[stages]]\nname = \"d\"",
+                "[[stages]]\nname = \"t\"\nkind = \"sft\"\nmodel = \"m\"\ndata = \"s.jsonl\"\n[[stages]]\nname = \"d\"",
+            );
         }
         let table: toml::Table = text.parse().unwrap();
         let err = match trainer::config::from_table::<Pipeline>(table, "test") {

@@ -22,7 +22,9 @@ fn v1(t: &Tensor) -> Vec<f64> {
 }
 
 fn close(got: &[f64], want: &Value, what: &str) {
-    let want: Vec<f64> = serde_json::from_value(want.clone()).unwrap_or_else(|_| want.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect());
+    let want: Vec<f64> = serde_json::from_value(want.clone()).unwrap_or_else(|_| {
+        want.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect()
+    });
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{what}[{i}]: {a} vs reference {b}");

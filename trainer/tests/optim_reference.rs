@@ -71,7 +71,10 @@ fn adamw_and_clipping_match_torch() {
         for (s, step) in case["steps"].as_array().unwrap().iter().enumerate() {
             opt.zero_grad();
             // d/dp sum(p * g) = g: sets each gradient to the fixture's.
-            let loss = handles.iter().map(|(k, p)| (p * Tensor::from_slice(&floats(&step["grad"][k])).reshape(p.size())).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
+            let loss = handles
+                .iter()
+                .map(|(k, p)| (p * Tensor::from_slice(&floats(&step["grad"][k])).reshape(p.size())).sum(Kind::Float))
+                .fold(Tensor::from(0f32), |a, b| a + b);
             loss.backward();
             let norm = opt.grad_norm();
             let want_norm = step["grad_norm"].as_f64().unwrap();

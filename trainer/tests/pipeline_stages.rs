@@ -97,7 +97,8 @@ fn lm_training_resumes_mid_stage_bit_identically() {
     let shape = TinyShape { hidden: 32, layers: 1, heads: 2, kv_heads: 1, intermediate: 64, vocab: 320 };
     let model = tmp.path().join("m");
     tiny::create_random_model(&model, shape, &tiny::default_corpus(1, 200), 3).unwrap();
-    let examples: Vec<LmExample> = (0..40).map(|i| LmExample { ids: (0..(5 + i % 23)).map(|j| ((i * 7 + j * 13) % 300) as i64).collect(), loss_from: 0 }).collect();
+    let examples: Vec<LmExample> =
+        (0..40).map(|i| LmExample { ids: (0..(5 + i % 23)).map(|j| ((i * 7 + j * 13) % 300) as i64).collect(), loss_from: 0 }).collect();
     let cfg = LmCfg { steps: 12, batch_size: 6, log_every: 1, save_every: 5, warmup_steps: 2, ..Default::default() };
     let load = || rollout::folder::Policy::load(&model, tch::Kind::Float, tch::Device::Cpu).unwrap();
 
@@ -132,5 +133,8 @@ fn lm_training_resumes_mid_stage_bit_identically() {
     for (k, t) in &a {
         assert!(t.equal(&b[k]), "{k} differs after resume");
     }
-    assert!(!a["model.layers.0.mlp.up_proj.weight"].equal(&load().named_tensors()["model.layers.0.mlp.up_proj.weight"]), "training moved the weights");
+    assert!(
+        !a["model.layers.0.mlp.up_proj.weight"].equal(&load().named_tensors()["model.layers.0.mlp.up_proj.weight"]),
+        "training moved the weights"
+    );
 }

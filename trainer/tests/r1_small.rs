@@ -226,12 +226,21 @@ fn the_r1_pipeline_makes_reasoning_monolingual_and_learns_the_direct_task() {
     let cfmt = |r: &EvalReport| r.tasks["compare"].format_rate.unwrap();
     assert!(cfmt(&fin) > 0.8 && cfmt(&fin) - cfmt(&base) > 0.5, "compare format {:.3} -> {:.3}", cfmt(&base), cfmt(&fin));
     let len = |r: &EvalReport, t: &str| r.tasks[t].mean_completion_tokens;
-    assert!(len(&fin, "compare") < 0.5 * len(&fin, "increment"), "compare is answered without reasoning: {:.1} vs {:.1} tokens", len(&fin, "compare"), len(&fin, "increment"));
+    assert!(
+        len(&fin, "compare") < 0.5 * len(&fin, "increment"),
+        "compare is answered without reasoning: {:.1} vs {:.1} tokens",
+        len(&fin, "compare"),
+        len(&fin, "increment")
+    );
     // Language consistency is not measured on the direct task (routed to `increment` only).
     assert!(fin.tasks["compare"].language_consistency_rate.is_none());
 
     // Rejection sampling kept only correct, well-formatted, entirely English samples.
-    let kept: Vec<Value> = std::fs::read_to_string(run.join("stages/rejection-sampling/data.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kept: Vec<Value> = std::fs::read_to_string(run.join("stages/rejection-sampling/data.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(kept.len() >= 10, "only {} samples kept", kept.len());
     for k in &kept {
         for r in ["accuracy", "format", "language_consistency"] {
@@ -242,7 +251,11 @@ fn the_r1_pipeline_makes_reasoning_monolingual_and_learns_the_direct_task() {
 
     // Routing in the all-scenario RL: the language reward scored exactly the increment
     // samples of each step, and both tasks were in the batches.
-    let rows: Vec<Value> = std::fs::read_to_string(run.join("stages/rl-all/metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<Value> = std::fs::read_to_string(run.join("stages/rl-all/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let mut compare_seen = 0.0;
     for r in rows.iter().filter(|r| r.get("reward").is_some()) {
         let inc = r["tasks/increment/count"].as_f64().unwrap_or(0.0);

@@ -142,14 +142,21 @@ fn grpo_raises_heldout_accuracy_of_a_tiny_base_model() {
     std::env::remove_var("WANDB_MODE");
     trainer::wandb_sink::sync_dir(&run).unwrap();
     for stage in ["base", "grpo"] {
-        let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join(format!("stages/{stage}/wandb.json"))).unwrap()).unwrap();
+        let st: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join(format!("stages/{stage}/wandb.json"))).unwrap()).unwrap();
         let id = st["run_id"].as_str().unwrap();
-        let upsert = server.requests().into_iter().find(|r| r.operation().as_deref() == Some("UpsertBucket") && r.json()["variables"]["name"] == id).unwrap().json();
+        let upsert = server
+            .requests()
+            .into_iter()
+            .find(|r| r.operation().as_deref() == Some("UpsertBucket") && r.json()["variables"]["name"] == id)
+            .unwrap()
+            .json();
         assert_eq!(upsert["variables"]["displayName"], format!("small/{stage}"));
         assert_eq!(upsert["variables"]["groupName"], "small");
         assert_eq!(upsert["variables"]["project"], "tiny");
         let metrics = std::fs::read_to_string(run.join(format!("stages/{stage}/metrics.jsonl"))).unwrap();
-        let mut steps: Vec<u64> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+        let mut steps: Vec<u64> =
+            metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
         steps.dedup();
         let uploaded: Vec<u64> = server.history(id).iter().map(|r| r["_step"].as_u64().unwrap()).collect();
         assert_eq!(uploaded, steps, "{stage}: every step once");

@@ -66,7 +66,9 @@ fn rejection_sampling_keeps_exactly_what_passes_and_resumes_identically() {
     let shape = TinyShape { hidden: 32, layers: 1, heads: 2, kv_heads: 1, intermediate: 64, vocab: 320 };
     tiny::create_random_model(&model, shape, &tiny::default_corpus(1, 200), 3).unwrap();
     let prompts = tmp.path().join("prompts.jsonl");
-    let body: String = (0..10).map(|i| format!("{{\"prompt\": \"What is {i} + {}?\", \"answer\": \"{}\", \"task\": \"addition\"}}\n", i * 7, i * 8)).collect();
+    let body: String = (0..10)
+        .map(|i| format!("{{\"prompt\": \"What is {i} + {}?\", \"answer\": \"{}\", \"task\": \"addition\"}}\n", i * 7, i * 8))
+        .collect();
     std::fs::write(&prompts, body).unwrap();
 
     let a = tmp.path().join("a");
@@ -119,7 +121,10 @@ fn rejection_sampling_keeps_exactly_what_passes_and_resumes_identically() {
 
     // data.jsonl holds exactly the kept samples, in order, with scores and provenance.
     let data = lines(&stage.join("data.jsonl"));
-    let got: Vec<_> = data.iter().map(|d| (d["source"]["prompt_index"].clone(), d["source"]["sample_index"].clone(), d["completion"].as_str().unwrap().to_string())).collect();
+    let got: Vec<_> = data
+        .iter()
+        .map(|d| (d["source"]["prompt_index"].clone(), d["source"]["sample_index"].clone(), d["completion"].as_str().unwrap().to_string()))
+        .collect();
     assert_eq!(got, expected_kept);
     for d in &data {
         assert!(d["prompt"].as_str().unwrap().starts_with("What is"));
@@ -149,7 +154,11 @@ fn rejection_sampling_keeps_exactly_what_passes_and_resumes_identically() {
     std::fs::write(stage_b.join("shards/shard-00001.tmp"), "{\"half\": ").unwrap();
     let first_shard = std::fs::metadata(stage_b.join("shards/shard-00000.jsonl")).unwrap().modified().unwrap();
     run(&table_b, true);
-    assert_eq!(std::fs::metadata(stage_b.join("shards/shard-00000.jsonl")).unwrap().modified().unwrap(), first_shard, "the finished shard was not sampled again");
+    assert_eq!(
+        std::fs::metadata(stage_b.join("shards/shard-00000.jsonl")).unwrap().modified().unwrap(),
+        first_shard,
+        "the finished shard was not sampled again"
+    );
     for f in ["shards/shard-00000.jsonl", "shards/shard-00001.jsonl", "shards/shard-00002.jsonl", "data.jsonl"] {
         assert_eq!(std::fs::read(stage.join(f)).unwrap(), std::fs::read(stage_b.join(f)).unwrap(), "{f} differs after resume");
     }

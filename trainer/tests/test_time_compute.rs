@@ -174,10 +174,23 @@ fn equivalent_answers_vote_together() {
     // Hand-made completions of one problem whose answer is 1/2: two say 3, three say 1/2 in
     // different forms. An exact-string vote picks 3; the grader's equivalence picks 1/2.
     use rollout::generate::{Completion, FinishReason};
-    let texts = ["<answer>3</answer>", "<answer>0.5</answer>", "<answer>3</answer>", "<answer>1/2</answer>", "<answer>\\frac{1}{2}</answer>", "no answer"];
+    let texts = [
+        "<answer>3</answer>",
+        "<answer>0.5</answer>",
+        "<answer>3</answer>",
+        "<answer>1/2</answer>",
+        "<answer>\\frac{1}{2}</answer>",
+        "no answer",
+    ];
     let comps: Vec<Completion> = texts
         .iter()
-        .map(|t| Completion { token_ids: vec![1, 2], logprobs: vec![-1.0, -1.0], text: t.to_string(), finish_reason: FinishReason::Eos, think: Default::default() })
+        .map(|t| Completion {
+            token_ids: vec![1, 2],
+            logprobs: vec![-1.0, -1.0],
+            text: t.to_string(),
+            finish_reason: FinishReason::Eos,
+            think: Default::default(),
+        })
         .collect();
     let set = rewards::RewardSet::from_specs(eval::default_rewards()).unwrap();
     let samples: Vec<rewards::Sample> = texts.iter().map(|t| rewards::Sample::new("q", t, Some("1/2"))).collect();
@@ -204,7 +217,13 @@ fn cli_writes_reports_charts_and_sample_lines_and_refuses_bad_settings() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, data) = setup(tmp.path());
     let small = tmp.path().join("small");
-    tiny::create_random_model(&small, TinyShape { hidden: 32, layers: 1, heads: 2, kv_heads: 1, intermediate: 64, vocab: 320 }, &tiny::default_corpus(2, 400), 5).unwrap();
+    tiny::create_random_model(
+        &small,
+        TinyShape { hidden: 32, layers: 1, heads: 2, kv_heads: 1, intermediate: 64, vocab: 320 },
+        &tiny::default_corpus(2, 400),
+        5,
+    )
+    .unwrap();
     let out = tmp.path().join("out");
     let lines = tmp.path().join("new-folder/samples.jsonl");
     let (m, s, d) = (format!("big={}", model.display()), format!("small={}", small.display()), data.display().to_string());
@@ -224,7 +243,9 @@ fn cli_writes_reports_charts_and_sample_lines_and_refuses_bad_settings() {
     // The bigger model costs more FLOPs per problem at every k.
     let f = |i: usize| models[i]["report"]["flops_per_problem"].as_f64().unwrap();
     assert!(f(0) > f(1));
-    for file in ["big.json", "big-budgets.json", "small.json", "small-budgets.json", "k-big.png", "k-small.png", "flops.png", "think_budget.png"] {
+    for file in
+        ["big.json", "big-budgets.json", "small.json", "small-budgets.json", "k-big.png", "k-small.png", "flops.png", "think_budget.png"]
+    {
         let p = out.join(file);
         assert!(p.exists() && std::fs::metadata(&p).unwrap().len() > 0, "{file} missing");
     }
@@ -311,7 +332,8 @@ log_samples_every = 0
     std::fs::write(&r, recipe).unwrap();
     let opts = trainer::train::Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None };
     let out = trainer::train::train(Some(&r), None, &[], opts).unwrap();
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.run_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.run_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let evals: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("eval/reward").is_some()).collect();
     assert_eq!(evals.len(), 2);
     for e in evals {
@@ -324,7 +346,13 @@ log_samples_every = 0
         assert_eq!(g("eval/num_prompts"), 6.0);
     }
     // The default (one sample) keeps today's rows: no pass@k.
-    let out = trainer::train::train(Some(&r), None, &["run.name=\"one\"".into(), "train.eval_samples=1".into()], trainer::train::Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None }).unwrap();
+    let out = trainer::train::train(
+        Some(&r),
+        None,
+        &["run.name=\"one\"".into(), "train.eval_samples=1".into()],
+        trainer::train::Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None },
+    )
+    .unwrap();
     let text = std::fs::read_to_string(out.run_dir.join("metrics.jsonl")).unwrap();
     assert!(text.contains("eval/reward") && !text.contains("pass@"));
 }

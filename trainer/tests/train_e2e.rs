@@ -93,10 +93,24 @@ fn short_run_writes_everything() {
     assert_eq!(steps, vec![1, 2, 3, 4, 5]);
     let train_row = rows.iter().find(|r| r.get("reward").is_some()).unwrap();
     for key in [
-        "reward", "reward_std", "rewards/char_fraction/mean", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
-        "clip_ratio/region_mean", "completions/mean_length", "completions/min_length", "completions/max_length",
-        "completions/clipped_ratio", "learning_rate", "grad_norm", "time/step_s", "throughput/rollout_tokens_per_s",
-        "throughput/learner_tokens_per_s", "loss",
+        "reward",
+        "reward_std",
+        "rewards/char_fraction/mean",
+        "kl",
+        "entropy",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "completions/mean_length",
+        "completions/min_length",
+        "completions/max_length",
+        "completions/clipped_ratio",
+        "learning_rate",
+        "grad_norm",
+        "time/step_s",
+        "throughput/rollout_tokens_per_s",
+        "throughput/learner_tokens_per_s",
+        "loss",
     ] {
         assert!(train_row.get(key).is_some_and(|v| v.is_number()), "metric {key} missing: {train_row}");
     }
@@ -106,12 +120,14 @@ fn short_run_writes_everything() {
     assert!(train_row["kl"].as_f64().unwrap() >= 0.0);
     // Samples every 2 steps; checkpoints kept: last 2 (step-4 and the final step-5).
     assert!(run.join("samples/step-000002.jsonl").exists());
-    let ckpts: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    let ckpts: Vec<String> =
+        std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     let mut ckpts = ckpts;
     ckpts.sort();
     assert_eq!(ckpts, vec!["step-4", "step-5"]);
     let ck = run.join("checkpoints/step-5");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "optimizer.safetensors", "trainer_state.json"] {
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "optimizer.safetensors", "trainer_state.json"]
+    {
         assert!(ck.join(f).exists(), "{f} missing from checkpoint");
     }
     // The checkpoint is a model folder ponder (and transformers) loads as is, and it moved.
@@ -158,8 +174,15 @@ fn toy_reward_rises() {
     setup(tmp.path());
     let r = recipe(tmp.path(), "");
     let sets: Vec<String> = [
-        "run.name=\"toy\"", "train.steps=30", "train.eval_every=0", "train.save_every=0", "rollout.group_size=8",
-        "rollout.prompts_per_step=8", "grpo.beta=0.0", "grpo.loss_type=\"dapo\"", "optim.lr=3e-3",
+        "run.name=\"toy\"",
+        "train.steps=30",
+        "train.eval_every=0",
+        "train.save_every=0",
+        "rollout.group_size=8",
+        "rollout.prompts_per_step=8",
+        "grpo.beta=0.0",
+        "grpo.loss_type=\"dapo\"",
+        "optim.lr=3e-3",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -147,7 +147,9 @@ impl Client {
         let data = self.graphql(UPSERT_BUCKET, vars)?;
         let up = &data["upsertBucket"];
         let b = &up["bucket"];
-        let s = |v: &Value, what: &str| v.as_str().map(str::to_string).ok_or_else(|| Error::Protocol(format!("UpsertBucket answer lacks {what}: {data}")));
+        let s = |v: &Value, what: &str| {
+            v.as_str().map(str::to_string).ok_or_else(|| Error::Protocol(format!("UpsertBucket answer lacks {what}: {data}")))
+        };
         Ok(Bucket {
             entity: s(&b["project"]["entity"]["name"], "bucket.project.entity.name")?,
             project: s(&b["project"]["name"], "bucket.project.name").unwrap_or_else(|_| project.to_string()),
@@ -239,7 +241,9 @@ pub(crate) fn base64(bytes: &[u8]) -> String {
 mod tests {
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
             assert_eq!(super::base64(i.as_bytes()), o);
         }
     }

@@ -76,7 +76,9 @@ impl State {
     pub fn save(&self, path: &Path) -> Result<(), Error> {
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self).expect("state serializes");
-        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| Error::Io(format!("writing {}: {e}", path.display())))
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| Error::Io(format!("writing {}: {e}", path.display())))
     }
 }
 
@@ -167,7 +169,10 @@ impl Run {
                 st.exit_code = None;
                 st.save(p)?;
                 if opts.verbose {
-                    eprintln!("wandb: offline run {run_id}; upload it later with `ponder wandb-sync {}`", p.parent().unwrap_or(Path::new(".")).display());
+                    eprintln!(
+                        "wandb: offline run {run_id}; upload it later with `ponder wandb-sync {}`",
+                        p.parent().unwrap_or(Path::new(".")).display()
+                    );
                 }
                 return Ok(Some(Run {
                     tx: None,
@@ -655,7 +660,12 @@ impl Worker {
             if Instant::now() >= deadline {
                 break;
             }
-            std::thread::sleep(self.next_try.saturating_duration_since(Instant::now()).min(deadline.saturating_duration_since(Instant::now())).min(Duration::from_millis(200)));
+            std::thread::sleep(
+                self.next_try
+                    .saturating_duration_since(Instant::now())
+                    .min(deadline.saturating_duration_since(Instant::now()))
+                    .min(Duration::from_millis(200)),
+            );
         }
         self.save_state();
         self.report.complete = self.state.complete;

@@ -67,7 +67,9 @@ fn sample_files(run_dir: &Path) -> Vec<(u64, Vec<Value>)> {
     let Ok(rd) = std::fs::read_dir(run_dir.join("samples")) else { return out };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(step) = name.strip_prefix("step-").and_then(|s| s.strip_suffix(".jsonl")).and_then(|s| s.parse::<u64>().ok()) else { continue };
+        let Some(step) = name.strip_prefix("step-").and_then(|s| s.strip_suffix(".jsonl")).and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
         let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
         let rows: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         if !rows.is_empty() {

@@ -133,7 +133,11 @@ impl MockServer {
         let Some((method, path, headers, body)) = read_request(&mut conn) else { return };
         let behavior = {
             let mut g = self.inner.lock().unwrap();
-            if g.next.is_empty() { g.behavior.clone().unwrap_or(Behavior::Normal) } else { g.next.remove(0) }
+            if g.next.is_empty() {
+                g.behavior.clone().unwrap_or(Behavior::Normal)
+            } else {
+                g.next.remove(0)
+            }
         };
         let req = Request { method: method.clone(), path: path.clone(), headers, body, answered: behavior.clone() };
         self.inner.lock().unwrap().requests.push(req.clone());

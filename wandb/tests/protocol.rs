@@ -320,7 +320,8 @@ fn offline_runs_sync_each_row_exactly_once() {
         + "{\"step\": 3, \"rew";
     std::fs::write(dir.path().join("metrics.jsonl"), text).unwrap();
     std::fs::create_dir_all(dir.path().join("samples")).unwrap();
-    std::fs::write(dir.path().join("samples/step-000002.jsonl"), format!("{}\n", json!({"prompt": "p", "completion": "c", "reward": 1.0}))).unwrap();
+    std::fs::write(dir.path().join("samples/step-000002.jsonl"), format!("{}\n", json!({"prompt": "p", "completion": "c", "reward": 1.0})))
+        .unwrap();
     let r = sync(settings(&server.url, Mode::Online), dir.path(), Some(json!({"lr": 0.1}))).unwrap();
     assert_eq!((r.upload.run_id.as_str(), r.upload.rows_uploaded, r.bad_lines.as_slice()), (id.as_str(), 3, &[5][..]));
     let h = server.history(&id);
@@ -335,7 +336,10 @@ fn offline_runs_sync_each_row_exactly_once() {
     assert_eq!((again.upload.rows_uploaded, server.requests().len()), (0, n));
     // The run goes on (resumed offline); only the new rows go up.
     let mut more = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
-    more = more.rsplit_once('\n').unwrap().0.to_string() + "\n" + &json!({"step": 3, "reward": 0.9, "timestamp": 1.8e9 + 3.0}).to_string() + "\n";
+    more = more.rsplit_once('\n').unwrap().0.to_string()
+        + "\n"
+        + &json!({"step": 3, "reward": 0.9, "timestamp": 1.8e9 + 3.0}).to_string()
+        + "\n";
     std::fs::write(dir.path().join("metrics.jsonl"), more).unwrap();
     let third = sync(settings(&server.url, Mode::Online), dir.path(), None).unwrap();
     assert_eq!(third.upload.rows_uploaded, 1);

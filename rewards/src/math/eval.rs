@@ -12,10 +12,7 @@ pub struct Val {
 
 impl Val {
     fn exact(q: Q) -> Val {
-        Val {
-            c: C::real(q.to_f64()),
-            q: Some(q),
-        }
+        Val { c: C::real(q.to_f64()), q: Some(q) }
     }
     fn approx(c: C) -> Val {
         Val { c, q: None }
@@ -44,10 +41,7 @@ pub fn eval(n: &Node, env: Env) -> Option<Val> {
         Node::Inf => Val::approx(C::real(f64::INFINITY)),
         Node::Neg(a) => {
             let a = eval(a, env)?;
-            Val {
-                c: a.c.neg(),
-                q: a.q.and_then(Q::neg),
-            }
+            Val { c: a.c.neg(), q: a.q.and_then(Q::neg) }
         }
         Node::Add(a, b) | Node::Sub(a, b) | Node::Mul(a, b) | Node::Div(a, b) => {
             let (x, y) = (eval(a, env)?, eval(b, env)?);
@@ -107,11 +101,7 @@ pub fn eval(n: &Node, env: Env) -> Option<Val> {
                     for j in 0..k {
                         acc = match acc.mul(Q::int(nn - j)).and_then(|v| v.div(Q::int(j + 1))) {
                             Some(v) => v,
-                            None => {
-                                return Some(Val::approx(C::real(
-                                    fact(nn as f64) / (fact(k as f64) * fact((nn - k) as f64)),
-                                )))
-                            }
+                            None => return Some(Val::approx(C::real(fact(nn as f64) / (fact(k as f64) * fact((nn - k) as f64))))),
                         };
                     }
                     return Some(Val::exact(acc));
@@ -171,27 +161,16 @@ pub fn eval(n: &Node, env: Env) -> Option<Val> {
         Node::Abs(a) => {
             let x = eval(a, env)?;
             match x.q {
-                Some(q) => Val::exact(Q {
-                    num: q.num.abs(),
-                    den: q.den,
-                }),
+                Some(q) => Val::exact(Q { num: q.num.abs(), den: q.den }),
                 None => Val::approx(C::real(x.c.abs())),
             }
         }
         Node::Floor(a) | Node::Ceil(a) => {
             let x = eval(a, env)?;
-            let f = if matches!(n, Node::Floor(_)) {
-                x.c.re.floor()
-            } else {
-                x.c.re.ceil()
-            };
+            let f = if matches!(n, Node::Floor(_)) { x.c.re.floor() } else { x.c.re.ceil() };
             if let Some(q) = x.q {
                 let fl = q.num.div_euclid(q.den);
-                let v = if matches!(n, Node::Floor(_)) || q.is_int() {
-                    fl
-                } else {
-                    fl + 1
-                };
+                let v = if matches!(n, Node::Floor(_)) || q.is_int() { fl } else { fl + 1 };
                 return Some(Val::exact(Q::int(v)));
             }
             Val::approx(C::real(f))
@@ -203,16 +182,10 @@ pub fn eval(n: &Node, env: Env) -> Option<Val> {
 /// Free variables of a node, sorted and deduplicated.
 pub fn vars(n: &Node, out: &mut Vec<String>) {
     match n {
-        Node::Var(v)
-            if !out.contains(v) => {
-                out.push(v.clone());
-            }
-        Node::Neg(a)
-        | Node::Fact(a)
-        | Node::Func(_, a)
-        | Node::Abs(a)
-        | Node::Floor(a)
-        | Node::Ceil(a) => vars(a, out),
+        Node::Var(v) if !out.contains(v) => {
+            out.push(v.clone());
+        }
+        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Abs(a) | Node::Floor(a) | Node::Ceil(a) => vars(a, out),
         Node::Add(a, b)
         | Node::Sub(a, b)
         | Node::Mul(a, b)
@@ -225,11 +198,7 @@ pub fn vars(n: &Node, out: &mut Vec<String>) {
             vars(a, out);
             vars(b, out);
         }
-        Node::Bracket(_, _, items)
-        | Node::Set(items)
-        | Node::List(items)
-        | Node::Union(items)
-        | Node::Rel(items, _) => {
+        Node::Bracket(_, _, items) | Node::Set(items) | Node::List(items) | Node::Union(items) | Node::Rel(items, _) => {
             for i in items {
                 vars(i, out);
             }
@@ -243,12 +212,7 @@ pub fn has_decimal(n: &Node) -> bool {
     match n {
         Node::Num(_, d) => *d,
         Node::Float(_) => true,
-        Node::Neg(a)
-        | Node::Fact(a)
-        | Node::Func(_, a)
-        | Node::Abs(a)
-        | Node::Floor(a)
-        | Node::Ceil(a) => has_decimal(a),
+        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Abs(a) | Node::Floor(a) | Node::Ceil(a) => has_decimal(a),
         Node::Add(a, b)
         | Node::Sub(a, b)
         | Node::Mul(a, b)

@@ -36,14 +36,7 @@ pub enum Source {
     LastNumber,
 }
 
-const PHRASES: &[&str] = &[
-    "final answer is",
-    "final answer:",
-    "final answer",
-    "the answer is",
-    "answer is",
-    "answer:",
-];
+const PHRASES: &[&str] = &["final answer is", "final answer:", "final answer", "the answer is", "answer is", "answer:"];
 
 /// Finds the last answer phrase (ASCII case-insensitive) and returns the text after it.
 fn after_phrase(text: &str) -> Option<&str> {
@@ -58,8 +51,7 @@ fn after_phrase(text: &str) -> Option<&str> {
         }
     }
     let (_, end) = best?;
-    let mut rest =
-        text[end..].trim_start_matches(|c: char| c == ':' || c == '*' || c.is_whitespace());
+    let mut rest = text[end..].trim_start_matches(|c: char| c == ':' || c == '*' || c.is_whitespace());
     rest = rest.strip_prefix("is").map(str::trim_start).unwrap_or(rest);
     rest = rest.trim_start_matches(|c: char| c == ':' || c == '*' || c.is_whitespace());
     if let Some(b) = boxed_group(rest) {
@@ -70,10 +62,7 @@ fn after_phrase(text: &str) -> Option<&str> {
     for (o, c) in [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")] {
         if let Some(inner) = line.strip_prefix(o) {
             // the closing delimiter, skipping escaped `\$`
-            let e = inner
-                .match_indices(c)
-                .map(|(i, _)| i)
-                .find(|&i| c != "$" || !inner[..i].ends_with('\\'));
+            let e = inner.match_indices(c).map(|(i, _)| i).find(|&i| c != "$" || !inner[..i].ends_with('\\'));
             if let Some(e) = e {
                 return Some(inner[..e].trim()).filter(|s| !s.is_empty());
             }
@@ -97,12 +86,7 @@ fn last_number(text: &str) -> Option<&str> {
         if b[i].is_ascii_digit() {
             let end = i + 1;
             let mut st = i;
-            while st > 0
-                && (b[st - 1].is_ascii_digit()
-                    || b[st - 1] == b'.'
-                    || b[st - 1] == b','
-                    || b[st - 1] == b'/')
-            {
+            while st > 0 && (b[st - 1].is_ascii_digit() || b[st - 1] == b'.' || b[st - 1] == b',' || b[st - 1] == b'/') {
                 st -= 1;
             }
             while st < end && !b[st].is_ascii_digit() {
@@ -146,14 +130,8 @@ fn boxed_group(text: &str) -> Option<&str> {
     let mut all_same = true;
     for _ in 0..16 {
         // quick reject: the text before the group must end with `}` after separators
-        let head = text[..start].trim_end_matches(|c: char| {
-            c.is_whitespace() || matches!(c, '$' | ',' | ';' | '.' | '(' | ')' | '\\')
-        });
-        if !head.ends_with('}')
-            && !head.ends_with("and")
-            && !head.ends_with("or")
-            && !head.ends_with("quad")
-        {
+        let head = text[..start].trim_end_matches(|c: char| c.is_whitespace() || matches!(c, '$' | ',' | ';' | '.' | '(' | ')' | '\\'));
+        if !head.ends_with('}') && !head.ends_with("and") && !head.ends_with("or") && !head.ends_with("quad") {
             break;
         }
         let Some(prev) = crate::text::last_boxed(&text[..start]) else {
@@ -161,8 +139,7 @@ fn boxed_group(text: &str) -> Option<&str> {
         };
         let p_start = prev.as_ptr() as usize - base;
         let p_end = p_start + prev.len();
-        if !text[p_end..].starts_with('}') || normalize::box_gap(&text[p_end + 1..start]).is_none()
-        {
+        if !text[p_end..].starts_with('}') || normalize::box_gap(&text[p_end + 1..start]).is_none() {
             break;
         }
         all_same &= prev.trim() == last.trim();
@@ -175,10 +152,7 @@ fn boxed_group(text: &str) -> Option<&str> {
 }
 
 /// Extracts the final answer of a completion, or says why there is none.
-pub fn extract_answer(
-    completion: &str,
-    last_number_fallback: bool,
-) -> Result<(&str, Source), String> {
+pub fn extract_answer(completion: &str, last_number_fallback: bool) -> Result<(&str, Source), String> {
     if let Some((block, _closed)) = crate::text::last_tag_block(completion, "answer") {
         if let Some(b) = boxed_group(block) {
             if !b.trim().is_empty() {
@@ -250,11 +224,7 @@ pub enum Answer {
 
 fn choice_letter(s: &str) -> Option<char> {
     let t = s.trim();
-    let t = t
-        .strip_prefix("Option")
-        .or_else(|| t.strip_prefix("option"))
-        .unwrap_or(t)
-        .trim();
+    let t = t.strip_prefix("Option").or_else(|| t.strip_prefix("option")).unwrap_or(t).trim();
     let b = t.as_bytes();
     let (letter, rest) = if b.first() == Some(&b'(') && b.len() >= 3 && b[2] == b')' {
         (b[1], &t[3..])
@@ -275,10 +245,7 @@ fn choice_letter(s: &str) -> Option<char> {
 }
 
 fn text_key(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_whitespace() && *c != '{' && *c != '}' && *c != '\\')
-        .flat_map(char::to_lowercase)
-        .collect()
+    s.chars().filter(|c| !c.is_whitespace() && *c != '{' && *c != '}' && *c != '\\').flat_map(char::to_lowercase).collect()
 }
 
 /// Parses a (normalised) answer string.
@@ -300,10 +267,9 @@ fn close(x: C, y: C, tol: f64) -> bool {
 
 /// Evaluation points: deterministic, irrational-looking, positive (avoids branch cuts).
 fn point(var: usize, k: usize) -> f64 {
-    let h = ((var as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (k as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
-    .rotate_left(29)
-    .wrapping_mul(0x1656_67B1_9E37_79F9);
+    let h = ((var as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
+        .rotate_left(29)
+        .wrapping_mul(0x1656_67B1_9E37_79F9);
     0.35 + 2.3 * ((h >> 11) as f64 / (1u64 << 53) as f64)
 }
 
@@ -351,16 +317,7 @@ fn scalar_equiv(a: &Node, b: &Node, o: &EquivOptions) -> bool {
 }
 
 fn is_scalar(n: &Node) -> bool {
-    !matches!(
-        n,
-        Node::Bracket(..)
-            | Node::Set(_)
-            | Node::List(_)
-            | Node::Union(_)
-            | Node::Rel(..)
-            | Node::EmptySet
-            | Node::PlusMinus(..)
-    )
+    !matches!(n, Node::Bracket(..) | Node::Set(_) | Node::List(_) | Node::Union(_) | Node::Rel(..) | Node::EmptySet | Node::PlusMinus(..))
 }
 
 fn multiset_equiv(a: &[Node], b: &[Node], o: &EquivOptions) -> bool {
@@ -382,10 +339,7 @@ fn multiset_equiv(a: &[Node], b: &[Node], o: &EquivOptions) -> bool {
 
 fn expand_pm(n: &Node) -> Option<Vec<Node>> {
     if let Node::PlusMinus(a, b) = n {
-        Some(vec![
-            Node::Add(a.clone(), b.clone()),
-            Node::Sub(a.clone(), b.clone()),
-        ])
+        Some(vec![Node::Add(a.clone(), b.clone()), Node::Sub(a.clone(), b.clone())])
     } else {
         None
     }
@@ -413,11 +367,7 @@ fn expand_rel_pm(n: &Node) -> Option<Node> {
     if let Node::Rel(sides, rels) = n {
         if rels.len() == 1 && rels[0] == Rel::Eq {
             let pm = expand_pm(&sides[1])?;
-            return Some(Node::List(
-                pm.into_iter()
-                    .map(|v| Node::Rel(vec![sides[0].clone(), v], vec![Rel::Eq]))
-                    .collect(),
-            ));
+            return Some(Node::List(pm.into_iter().map(|v| Node::Rel(vec![sides[0].clone(), v], vec![Rel::Eq])).collect()));
         }
     }
     None
@@ -466,10 +416,7 @@ fn rel_interval(n: &Node) -> Option<(&str, Node)> {
             let iv = match rel {
                 Rl::Lt | Rl::Le => Bracket('(', close_bracket(rel == Rl::Lt), vec![ninf(), c]),
                 Rl::Gt | Rl::Ge => Bracket(open_bracket(rel == Rl::Gt), ')', vec![c, Inf]),
-                Rl::Ne => Union(vec![
-                    Bracket('(', ')', vec![ninf(), c.clone()]),
-                    Bracket('(', ')', vec![c, Inf]),
-                ]),
+                Rl::Ne => Union(vec![Bracket('(', ')', vec![ninf(), c.clone()]), Bracket('(', ')', vec![c, Inf])]),
                 Rl::Eq => return None,
             };
             Some((v, iv))
@@ -482,17 +429,9 @@ fn rel_interval(n: &Node) -> Option<(&str, Node)> {
             let lt = |r: Rl| matches!(r, Rl::Lt | Rl::Le);
             let gt = |r: Rl| matches!(r, Rl::Gt | Rl::Ge);
             let iv = if lt(r[0]) && lt(r[1]) {
-                Bracket(
-                    open_bracket(r[0] == Rl::Lt),
-                    close_bracket(r[1] == Rl::Lt),
-                    vec![s[0].clone(), s[2].clone()],
-                )
+                Bracket(open_bracket(r[0] == Rl::Lt), close_bracket(r[1] == Rl::Lt), vec![s[0].clone(), s[2].clone()])
             } else if gt(r[0]) && gt(r[1]) {
-                Bracket(
-                    open_bracket(r[1] == Rl::Gt),
-                    close_bracket(r[0] == Rl::Gt),
-                    vec![s[2].clone(), s[0].clone()],
-                )
+                Bracket(open_bracket(r[1] == Rl::Gt), close_bracket(r[0] == Rl::Gt), vec![s[2].clone(), s[0].clone()])
             } else {
                 return None;
             };
@@ -540,11 +479,7 @@ fn labelled(items: &[Node]) -> Option<Vec<(&Node, &Node)>> {
     Some(pairs)
 }
 
-fn pairwise_equiv<'a>(
-    a: impl ExactSizeIterator<Item = &'a Node>,
-    b: impl ExactSizeIterator<Item = &'a Node>,
-    o: &EquivOptions,
-) -> bool {
+fn pairwise_equiv<'a>(a: impl ExactSizeIterator<Item = &'a Node>, b: impl ExactSizeIterator<Item = &'a Node>, o: &EquivOptions) -> bool {
     a.len() == b.len() && a.zip(b).all(|(x, y)| node_equiv(x, y, o))
 }
 
@@ -555,12 +490,7 @@ fn pairwise_equiv<'a>(
 fn list_equiv(x: &[Node], y: &[Node], o: &EquivOptions) -> bool {
     match (labelled(x), labelled(y)) {
         (Some(lx), Some(ly)) => {
-            lx.len() == ly.len()
-                && lx.iter().all(|(k, v)| {
-                    ly.iter()
-                        .find(|(j, _)| j == k)
-                        .is_some_and(|(_, w)| node_equiv(v, w, o))
-                })
+            lx.len() == ly.len() && lx.iter().all(|(k, v)| ly.iter().find(|(j, _)| j == k).is_some_and(|(_, w)| node_equiv(v, w, o)))
         }
         (Some(lx), None) => pairwise_equiv(lx.iter().map(|p| p.1), y.iter(), o),
         (None, Some(ly)) => pairwise_equiv(x.iter(), ly.iter().map(|p| p.1), o),
@@ -591,10 +521,7 @@ fn rel_equiv(ps: &[Node], pr: &[Rel], rs: &[Node], rr: &[Rel], o: &EquivOptions)
         // inequalities as `e < 0` or `e <= 0`: the same up to a positive factor
         let canon = |s: &[Node], r: Rl| match r {
             Rl::Lt | Rl::Le => (diff(s), r == Rl::Lt),
-            _ => (
-                Sub(Box::new(s[1].clone()), Box::new(s[0].clone())),
-                r == Rl::Gt,
-            ),
+            _ => (Sub(Box::new(s[1].clone()), Box::new(s[0].clone())), r == Rl::Gt),
         };
         let ((e1, strict1), (e2, strict2)) = (canon(ps, p), canon(rs, r));
         if strict1 != strict2 {
@@ -609,19 +536,12 @@ fn rel_equiv(ps: &[Node], pr: &[Rel], rs: &[Node], rr: &[Rel], o: &EquivOptions)
 }
 
 /// Side by side, or reversed with flipped relations (`1 < x < 3` = `3 > x > 1`).
-fn rel_equiv_structural(
-    ps: &[Node],
-    pr: &[Rel],
-    rs: &[Node],
-    rr: &[Rel],
-    o: &EquivOptions,
-) -> bool {
+fn rel_equiv_structural(ps: &[Node], pr: &[Rel], rs: &[Node], rr: &[Rel], o: &EquivOptions) -> bool {
     if pr.len() != rr.len() {
         return false;
     }
     let same = pr == rr && ps.iter().zip(rs).all(|(x, y)| node_equiv(x, y, o));
-    same || (pr.iter().rev().map(|r| flip(*r)).eq(rr.iter().copied())
-        && ps.iter().rev().zip(rs).all(|(x, y)| node_equiv(x, y, o)))
+    same || (pr.iter().rev().map(|r| flip(*r)).eq(rr.iter().copied()) && ps.iter().rev().zip(rs).all(|(x, y)| node_equiv(x, y, o)))
 }
 
 /// The left side of a reference written `label = value`: a variable (`x`), a product
@@ -680,12 +600,8 @@ pub fn node_equiv(a: &Node, b: &Node, o: &EquivOptions) -> bool {
             rr.len() == 1 && rr[0] == parse::Rel::Eq && is_label(&rs[0]) && node_equiv(a, &rs[1], o)
         }
         // labelled coordinates against a point: `x=1, y=2` against `(1, 2)`
-        (List(x), Bracket('(', ')', y)) => {
-            labelled(x).is_some_and(|l| pairwise_equiv(l.iter().map(|p| p.1), y.iter(), o))
-        }
-        (Bracket('(', ')', x), List(y)) => {
-            labelled(y).is_some_and(|l| pairwise_equiv(x.iter(), l.iter().map(|p| p.1), o))
-        }
+        (List(x), Bracket('(', ')', y)) => labelled(x).is_some_and(|l| pairwise_equiv(l.iter().map(|p| p.1), y.iter(), o)),
+        (Bracket('(', ')', x), List(y)) => labelled(y).is_some_and(|l| pairwise_equiv(x.iter(), l.iter().map(|p| p.1), o)),
         // `x < -1 or x > 1` against a union of intervals
         (List(_), Union(_)) => rel_interval(a).is_some_and(|(_, iv)| node_equiv(&iv, b, o)),
         (Union(_), List(_)) => rel_interval(b).is_some_and(|(_, iv)| node_equiv(a, &iv, o)),
@@ -694,14 +610,9 @@ pub fn node_equiv(a: &Node, b: &Node, o: &EquivOptions) -> bool {
             PlusMinus(..) => multiset_equiv(&expand_pm(a).unwrap(), &expand_pm(b).unwrap(), o),
             _ => false,
         },
-        (Set(items) | List(items), PlusMinus(..)) => {
-            multiset_equiv(items, &expand_pm(b).unwrap(), o)
-        }
+        (Set(items) | List(items), PlusMinus(..)) => multiset_equiv(items, &expand_pm(b).unwrap(), o),
         (Bracket(o1, c1, x), Bracket(o2, c2, y)) => {
-            o1 == o2
-                && c1 == c2
-                && x.len() == y.len()
-                && x.iter().zip(y).all(|(p, q)| node_equiv(p, q, o))
+            o1 == o2 && c1 == c2 && x.len() == y.len() && x.iter().zip(y).all(|(p, q)| node_equiv(p, q, o))
         }
         (List(x), List(y)) => list_equiv(x, y, o),
         (Set(x) | List(x), Set(y) | List(y)) => multiset_equiv(x, y, o),
@@ -769,12 +680,7 @@ pub enum Verdict {
 
 fn looks_mathy(s: &str) -> bool {
     s.is_empty()
-        || s.bytes().any(|c| {
-            matches!(
-                c,
-                b'\\' | b'^' | b'_' | b'{' | b'}' | b'=' | b'+' | b'*' | b'/'
-            )
-        })
+        || s.bytes().any(|c| matches!(c, b'\\' | b'^' | b'_' | b'{' | b'}' | b'=' | b'+' | b'*' | b'/'))
         || s.bytes().any(|c| c.is_ascii_digit())
 }
 
@@ -787,23 +693,11 @@ fn looks_like_prose(raw: &str) -> bool {
         return false;
     }
     let l = raw.to_ascii_lowercase();
-    COPULAS.iter().any(|c| l.contains(c))
-        || [
-            "answer",
-            "therefore",
-            "thus",
-            "hence",
-            "so ",
-            "we get",
-            "the ",
-        ]
-        .iter()
-        .any(|w| l.contains(w))
+    COPULAS.iter().any(|c| l.contains(c)) || ["answer", "therefore", "thus", "hence", "so ", "we get", "the "].iter().any(|w| l.contains(w))
 }
 
 fn has_word(text: &str, word: &str) -> bool {
-    text.split(|c: char| !c.is_ascii_alphabetic())
-        .any(|w| w.eq_ignore_ascii_case(word))
+    text.split(|c: char| !c.is_ascii_alphabetic()).any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// `(inner_start, inner_end, span_start, span_end)` of the math spans `$...$`, `$$...$$`,
@@ -826,10 +720,7 @@ fn math_spans(t: &str) -> Vec<(usize, usize, usize, usize)> {
             continue;
         };
         let from = i + open.len();
-        let end = t[from..]
-            .match_indices(close)
-            .map(|(k, _)| from + k)
-            .find(|&k| close != "$" || b[k - 1] != b'\\');
+        let end = t[from..].match_indices(close).map(|(k, _)| from + k).find(|&k| close != "$" || b[k - 1] != b'\\');
         let Some(end) = end else { break };
         out.push((from, end, i, end + close.len()));
         i = end + close.len();
@@ -852,8 +743,7 @@ fn single_math_span(t: &str) -> Option<&str> {
 }
 
 fn strip_prefix_ci<'a>(t: &'a str, p: &str) -> Option<&'a str> {
-    (t.len() >= p.len() && t.is_char_boundary(p.len()) && t[..p.len()].eq_ignore_ascii_case(p))
-        .then(|| &t[p.len()..])
+    (t.len() >= p.len() && t.is_char_boundary(p.len()) && t[..p.len()].eq_ignore_ascii_case(p)).then(|| &t[p.len()..])
 }
 
 /// The value stated by a sentence: after an answer phrase ("Final Answer: 9"), after the
@@ -864,17 +754,12 @@ fn strip_prose(raw: &str) -> Option<String> {
     let mut t = unwrapped.trim().trim_matches('*').trim();
     if let Some(p) = after_phrase(t) {
         t = p;
-    } else if let Some(r) =
-        strip_prefix_ci(t, "final answer").or_else(|| strip_prefix_ci(t, "answer"))
-    {
+    } else if let Some(r) = strip_prefix_ci(t, "final answer").or_else(|| strip_prefix_ci(t, "answer")) {
         t = r.trim_start_matches(|c: char| c == ':' || c == '*' || c.is_whitespace());
     }
     let parses = |v: &str| parse::parse(&normalize::normalize(v)).is_some();
     let lower = t.to_ascii_lowercase();
-    let copula = COPULAS
-        .iter()
-        .filter_map(|c| lower.rfind(c).map(|p| (p, c.len())))
-        .max_by_key(|(p, l)| p + l);
+    let copula = COPULAS.iter().filter_map(|c| lower.rfind(c).map(|p| (p, c.len()))).max_by_key(|(p, l)| p + l);
     if let Some((p, l)) = copula {
         let before = &lower[..p];
         if !has_word(before, "or") && !has_word(before, "either") {
@@ -954,11 +839,7 @@ pub fn equivalent(pred: &str, reference: &str, o: &EquivOptions) -> Verdict {
     if let Some(letter) = choice_letter(&rn) {
         if rn.trim_start_matches('(').trim_end_matches(')').len() == 1 {
             let pn = normalize::normalize(pred);
-            return if choice_letter(&pn) == Some(letter) {
-                Verdict::Correct
-            } else {
-                Verdict::Wrong
-            };
+            return if choice_letter(&pn) == Some(letter) { Verdict::Correct } else { Verdict::Wrong };
         }
     }
     let (rn, mut rnode) = read_answer(reference, rn);
@@ -994,10 +875,7 @@ pub fn equivalent(pred: &str, reference: &str, o: &EquivOptions) -> Verdict {
         None => {
             let eq = text_key(&pn) == text_key(&rn);
             if looks_mathy(&rn) && !eq {
-                return Verdict::UnparseableReference(format!(
-                    "cannot parse reference `{}`",
-                    truncate(reference, 80)
-                ));
+                return Verdict::UnparseableReference(format!("cannot parse reference `{}`", truncate(reference, 80)));
             }
             if eq {
                 Verdict::Correct
@@ -1016,12 +894,7 @@ fn truncate(s: &str, n: usize) -> &str {
 }
 
 /// Whether a completion's final answer matches the reference (extraction + equivalence).
-pub fn grade(
-    completion: &str,
-    reference: &str,
-    last_number_fallback: bool,
-    o: &EquivOptions,
-) -> Result<Verdict, String> {
+pub fn grade(completion: &str, reference: &str, last_number_fallback: bool, o: &EquivOptions) -> Result<Verdict, String> {
     let (ans, _) = extract_answer(completion, last_number_fallback)?;
     Ok(equivalent(ans, extract_reference(reference), o))
 }

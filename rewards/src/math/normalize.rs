@@ -189,11 +189,7 @@ pub(crate) fn unwrap_text_cmds(s: &str) -> String {
             if rest[pos..].starts_with(cmd) {
                 let after = &rest[pos + cmd.len()..];
                 // must not be a longer command name (\textbf vs \text)
-                if after
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic())
-                {
+                if after.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) {
                     continue;
                 }
                 let after_ws = after.trim_start();
@@ -241,42 +237,16 @@ fn matrices(s: &str) -> String {
             from = p + "\\end{".len();
         }
     }
-    for env in [
-        "pmatrix",
-        "bmatrix",
-        "Bmatrix",
-        "vmatrix",
-        "smallmatrix",
-        "matrix",
-    ] {
-        out = out
-            .replace(&format!("\\begin{{{env}}}"), "((")
-            .replace(&format!("\\end{{{env}}}"), "))");
+    for env in ["pmatrix", "bmatrix", "Bmatrix", "vmatrix", "smallmatrix", "matrix"] {
+        out = out.replace(&format!("\\begin{{{env}}}"), "((").replace(&format!("\\end{{{env}}}"), "))");
     }
     out.replace("\\\\", "),(").replace('&', ",")
 }
 
 /// Separators allowed between consecutive `\boxed{}` answers (`\boxed{1}, \boxed{2}`,
 /// `\boxed{1} \text{ and } \boxed{2}`).
-const BOX_GAP: &[&str] = &[
-    ",",
-    ";",
-    ".",
-    "$",
-    "\\quad",
-    "\\qquad",
-    "\\,",
-    "\\;",
-    "\\ ",
-    "\\(",
-    "\\)",
-    "and",
-    "or",
-    "\\text{",
-    "\\textrm{",
-    "\\mbox{",
-    "}",
-];
+const BOX_GAP: &[&str] =
+    &[",", ";", ".", "$", "\\quad", "\\qquad", "\\,", "\\;", "\\ ", "\\(", "\\)", "and", "or", "\\text{", "\\textrm{", "\\mbox{", "}"];
 
 /// Whether `gap` (the text between two boxes) holds only separators; `Some(true)` when
 /// it holds no comma-like separator (`\boxed{1}\boxed{2}`), so one must be added.
@@ -285,10 +255,7 @@ pub(crate) fn box_gap(gap: &str) -> Option<bool> {
     let mut bare = true;
     while !g.is_empty() {
         let p = BOX_GAP.iter().find(|p| g.starts_with(**p))?;
-        if !matches!(
-            *p,
-            "$" | "\\quad" | "\\qquad" | "\\," | "\\;" | "\\ " | "\\(" | "\\)"
-        ) {
+        if !matches!(*p, "$" | "\\quad" | "\\qquad" | "\\," | "\\;" | "\\ " | "\\(" | "\\)") {
             bare = false;
         }
         g = g[p.len()..].trim_start();
@@ -307,11 +274,7 @@ fn unwrap_boxes(s: &str) -> String {
             (Some(a), None) | (None, Some(a)) => a,
             (None, None) => break,
         };
-        let len = if rest[pos..].starts_with("\\boxed") {
-            6
-        } else {
-            5
-        };
+        let len = if rest[pos..].starts_with("\\boxed") { 6 } else { 5 };
         let after = rest[pos + len..].trim_start();
         let Some(inner) = after.strip_prefix('{') else {
             out.push_str(&rest[..pos + len]);
@@ -346,10 +309,7 @@ fn tight_thousands(s: &str) -> String {
         if b[i] == b',' && i > 0 && b[i - 1].is_ascii_digit() && b.get(i + 1) == Some(&b'\\') {
             let mut j = i + 1;
             let mut spaced = false;
-            while j + 1 < b.len()
-                && b[j] == b'\\'
-                && matches!(b[j + 1], b'!' | b',' | b';' | b' ' | b':')
-            {
+            while j + 1 < b.len() && b[j] == b'\\' && matches!(b[j + 1], b'!' | b',' | b';' | b' ' | b':') {
                 j += 2;
                 spaced = true;
                 while j < b.len() && b[j] == b' ' {
@@ -373,10 +333,7 @@ fn tight_thousands(s: &str) -> String {
 fn is_plain_number(s: &str) -> bool {
     let s = s.trim();
     let s = s.strip_prefix('-').unwrap_or(s);
-    !s.is_empty()
-        && s.bytes().any(|c| c.is_ascii_digit())
-        && s.bytes()
-            .all(|c| c.is_ascii_digit() || c == b'.' || c == b',')
+    !s.is_empty() && s.bytes().any(|c| c.is_ascii_digit()) && s.bytes().all(|c| c.is_ascii_digit() || c == b'.' || c == b',')
 }
 
 /// `12 km/h`, `12 m/s`: a trailing `unit/unit` token after a number.
@@ -385,9 +342,7 @@ fn strip_compound_unit(t: &str) -> Option<&str> {
     let (u1, u2) = tok.split_once('/')?;
     let unit = |u: &str| {
         let l = u.to_ascii_lowercase();
-        !u.is_empty()
-            && u.bytes().all(|c| c.is_ascii_alphabetic())
-            && (UNITS.contains(&l.as_str()) || SHORT_UNITS.contains(&l.as_str()))
+        !u.is_empty() && u.bytes().all(|c| c.is_ascii_alphabetic()) && (UNITS.contains(&l.as_str()) || SHORT_UNITS.contains(&l.as_str()))
     };
     (unit(u1) && unit(u2) && is_plain_number(before)).then_some(before.trim_end())
 }
@@ -407,9 +362,7 @@ fn is_thousands_number(s: &str) -> bool {
     let groups: Vec<&str> = int.split(',').collect();
     groups.len() >= 2
         && (1..=3).contains(&groups[0].len())
-        && groups
-            .iter()
-            .all(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+        && groups.iter().all(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
         && groups[1..].iter().all(|g| g.len() == 3)
 }
 
@@ -422,15 +375,10 @@ pub fn normalize(ans: &str) -> String {
     let mut s = ans.trim().to_string();
     let latex = s.contains('\\');
     if latex && s.contains("frac") {
-        s = s
-            .replace("\\dfrac", "\\frac")
-            .replace("\\tfrac", "\\frac")
-            .replace("\\cfrac", "\\frac");
+        s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac");
     }
     if latex && s.contains("binom") {
-        s = s
-            .replace("\\dbinom", "\\binom")
-            .replace("\\tbinom", "\\binom");
+        s = s.replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom");
     }
     if s.contains("{,}") {
         s = s.replace("{,}", ",");
@@ -470,21 +418,12 @@ pub fn normalize(ans: &str) -> String {
             .replace('\u{2260}', "\\neq ");
     }
     // trailing full stops, markdown bold
-    let mut t = s
-        .trim()
-        .trim_end_matches(['.', ' '])
-        .trim()
-        .trim_matches('*')
-        .trim()
-        .to_string();
+    let mut t = s.trim().trim_end_matches(['.', ' ']).trim().trim_matches('*').trim().to_string();
     // a trailing remark in parentheses: "1/2 (simplified)"
     if t.ends_with(')') {
         if let Some(open) = t.rfind('(') {
             let inner = &t[open + 1..t.len() - 1];
-            if open > 0
-                && inner.bytes().all(|b| b.is_ascii_alphabetic() || b == b' ')
-                && inner.split(' ').any(|w| w.len() >= 4)
-            {
+            if open > 0 && inner.bytes().all(|b| b.is_ascii_alphabetic() || b == b' ') && inner.split(' ').any(|w| w.len() >= 4) {
                 t = t[..open].trim_end().to_string();
             }
         }
@@ -497,19 +436,9 @@ pub fn normalize(ans: &str) -> String {
     }
     loop {
         let trimmed = t.trim_end();
-        let cut = trimmed
-            .trim_end_matches(['^', '2', '3', '{', '}'])
-            .trim_end();
-        let cut = if cut.len() < trimmed.len() && cut.ends_with(|c: char| c.is_ascii_alphabetic()) {
-            cut
-        } else {
-            trimmed
-        };
-        let word_start = cut
-            .char_indices()
-            .rev()
-            .find(|(_, c)| !c.is_ascii_alphabetic())
-            .map_or(0, |(i, c)| i + c.len_utf8());
+        let cut = trimmed.trim_end_matches(['^', '2', '3', '{', '}']).trim_end();
+        let cut = if cut.len() < trimmed.len() && cut.ends_with(|c: char| c.is_ascii_alphabetic()) { cut } else { trimmed };
+        let word_start = cut.char_indices().rev().find(|(_, c)| !c.is_ascii_alphabetic()).map_or(0, |(i, c)| i + c.len_utf8());
         let word = &cut[word_start..];
         if word.is_empty() || word_start == 0 {
             break;
@@ -517,11 +446,9 @@ pub fn normalize(ans: &str) -> String {
         let before = cut[..word_start].trim_end();
         let lw = word.to_ascii_lowercase();
         // only after a number, a closing bracket or another unit word, and preceded by a space
-        let prev_ok = before
-            .ends_with(|c: char| c.is_ascii_digit() || c == ')' || c == '}' || c == ' ')
+        let prev_ok = before.ends_with(|c: char| c.is_ascii_digit() || c == ')' || c == '}' || c == ' ')
             || before.ends_with(|c: char| c.is_ascii_alphabetic());
-        let known = UNITS.contains(&lw.as_str())
-            || (SHORT_UNITS.contains(&lw.as_str()) && is_plain_number(before));
+        let known = UNITS.contains(&lw.as_str()) || (SHORT_UNITS.contains(&lw.as_str()) && is_plain_number(before));
         if known && cut[..word_start].ends_with(' ') && prev_ok && !before.is_empty() {
             t = before.to_string();
         } else {

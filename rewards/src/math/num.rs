@@ -53,11 +53,7 @@ impl Q {
         if digits.len() > 36 {
             return None;
         }
-        let n: i128 = if digits.is_empty() {
-            0
-        } else {
-            digits.parse().ok()?
-        };
+        let n: i128 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
         let e = exp - fp.len() as i32;
         if e.abs() > 36 {
             return if n == 0 { Some(Q::int(0)) } else { None };
@@ -70,26 +66,15 @@ impl Q {
         }
     }
     pub fn add(self, o: Q) -> Option<Q> {
-        Q::new(
-            self.num
-                .checked_mul(o.den)?
-                .checked_add(o.num.checked_mul(self.den)?)?,
-            self.den.checked_mul(o.den)?,
-        )
+        Q::new(self.num.checked_mul(o.den)?.checked_add(o.num.checked_mul(self.den)?)?, self.den.checked_mul(o.den)?)
     }
     pub fn sub(self, o: Q) -> Option<Q> {
-        self.add(Q {
-            num: o.num.checked_neg()?,
-            den: o.den,
-        })
+        self.add(Q { num: o.num.checked_neg()?, den: o.den })
     }
     pub fn mul(self, o: Q) -> Option<Q> {
         let g1 = gcd(self.num, o.den).max(1);
         let g2 = gcd(o.num, self.den).max(1);
-        Q::new(
-            (self.num / g1).checked_mul(o.num / g2)?,
-            (self.den / g2).checked_mul(o.den / g1)?,
-        )
+        Q::new((self.num / g1).checked_mul(o.num / g2)?, (self.den / g2).checked_mul(o.den / g1)?)
     }
     pub fn div(self, o: Q) -> Option<Q> {
         if o.num == 0 {
@@ -98,10 +83,7 @@ impl Q {
         self.mul(Q::new(o.den, o.num)?)
     }
     pub fn neg(self) -> Option<Q> {
-        Some(Q {
-            num: self.num.checked_neg()?,
-            den: self.den,
-        })
+        Some(Q { num: self.num.checked_neg()?, den: self.den })
     }
     pub fn powi(self, e: i128) -> Option<Q> {
         if e.abs() > 256 {
@@ -143,20 +125,14 @@ impl C {
         if self.im == 0.0 && o.im == 0.0 {
             return C::real(self.re * o.re);
         }
-        C::new(
-            self.re * o.re - self.im * o.im,
-            self.re * o.im + self.im * o.re,
-        )
+        C::new(self.re * o.re - self.im * o.im, self.re * o.im + self.im * o.re)
     }
     pub fn div(self, o: C) -> C {
         if self.im == 0.0 && o.im == 0.0 {
             return C::real(self.re / o.re);
         }
         let d = o.re * o.re + o.im * o.im;
-        C::new(
-            (self.re * o.re + self.im * o.im) / d,
-            (self.im * o.re - self.re * o.im) / d,
-        )
+        C::new((self.re * o.re + self.im * o.im) / d, (self.im * o.re - self.re * o.im) / d)
     }
     pub fn neg(self) -> C {
         C::new(-self.re, -self.im)
@@ -189,9 +165,7 @@ impl C {
         }
         let r = self.abs();
         let re = ((r + self.re) / 2.0).sqrt();
-        let im = ((r - self.re) / 2.0)
-            .sqrt()
-            .copysign(if self.im == 0.0 { 1.0 } else { self.im });
+        let im = ((r - self.re) / 2.0).sqrt().copysign(if self.im == 0.0 { 1.0 } else { self.im });
         C::new(re, im)
     }
     pub fn pow(self, e: C) -> C {
@@ -223,18 +197,12 @@ impl C {
         if self.im == 0.0 {
             return C::real(self.re.sin());
         }
-        C::new(
-            self.re.sin() * self.im.cosh(),
-            self.re.cos() * self.im.sinh(),
-        )
+        C::new(self.re.sin() * self.im.cosh(), self.re.cos() * self.im.sinh())
     }
     pub fn cos(self) -> C {
         if self.im == 0.0 {
             return C::real(self.re.cos());
         }
-        C::new(
-            self.re.cos() * self.im.cosh(),
-            -self.re.sin() * self.im.sinh(),
-        )
+        C::new(self.re.cos() * self.im.cosh(), -self.re.sin() * self.im.sinh())
     }
 }

@@ -16,10 +16,8 @@ pub enum Tok {
     SetClose,
 }
 
-const FUNCS: &[&str] = &[
-    "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh",
-    "log", "ln", "exp", "lg",
-];
+const FUNCS: &[&str] =
+    &["sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "log", "ln", "exp", "lg"];
 const GREEK: &[&str] = &[
     "alpha",
     "beta",
@@ -85,10 +83,7 @@ pub fn tokenize(s: &str) -> Option<Vec<(Tok, bool)>> {
                 while i < b.len() && b[i].is_ascii_digit() {
                     i += 1;
                 }
-            } else if i < b.len()
-                && b[i] == b'.'
-                && (i + 1 == b.len() || !b[i + 1].is_ascii_alphabetic())
-            {
+            } else if i < b.len() && b[i] == b'.' && (i + 1 == b.len() || !b[i + 1].is_ascii_alphabetic()) {
                 // "5." trailing point
                 i += 1;
             }
@@ -135,14 +130,7 @@ pub fn tokenize(s: &str) -> Option<Vec<(Tok, bool)>> {
         if c == b'\\' {
             i += 1;
             if i < b.len() && (b[i] == b'{' || b[i] == b'}') {
-                out.push((
-                    if b[i] == b'{' {
-                        Tok::SetOpen
-                    } else {
-                        Tok::SetClose
-                    },
-                    sp,
-                ));
+                out.push((if b[i] == b'{' { Tok::SetOpen } else { Tok::SetClose }, sp));
                 i += 1;
                 continue;
             }
@@ -158,10 +146,8 @@ pub fn tokenize(s: &str) -> Option<Vec<(Tok, bool)>> {
             let name = &s[st..i];
             let tok = match name {
                 "" => return None,
-                "frac" | "sqrt" | "binom" | "pi" | "infty" | "pm" | "mp" | "cup" | "cap"
-                | "emptyset" | "varnothing" | "in" | "neq" | "ne" | "approx" => {
-                    Tok::Cmd(name.to_string())
-                }
+                "frac" | "sqrt" | "binom" | "pi" | "infty" | "pm" | "mp" | "cup" | "cap" | "emptyset" | "varnothing" | "in" | "neq"
+                | "ne" | "approx" => Tok::Cmd(name.to_string()),
                 // `W(x) \equiv 1`: an identity, compared as an equation
                 "equiv" => Tok::Op('='),
                 "cdot" | "times" | "ast" => Tok::Op('*'),
@@ -186,12 +172,8 @@ pub fn tokenize(s: &str) -> Option<Vec<(Tok, bool)>> {
             continue;
         }
         let tok = match c {
-            b'+' | b'-' | b'*' | b'/' | b'^' | b'_' | b'!' | b'=' | b'<' | b'>' | b',' | b';'
-            | b'|' => {
-                if c == b'!'
-                    && b.get(i + 1) == Some(&b'=')
-                    && (sp || i == 0 || b[i - 1].is_ascii_alphabetic())
-                {
+            b'+' | b'-' | b'*' | b'/' | b'^' | b'_' | b'!' | b'=' | b'<' | b'>' | b',' | b';' | b'|' => {
+                if c == b'!' && b.get(i + 1) == Some(&b'=') && (sp || i == 0 || b[i - 1].is_ascii_alphabetic()) {
                     // `x != 3`, `x!=3` (but `5!=120` is a factorial then `=`)
                     i += 2;
                     out.push((Tok::Cmd("neq".into()), sp));
@@ -338,11 +320,7 @@ impl P {
             items.push(self.union()?);
         }
         self.depth -= 1;
-        Some(if items.len() == 1 {
-            items.pop().unwrap()
-        } else {
-            Node::List(items)
-        })
+        Some(if items.len() == 1 { items.pop().unwrap() } else { Node::List(items) })
     }
 
     fn union(&mut self) -> R {
@@ -351,17 +329,12 @@ impl P {
             self.i += 1;
             items.push(self.relation()?);
         }
-        Some(if items.len() == 1 {
-            items.pop().unwrap()
-        } else {
-            Node::Union(items)
-        })
+        Some(if items.len() == 1 { items.pop().unwrap() } else { Node::Union(items) })
     }
 
     fn relation(&mut self) -> R {
         // "x \in [1, 2]" -> the set
-        if let (Some(Tok::Ident(_)), Some((Tok::Cmd(c), _))) = (self.peek(), self.t.get(self.i + 1))
-        {
+        if let (Some(Tok::Ident(_)), Some((Tok::Cmd(c), _))) = (self.peek(), self.t.get(self.i + 1)) {
             if c == "in" {
                 self.i += 2;
                 return self.expr();
@@ -385,11 +358,7 @@ impl P {
             rels.push(r);
             sides.push(self.expr()?);
         }
-        Some(if rels.is_empty() {
-            sides.pop().unwrap()
-        } else {
-            Node::Rel(sides, rels)
-        })
+        Some(if rels.is_empty() { sides.pop().unwrap() } else { Node::Rel(sides, rels) })
     }
 
     /// expr := term (('+' | '-' | '\pm') term)*
@@ -425,8 +394,7 @@ impl P {
 
     fn starts_factor(&self) -> bool {
         match self.peek() {
-            Some(Tok::Num(_)) | Some(Tok::Ident(_)) | Some(Tok::Func(_)) | Some(Tok::Open(_))
-            | Some(Tok::SetOpen) => true,
+            Some(Tok::Num(_)) | Some(Tok::Ident(_)) | Some(Tok::Func(_)) | Some(Tok::Open(_)) | Some(Tok::SetOpen) => true,
             Some(Tok::Cmd(c)) => matches!(c.as_str(), "frac" | "sqrt" | "binom" | "pi" | "infty"),
             _ => false,
         }
@@ -448,11 +416,7 @@ impl P {
                 _ if self.starts_factor() => {
                     // thousands groups separated by spaces: "10 000"
                     if let (Node::Num(q, false), Some(Tok::Num(t))) = (&lhs, self.peek()) {
-                        if self.peek_space()
-                            && t.len() == 3
-                            && t.bytes().all(|c| c.is_ascii_digit())
-                            && q.is_int()
-                        {
+                        if self.peek_space() && t.len() == 3 && t.bytes().all(|c| c.is_ascii_digit()) && q.is_int() {
                             let joined = format!("{}{}", q.num, t);
                             self.i += 1;
                             lhs = Node::Num(Q::parse(&joined)?, false);
@@ -460,20 +424,12 @@ impl P {
                         }
                         // mixed number "3 1/2"
                         if q.is_int() && self.peek_space() {
-                            if let (Some((Tok::Op('/'), _)), Some((Tok::Num(d), _))) =
-                                (self.t.get(self.i + 1), self.t.get(self.i + 2))
-                            {
+                            if let (Some((Tok::Op('/'), _)), Some((Tok::Num(d), _))) = (self.t.get(self.i + 1), self.t.get(self.i + 2)) {
                                 let n = Q::parse(t)?;
                                 let d = Q::parse(d)?;
                                 if n.is_int() && d.is_int() && n.num < d.num {
                                     self.i += 3;
-                                    lhs = Node::Add(
-                                        b(lhs),
-                                        b(Node::Div(
-                                            b(Node::Num(n, false)),
-                                            b(Node::Num(d, false)),
-                                        )),
-                                    );
+                                    lhs = Node::Add(b(lhs), b(Node::Div(b(Node::Num(n, false)), b(Node::Num(d, false)))));
                                     continue;
                                 }
                             }
@@ -713,11 +669,7 @@ impl P {
             let x = self.arg()?;
             return Some(Node::Root(b(n), b(x)));
         }
-        let x = if self.peek() == Some(&Tok::Open('(')) {
-            self.postfix()?
-        } else {
-            self.arg()?
-        };
+        let x = if self.peek() == Some(&Tok::Open('(')) { self.postfix()? } else { self.arg()? };
         Some(Node::Root(b(Node::Num(Q::int(2), false)), b(x)))
     }
 
@@ -737,9 +689,7 @@ impl P {
             _ => {
                 // `\sin 2x`, `\sin 2\pi`: a product of simple factors
                 let mut a = self.power()?;
-                while matches!(self.peek(), Some(Tok::Ident(_)))
-                    || matches!(self.peek(), Some(Tok::Cmd(c)) if c == "pi")
-                {
+                while matches!(self.peek(), Some(Tok::Ident(_))) || matches!(self.peek(), Some(Tok::Cmd(c)) if c == "pi") {
                     a = Node::Mul(b(a), b(self.power()?));
                 }
                 a

@@ -31,12 +31,7 @@ pub struct AccuracyParams {
 
 impl Default for AccuracyParams {
     fn default() -> Self {
-        AccuracyParams {
-            rel_tol: 1e-6,
-            last_number_fallback: false,
-            correct: 1.0,
-            wrong: 0.0,
-        }
+        AccuracyParams { rel_tol: 1e-6, last_number_fallback: false, correct: 1.0, wrong: 0.0 }
     }
 }
 
@@ -73,19 +68,12 @@ impl Accuracy {
     }
 
     fn options(&self) -> EquivOptions {
-        EquivOptions {
-            rel_tol: self.p.rel_tol,
-        }
+        EquivOptions { rel_tol: self.p.rel_tol }
     }
 
     /// Whether the completion's answer is correct (`Err` with a reason when it cannot tell).
     pub fn verdict(&self, completion: &str, reference: &str) -> Result<Verdict, String> {
-        math::grade(
-            completion,
-            reference,
-            self.p.last_number_fallback,
-            &self.options(),
-        )
+        math::grade(completion, reference, self.p.last_number_fallback, &self.options())
     }
 
     /// Judges one sample: correct, wrong, no answer, unparseable or missing reference, or
@@ -120,13 +108,8 @@ impl Accuracy {
             Judgement::Wrong => Outcome::score(self.p.wrong).judged(false),
             Judgement::Timeout => Outcome::score(self.p.wrong),
             Judgement::NoAnswer(reason) => Outcome::with(self.p.wrong, Issue::NoAnswer(reason)),
-            Judgement::UnparseableReference(m) => {
-                Outcome::with(self.p.wrong, Issue::UnparseableReference(m))
-            }
-            Judgement::MissingReference => Outcome::with(
-                self.p.wrong,
-                Issue::MissingInput("no reference `answer`".into()),
-            ),
+            Judgement::UnparseableReference(m) => Outcome::with(self.p.wrong, Issue::UnparseableReference(m)),
+            Judgement::MissingReference => Outcome::with(self.p.wrong, Issue::MissingInput("no reference `answer`".into())),
         }
     }
 }

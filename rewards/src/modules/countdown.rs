@@ -26,10 +26,7 @@ pub struct CountdownParams {
 
 impl Default for CountdownParams {
     fn default() -> Self {
-        CountdownParams {
-            score: 1.0,
-            format_score: 0.1,
-        }
+        CountdownParams { score: 1.0, format_score: 0.1 }
     }
 }
 
@@ -133,22 +130,11 @@ impl E<'_> {
 
 /// Evaluates a Countdown expression exactly; returns the value and the numbers used.
 pub fn evaluate(expr: &str) -> Option<(Q, Vec<i128>)> {
-    let mut s = expr
-        .replace("\\times", "*")
-        .replace("\\cdot", "*")
-        .replace("\\div", "/");
-    s = s
-        .replace(['×', '·'], "*")
-        .replace('÷', "/")
-        .replace(['$', '\n', '\t', '\r'], " ");
+    let mut s = expr.replace("\\times", "*").replace("\\cdot", "*").replace("\\div", "/");
+    s = s.replace(['×', '·'], "*").replace('÷', "/").replace(['$', '\n', '\t', '\r'], " ");
     s = s.replace("\\left", "").replace("\\right", "");
     let lhs = s.split('=').next().unwrap_or("");
-    let mut e = E {
-        b: lhs.as_bytes(),
-        i: 0,
-        nums: Vec::new(),
-        depth: 0,
-    };
+    let mut e = E { b: lhs.as_bytes(), i: 0, nums: Vec::new(), depth: 0 };
     let v = e.expr()?;
     e.ws();
     if e.i != e.b.len() {
@@ -158,18 +144,10 @@ pub fn evaluate(expr: &str) -> Option<(Q, Vec<i128>)> {
 }
 
 fn read_inputs(s: &Sample) -> Result<(Vec<i128>, f64), String> {
-    let nums = s
-        .extra
-        .get("numbers")
-        .and_then(|v| v.as_array())
-        .ok_or("countdown needs `numbers` (array of integers)")?;
+    let nums = s.extra.get("numbers").and_then(|v| v.as_array()).ok_or("countdown needs `numbers` (array of integers)")?;
     let nums: Option<Vec<i128>> = nums.iter().map(|v| v.as_i64().map(|x| x as i128)).collect();
     let nums = nums.ok_or("`numbers` must be integers")?;
-    let target = s
-        .extra
-        .get("target")
-        .and_then(|v| v.as_f64())
-        .ok_or("countdown needs a numeric `target`")?;
+    let target = s.extra.get("target").and_then(|v| v.as_f64()).ok_or("countdown needs a numeric `target`")?;
     Ok((nums, target))
 }
 

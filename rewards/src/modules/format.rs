@@ -36,10 +36,7 @@ pub struct FormatParams {
 
 impl Default for FormatParams {
     fn default() -> Self {
-        FormatParams {
-            mode: FormatMode::Strict,
-            prompt_prefill: true,
-        }
+        FormatParams { mode: FormatMode::Strict, prompt_prefill: true }
     }
 }
 
@@ -100,10 +97,7 @@ impl Format {
 
 /// The completion with the prompt's `<think>` prefill restored.
 pub(crate) fn with_prefill<'a>(s: &'a Sample, enabled: bool) -> std::borrow::Cow<'a, str> {
-    if enabled
-        && s.prompt.trim_end().ends_with("<think>")
-        && !s.completion.trim_start().starts_with("<think>")
-    {
+    if enabled && s.prompt.trim_end().ends_with("<think>") && !s.completion.trim_start().starts_with("<think>") {
         std::borrow::Cow::Owned(format!("<think>{}", s.completion))
     } else {
         std::borrow::Cow::Borrowed(&s.completion)

@@ -157,11 +157,7 @@ impl LanguageConsistency {
         let lang = lang.trim().to_ascii_lowercase();
         let targets = target_scripts(&lang);
         let latin_target = targets == [Script::Latin];
-        let wl = if latin_target && self.p.detect_latin_language {
-            whatlang_code(&lang)
-        } else {
-            None
-        };
+        let wl = if latin_target && self.p.detect_latin_language { whatlang_code(&lang) } else { None };
         let (mut total, mut good) = (0usize, 0usize);
         // per sentence: (latin words, latin target words counted as good)
         let mut sent_start = 0usize;
@@ -175,26 +171,16 @@ impl LanguageConsistency {
         let flush_sentence = |st: usize, end: usize, latin: usize, good: &mut usize| {
             if let Some(l) = wl {
                 // English sentences with common function words are English without asking whatlang
-                if latin >= self.p.min_sentence_words
-                    && !(english && has_english_stopwords(&text[st..end]))
-                {
+                if latin >= self.p.min_sentence_words && !(english && has_english_stopwords(&text[st..end])) {
                     if let Some(info) = whatlang::detect(&text[st..end]) {
-                        if info.confidence() >= self.p.min_confidence
-                            && info.lang() != l
-                            && info.script() == whatlang::Script::Latin
-                        {
+                        if info.confidence() >= self.p.min_confidence && info.lang() != l && info.script() == whatlang::Script::Latin {
                             *good -= latin;
                         }
                     }
                 }
             }
         };
-        let end_run = |script: Option<Script>,
-                       len: usize,
-                       skip: bool,
-                       total: &mut usize,
-                       good: &mut usize,
-                       latin: &mut usize| {
+        let end_run = |script: Option<Script>, len: usize, skip: bool, total: &mut usize, good: &mut usize, latin: &mut usize| {
             if let Some(s) = script {
                 if len >= 2 && !skip {
                     *total += 1;
@@ -219,18 +205,8 @@ impl LanguageConsistency {
                 continue;
             }
             if c == '<' {
-                if let Some(tag) = ["<think>", "</think>", "<answer>", "</answer>"]
-                    .iter()
-                    .find(|t| text[i..].starts_with(**t))
-                {
-                    end_run(
-                        run_script.take(),
-                        run_len,
-                        run_skip,
-                        &mut total,
-                        &mut good,
-                        &mut sent_latin,
-                    );
+                if let Some(tag) = ["<think>", "</think>", "<answer>", "</answer>"].iter().find(|t| text[i..].starts_with(**t)) {
+                    end_run(run_script.take(), run_len, run_skip, &mut total, &mut good, &mut sent_latin);
                     for _ in 1..tag.len() {
                         chars.next();
                     }
@@ -240,36 +216,15 @@ impl LanguageConsistency {
             }
             if self.p.ignore_math {
                 let opener = if c == '$' {
-                    Some(if text[i..].starts_with("$$") {
-                        "$$"
-                    } else {
-                        "$"
-                    })
-                } else if c == '\\'
-                    && (text[i..].starts_with("\\(") || text[i..].starts_with("\\["))
-                {
-                    Some(if text[i..].starts_with("\\(") {
-                        "\\)"
-                    } else {
-                        "\\]"
-                    })
+                    Some(if text[i..].starts_with("$$") { "$$" } else { "$" })
+                } else if c == '\\' && (text[i..].starts_with("\\(") || text[i..].starts_with("\\[")) {
+                    Some(if text[i..].starts_with("\\(") { "\\)" } else { "\\]" })
                 } else {
                     None
                 };
                 if let Some(close) = opener {
-                    end_run(
-                        run_script.take(),
-                        run_len,
-                        run_skip,
-                        &mut total,
-                        &mut good,
-                        &mut sent_latin,
-                    );
-                    let open_len = if close == "$$" || close.starts_with('\\') {
-                        2
-                    } else {
-                        1
-                    };
+                    end_run(run_script.take(), run_len, run_skip, &mut total, &mut good, &mut sent_latin);
+                    let open_len = if close == "$$" || close.starts_with('\\') { 2 } else { 1 };
                     for _ in 1..open_len {
                         chars.next();
                     }
@@ -280,14 +235,7 @@ impl LanguageConsistency {
             let sc = script(c);
             match sc {
                 Some(s @ (Script::Han | Script::Hiragana | Script::Katakana)) => {
-                    end_run(
-                        run_script.take(),
-                        run_len,
-                        run_skip,
-                        &mut total,
-                        &mut good,
-                        &mut sent_latin,
-                    );
+                    end_run(run_script.take(), run_len, run_skip, &mut total, &mut good, &mut sent_latin);
                     total += 1;
                     if targets.contains(&s) {
                         good += 1;
@@ -297,28 +245,14 @@ impl LanguageConsistency {
                     if run_script == Some(s) {
                         run_len += 1;
                     } else {
-                        end_run(
-                            run_script.take(),
-                            run_len,
-                            run_skip,
-                            &mut total,
-                            &mut good,
-                            &mut sent_latin,
-                        );
+                        end_run(run_script.take(), run_len, run_skip, &mut total, &mut good, &mut sent_latin);
                         run_script = Some(s);
                         run_len = 1;
                         run_skip = after_backslash;
                     }
                 }
                 None => {
-                    end_run(
-                        run_script.take(),
-                        run_len,
-                        run_skip,
-                        &mut total,
-                        &mut good,
-                        &mut sent_latin,
-                    );
+                    end_run(run_script.take(), run_len, run_skip, &mut total, &mut good, &mut sent_latin);
                     if matches!(c, '.' | '!' | '?' | '\n' | '。' | '！' | '？') {
                         flush_sentence(sent_start, i, sent_latin, &mut good);
                         sent_start = i + c.len_utf8();
@@ -328,14 +262,7 @@ impl LanguageConsistency {
             }
             after_backslash = c == '\\';
         }
-        end_run(
-            run_script.take(),
-            run_len,
-            run_skip,
-            &mut total,
-            &mut good,
-            &mut sent_latin,
-        );
+        end_run(run_script.take(), run_len, run_skip, &mut total, &mut good, &mut sent_latin);
         flush_sentence(sent_start, text.len(), sent_latin, &mut good);
         (total > 0).then(|| good as f64 / total as f64)
     }
@@ -441,11 +368,7 @@ pub(crate) fn reasoning(c: &str) -> &str {
 
 impl RewardModule for LanguageConsistency {
     fn score(&self, s: &Sample, _ctx: &Ctx) -> Outcome {
-        let lang = s
-            .extra
-            .get("language")
-            .and_then(|v| v.as_str())
-            .unwrap_or(&self.p.language);
+        let lang = s.extra.get("language").and_then(|v| v.as_str()).unwrap_or(&self.p.language);
         let c = super::format::with_prefill(s, self.p.prompt_prefill);
         let text = match self.p.scope {
             Scope::Think => reasoning(&c),

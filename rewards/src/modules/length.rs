@@ -23,12 +23,8 @@ fn length(s: &Sample, unit: LengthUnit) -> Result<f64, String> {
         LengthUnit::Chars => Ok(s.completion.chars().count() as f64),
         LengthUnit::Tokens => extra_u64(s, "completion_tokens")
             .map(|n| n as f64)
-            .ok_or_else(|| {
-                "`unit = \"tokens\"` needs the extra field `completion_tokens`".to_string()
-            }),
-        LengthUnit::Auto => Ok(extra_u64(s, "completion_tokens")
-            .map(|n| n as f64)
-            .unwrap_or(s.completion.chars().count() as f64)),
+            .ok_or_else(|| "`unit = \"tokens\"` needs the extra field `completion_tokens`".to_string()),
+        LengthUnit::Auto => Ok(extra_u64(s, "completion_tokens").map(|n| n as f64).unwrap_or(s.completion.chars().count() as f64)),
     }
 }
 
@@ -83,11 +79,8 @@ impl CosineLength {
     pub fn value(&self, correct: bool, len: f64, max_len: f64) -> f64 {
         let t = (len / max_len.max(1.0)).clamp(0.0, 1.0);
         let cos = (t * std::f64::consts::PI).cos();
-        let (lo, hi) = if correct {
-            (self.p.min_value_correct, self.p.max_value_correct)
-        } else {
-            (self.p.max_value_wrong, self.p.min_value_wrong)
-        };
+        let (lo, hi) =
+            if correct { (self.p.min_value_correct, self.p.max_value_correct) } else { (self.p.max_value_wrong, self.p.min_value_wrong) };
         lo + 0.5 * (hi - lo) * (1.0 + cos)
     }
 }
@@ -98,18 +91,11 @@ impl RewardModule for CosineLength {
             Ok(l) => l,
             Err(m) => return Outcome::with(0.0, Issue::MissingInput(m)),
         };
-        let max_len = self
-            .p
-            .max_length
-            .or_else(|| extra_u64(s, "max_tokens"))
-            .unwrap_or(1000) as f64;
+        let max_len = self.p.max_length.or_else(|| extra_u64(s, "max_tokens")).unwrap_or(1000) as f64;
         let Some(reference) = s.answer.as_deref() else {
             return Outcome::with(0.0, Issue::MissingInput("no reference `answer`".into()));
         };
-        let correct = matches!(
-            math::grade(&s.completion, reference, false, &EquivOptions::default()),
-            Ok(Verdict::Correct)
-        );
+        let correct = matches!(math::grade(&s.completion, reference, false, &EquivOptions::default()), Ok(Verdict::Correct));
         Outcome::score(self.value(correct, len, max_len))
     }
 }
@@ -133,12 +119,7 @@ pub struct OverlongParams {
 
 impl Default for OverlongParams {
     fn default() -> Self {
-        OverlongParams {
-            max_length: None,
-            cache_length: None,
-            penalty: 1.0,
-            unit: LengthUnit::Auto,
-        }
+        OverlongParams { max_length: None, cache_length: None, penalty: 1.0, unit: LengthUnit::Auto }
     }
 }
 
@@ -171,12 +152,7 @@ impl RewardModule for OverlongPenalty {
             Err(m) => return Outcome::with(0.0, Issue::MissingInput(m)),
         };
         let Some(max_len) = self.p.max_length.or_else(|| extra_u64(s, "max_tokens")) else {
-            return Outcome::with(
-                0.0,
-                Issue::MissingInput(
-                    "overlong_penalty needs `max_length` or the extra field `max_tokens`".into(),
-                ),
-            );
+            return Outcome::with(0.0, Issue::MissingInput("overlong_penalty needs `max_length` or the extra field `max_tokens`".into()));
         };
         let cache = self.p.cache_length.unwrap_or(max_len / 5).min(max_len);
         Outcome::score(self.value(len, max_len as f64, cache as f64))

@@ -21,9 +21,7 @@ pub struct Ctx {
 impl Ctx {
     /// A context with a generous deadline (for direct calls and tests).
     pub fn unlimited() -> Ctx {
-        Ctx {
-            deadline: Instant::now() + std::time::Duration::from_secs(3600),
-        }
+        Ctx { deadline: Instant::now() + std::time::Duration::from_secs(3600) }
     }
 
     pub fn expired(&self) -> bool {
@@ -58,11 +56,7 @@ impl Outcome {
         Outcome { score, issue: None, correct: None }
     }
     pub fn with(score: f64, issue: Issue) -> Outcome {
-        Outcome {
-            score,
-            issue: Some(issue),
-            correct: None,
-        }
+        Outcome { score, issue: Some(issue), correct: None }
     }
     /// The same outcome, marked as a judged right (`true`) or wrong (`false`) answer.
     pub fn judged(mut self, correct: bool) -> Outcome {
@@ -83,9 +77,5 @@ pub trait RewardModule: Send + Sync {
 
 pub(crate) fn extra_u64(s: &Sample, key: &str) -> Option<u64> {
     let v = s.extra.get(key)?;
-    v.as_u64().or_else(|| {
-        v.as_f64()
-            .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-            .map(|f| f as u64)
-    })
+    v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64))
 }

@@ -24,10 +24,7 @@ pub struct RepetitionParams {
 
 impl Default for RepetitionParams {
     fn default() -> Self {
-        RepetitionParams {
-            ngram_size: 3,
-            max_penalty: -1.0,
-        }
+        RepetitionParams { ngram_size: 3, max_penalty: -1.0 }
     }
 }
 
@@ -79,8 +76,7 @@ pub fn repeated_fraction(text: &str, n: usize) -> f64 {
         return 0.0;
     }
     let total = words.len() - n + 1;
-    let mut seen: HashSet<u64, BuildHasherDefault<IdHasher>> =
-        HashSet::with_capacity_and_hasher(total, Default::default());
+    let mut seen: HashSet<u64, BuildHasherDefault<IdHasher>> = HashSet::with_capacity_and_hasher(total, Default::default());
     for w in words.windows(n) {
         let h = w.iter().fold(0u64, |acc, x| mix(acc.rotate_left(17) ^ x));
         seen.insert(h);

@@ -237,6 +237,45 @@ impl DecoderLayer {
             post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
         }
     }
+
+    /// The layer over `x` [B, T, H]: `x + attn(norm(x))`, then [`mlp_residual`](Self::mlp_residual).
+    /// `at` holds the rotary tables and mask for `x`'s positions; with a cache `(cache, i)`, the
+    /// new keys and values go to its layer `i` (see [`Attention::forward`]).
+    fn forward(&self, x: &Tensor, at: &AttnInputs, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+        let h = self.input_layernorm.forward(x);
+        let h = self.self_attn.forward(&h, &at.cos, &at.sin, &at.mask, cache);
+        self.mlp_residual(&(x + h))
+    }
+
+    /// The layer over a shared-prefix stream `xp` [U, Tp, H] and the rows continuing it, `xs`
+    /// [N, Tc, H] (row n continues prefix `row_prefix[n]`): the prefixes attend among
+    /// themselves, each row attends to its prefix's keys then its own; then each stream
+    /// goes through [`mlp_residual`](Self::mlp_residual). Returns the new `(xp, xs)`.
+    fn forward_prefixed(&self, xp: &Tensor, xs: &Tensor, prefix: &AttnInputs, rows: &AttnInputs, row_prefix: &Tensor) -> (Tensor, Tensor) {
+        let a = &self.self_attn;
+        let (qp, kp, vp) = a.qkv(&self.input_layernorm.forward(xp), &prefix.cos, &prefix.sin);
+        let (qs, ks, vs) = a.qkv(&self.input_layernorm.forward(xs), &rows.cos, &rows.sin);
+        let k = Tensor::cat(&[kp.index_select(0, row_prefix), ks], 2);
+        let v = Tensor::cat(&[vp.index_select(0, row_prefix), vs], 2);
+        let xs = xs + a.attend(&qs, &k, &v, &rows.mask);
+        let xp = xp + a.attend(&qp, &kp, &vp, &prefix.mask);
+        let xp = self.mlp_residual(&xp);
+        let xs = self.mlp_residual(&xs);
+        (xp, xs)
+    }
+
+    /// The second half of every layer: `x + mlp(post_attention_layernorm(x))`.
+    fn mlp_residual(&self, x: &Tensor) -> Tensor {
+        x + self.mlp.forward(&self.post_attention_layernorm.forward(x))
+    }
+}
+
+/// What attention needs about a stream of positions: rotary `cos`/`sin` [B, 1, T, head_dim]
+/// and the bool `mask` [B, 1, T, S] (true = may attend).
+struct AttnInputs {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
 }
 
 /// The causal language model (`*ForCausalLM`).
@@ -280,7 +319,10 @@ impl CausalLm {
     pub fn fuse_for_inference(&mut self) {
         fn fuse(parts: &[&Linear]) -> (Tensor, Option<Tensor>) {
             let w = Tensor::cat(&parts.iter().map(|l| l.weight.detach()).collect::<Vec<_>>(), 0);
-            let b = parts.iter().all(|l| l.bias.is_some()).then(|| Tensor::cat(&parts.iter().map(|l| l.bias.as_ref().unwrap().detach()).collect::<Vec<_>>(), 0));
+            let b = parts
+                .iter()
+                .all(|l| l.bias.is_some())
+                .then(|| Tensor::cat(&parts.iter().map(|l| l.bias.as_ref().unwrap().detach()).collect::<Vec<_>>(), 0));
             let mut off = 0;
             for l in parts {
                 let n = l.weight.size()[0];
@@ -322,13 +364,10 @@ impl CausalLm {
         let past = cache.as_ref().map_or(0, |c| c.len);
         let mask = attention_mask(key_valid, past, t);
         let (cos, sin) = self.rope.cos_sin(positions, self.kind());
+        let at = AttnInputs { cos, sin, mask };
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(&x);
-            let h = layer.self_attn.forward(&h, &cos, &sin, &mask, cache.as_deref_mut().map(|c| (c, i)));
-            x = x + h;
-            let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x));
-            x = x + h;
+            x = layer.forward(&x, &at, cache.as_deref_mut().map(|c| (c, i)));
         }
         if let Some(c) = cache {
             c.len += t;
@@ -343,7 +382,14 @@ impl CausalLm {
     /// prefixes' hidden states [U, Tp, H] and the rows' [N, Tc, H]: the same values as
     /// [`forward_hidden`](Self::forward_hidden) over each row's prefix + continuation, with
     /// gradients reaching the prefix through every row that attends to it.
-    pub fn forward_prefixed(&self, prefix_ids: &Tensor, prefix_valid: &Tensor, row_prefix: &Tensor, ids: &Tensor, valid: &Tensor) -> (Tensor, Tensor) {
+    pub fn forward_prefixed(
+        &self,
+        prefix_ids: &Tensor,
+        prefix_valid: &Tensor,
+        row_prefix: &Tensor,
+        ids: &Tensor,
+        valid: &Tensor,
+    ) -> (Tensor, Tensor) {
         let (tp, tc) = (prefix_ids.size()[1], ids.size()[1]);
         let pos_p = positions_from_mask(prefix_valid);
         let prefix_len = prefix_valid.to_kind(Kind::Int64).sum_dim_intlist(&[1i64][..], true, Kind::Int64);
@@ -354,18 +400,11 @@ impl CausalLm {
         let mask_s = Tensor::cat(&[see_prefix, attention_mask(valid, 0, tc)], 3);
         let (cos_p, sin_p) = self.rope.cos_sin(&pos_p, self.kind());
         let (cos_s, sin_s) = self.rope.cos_sin(&pos_s, self.kind());
+        let (at_p, at_s) = (AttnInputs { cos: cos_p, sin: sin_p, mask: mask_p }, AttnInputs { cos: cos_s, sin: sin_s, mask: mask_s });
         let mut xp = Tensor::embedding(&self.embed_tokens, prefix_ids, -1, false, false);
         let mut xs = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         for layer in &self.layers {
-            let a = &layer.self_attn;
-            let (qp, kp, vp) = a.qkv(&layer.input_layernorm.forward(&xp), &cos_p, &sin_p);
-            let (qs, ks, vs) = a.qkv(&layer.input_layernorm.forward(&xs), &cos_s, &sin_s);
-            let k = Tensor::cat(&[kp.index_select(0, row_prefix), ks], 2);
-            let v = Tensor::cat(&[vp.index_select(0, row_prefix), vs], 2);
-            xs = &xs + a.attend(&qs, &k, &v, &mask_s);
-            xp = &xp + a.attend(&qp, &kp, &vp, &mask_p);
-            xp = &xp + layer.mlp.forward(&layer.post_attention_layernorm.forward(&xp));
-            xs = &xs + layer.mlp.forward(&layer.post_attention_layernorm.forward(&xs));
+            (xp, xs) = layer.forward_prefixed(&xp, &xs, &at_p, &at_s, row_prefix);
         }
         (self.norm.forward(&xp), self.norm.forward(&xs))
     }

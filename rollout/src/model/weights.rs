@@ -19,10 +19,10 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX);
     if index.exists() {
         let v = crate::config::read_json(&index)?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| RolloutError::Config {
-            path: index.clone(),
-            msg: "missing `weight_map` object".into(),
-        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| RolloutError::Config { path: index.clone(), msg: "missing `weight_map` object".into() })?;
         let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
         let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         for f in &files {
@@ -90,7 +90,8 @@ pub fn load_into(vars: &HashMap<String, Tensor>, dir: &Path) -> Result<Vec<Strin
             if found != var.size() {
                 return Err(RolloutError::ShapeMismatch { path: file.clone(), name, expected: var.size(), found });
             }
-            let kind = kind_of(view.dtype()).ok_or_else(|| st_err(file, format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())))?;
+            let kind =
+                kind_of(view.dtype()).ok_or_else(|| st_err(file, format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())))?;
             let src = Tensor::from_data_size(view.data(), &found, kind);
             tch::no_grad(|| {
                 let mut dst = var.shallow_clone();
@@ -180,7 +181,6 @@ pub fn save(tensors: &BTreeMap<String, Tensor>, dir: &Path, kind: Kind, max_shar
     Ok(())
 }
 
-
 /// Writes one safetensors file of named tensors in their own dtypes (optimizer state etc.).
 pub fn save_file(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
     let bytes: Vec<(String, Bytes)> = tensors.iter().map(|(k, t)| Ok((k.clone(), to_bytes(t, t.kind())?))).collect::<Result<_>>()?;
@@ -195,7 +195,8 @@ pub fn load_file(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let st = SafeTensors::deserialize(&bytes).map_err(|e| st_err(path, e))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let kind = kind_of(view.dtype()).ok_or_else(|| st_err(path, format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())))?;
+        let kind =
+            kind_of(view.dtype()).ok_or_else(|| st_err(path, format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         out.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
     }

@@ -79,7 +79,11 @@ impl Cache {
             rows.extend(self.offsets[i]..self.offsets[i + 1]);
         }
         let r = Tensor::from_slice(&rows).to_device(self.ids.device());
-        TopK { ids: self.ids.index_select(0, &r).to_kind(Kind::Int64), logp: self.logp.index_select(0, &r), tail: self.tail.index_select(0, &r) }
+        TopK {
+            ids: self.ids.index_select(0, &r).to_kind(Kind::Int64),
+            logp: self.logp.index_select(0, &r),
+            tail: self.tail.index_select(0, &r),
+        }
     }
 
     pub fn to_device(mut self, d: tch::Device) -> Self {
@@ -95,7 +99,8 @@ impl Cache {
         if !meta_path.exists() {
             return Ok(None);
         }
-        let meta: CacheMeta = serde_json::from_str(&std::fs::read_to_string(&meta_path)?).with_context(|| format!("{}: corrupt cache metadata", meta_path.display()))?;
+        let meta: CacheMeta = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)
+            .with_context(|| format!("{}: corrupt cache metadata", meta_path.display()))?;
         if &meta != want {
             let mut diff = vec![];
             let a = serde_json::to_value(&meta)?;
@@ -107,8 +112,10 @@ impl Cache {
             }
             bail!("the teacher cache in {} was built for other settings ({}); delete the folder to rebuild it, or set cache_dir to another folder", dir.display(), diff.join("; "));
         }
-        let t = rollout::model::weights::load_file(&dir.join("topk.safetensors")).with_context(|| format!("reading the teacher cache in {}", dir.display()))?;
-        let get = |n: &str| t.get(n).map(|x| x.shallow_clone()).with_context(|| format!("{}: the cache has no `{n}` tensor", dir.display()));
+        let t = rollout::model::weights::load_file(&dir.join("topk.safetensors"))
+            .with_context(|| format!("reading the teacher cache in {}", dir.display()))?;
+        let get =
+            |n: &str| t.get(n).map(|x| x.shallow_clone()).with_context(|| format!("{}: the cache has no `{n}` tensor", dir.display()));
         let offsets: Vec<i64> = Vec::try_from(&get("offsets")?)?;
         if offsets.len() != meta.sequences + 1 || *offsets.last().unwrap() != meta.positions {
             bail!("{}: cache offsets do not match its metadata; delete the folder to rebuild it", dir.display());
@@ -135,7 +142,8 @@ impl Cache {
                 offsets.push(offsets.last().unwrap() + c);
             }
         }
-        let cache = Cache { meta: meta.clone(), ids: Tensor::cat(&ids, 0), logp: Tensor::cat(&logp, 0), tail: Tensor::cat(&tail, 0), offsets };
+        let cache =
+            Cache { meta: meta.clone(), ids: Tensor::cat(&ids, 0), logp: Tensor::cat(&logp, 0), tail: Tensor::cat(&tail, 0), offsets };
         if cache.ids.size()[0] != meta.positions {
             bail!("teacher cache: {} positions computed, {} expected", cache.ids.size()[0], meta.positions);
         }

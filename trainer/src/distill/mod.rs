@@ -108,7 +108,13 @@ pub fn param_count(p: &Policy) -> f64 {
 
 /// Sequences sampled from `pool`: `n` completions of every prompt (prompt ids + completion
 /// ids, EOS included when it ended the sample), seeded by `seed`. Also the tokens processed.
-pub fn sample_sequences(pool: &RolloutPool, prompts: &[Vec<i64>], n: usize, params: &SamplingParams, seed: u64) -> Result<(Vec<LmExample>, usize)> {
+pub fn sample_sequences(
+    pool: &RolloutPool,
+    prompts: &[Vec<i64>],
+    n: usize,
+    params: &SamplingParams,
+    seed: u64,
+) -> Result<(Vec<LmExample>, usize)> {
     let groups = pool.generate_groups(prompts, n, params, seed)?;
     let mut out = vec![];
     let mut tokens = 0;
@@ -221,7 +227,16 @@ pub struct KlReport {
 
 /// The student (through `pool`, which must hold its weights) samples one completion per
 /// prompt with `params` and `seed`; the teacher scores each token at temperature `temp`.
-pub fn measure_kl(teacher: &Policy, student: &Policy, pool: &RolloutPool, prompts: &[Vec<i64>], params: &SamplingParams, seed: u64, temp: f64, vocab: i64) -> Result<KlReport> {
+pub fn measure_kl(
+    teacher: &Policy,
+    student: &Policy,
+    pool: &RolloutPool,
+    prompts: &[Vec<i64>],
+    params: &SamplingParams,
+    seed: u64,
+    temp: f64,
+    vocab: i64,
+) -> Result<KlReport> {
     let (seqs, _) = sample_sequences(pool, prompts, 1, params, seed)?;
     let (mut f, mut r, mut a, mut n) = (0.0, 0.0, 0.0, 0.0);
     let mut per = vec![];
@@ -246,7 +261,13 @@ pub fn measure_kl(teacher: &Policy, student: &Policy, pool: &RolloutPool, prompt
         }
     }
     let n = n.max(1.0);
-    Ok(KlReport { forward_kl: f / n, reverse_kl: r / n, agreement: a / n, mean_length: seqs.iter().map(|s| (s.ids.len() - s.loss_from) as f64).sum::<f64>() / seqs.len().max(1) as f64, per_sequence_reverse_kl: per })
+    Ok(KlReport {
+        forward_kl: f / n,
+        reverse_kl: r / n,
+        agreement: a / n,
+        mean_length: seqs.iter().map(|s| (s.ids.len() - s.loss_from) as f64).sum::<f64>() / seqs.len().max(1) as f64,
+        per_sequence_reverse_kl: per,
+    })
 }
 
 /// The `k`-th element of an endless stream of epoch permutations of `n` items.
@@ -266,7 +287,14 @@ fn stream(seed: u64, n: usize, from: usize, k: usize) -> Vec<usize> {
 }
 
 fn save(ck: &Checkpoints, student: &Policy, opt: &AdamW, step: usize, counters: Counters) -> Result<PathBuf> {
-    let state = crate::checkpoint::TrainerState { step: step as u64, cursor: Cursor::start(), optimizer_step: opt.step, bad_steps: 0, reference_saved: false, wandb_run_id: None };
+    let state = crate::checkpoint::TrainerState {
+        step: step as u64,
+        cursor: Cursor::start(),
+        optimizer_step: opt.step,
+        bad_steps: 0,
+        reference_saved: false,
+        wandb_run_id: None,
+    };
     crate::checkpoint::write(&ck.dir, &state, ck.keep_last, |tmp| {
         student.save_weights(tmp, Kind::Float, None)?;
         crate::checkpoint::copy_side_files(&ck.side_files, tmp)?;
@@ -306,10 +334,12 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
     let mut start = 0;
     if let Some((_, dir)) = ck.map(|c| latest_checkpoint(&c.dir)).transpose()?.flatten() {
         let st = crate::checkpoint::read_state(&dir)?;
-        let w = rollout::model::weights::load_file(&dir.join("model.safetensors")).with_context(|| format!("reading checkpoint {}", dir.display()))?;
+        let w = rollout::model::weights::load_file(&dir.join("model.safetensors"))
+            .with_context(|| format!("reading checkpoint {}", dir.display()))?;
         job.student.copy_from(&w)?;
         opt.load(&dir.join(crate::checkpoint::OPTIMIZER), st.optimizer_step)?;
-        counters = serde_json::from_str(&std::fs::read_to_string(dir.join(COUNTERS))?).with_context(|| format!("{}: corrupt {COUNTERS}", dir.display()))?;
+        counters = serde_json::from_str(&std::fs::read_to_string(dir.join(COUNTERS))?)
+            .with_context(|| format!("{}: corrupt {COUNTERS}", dir.display()))?;
         start = st.step as usize;
         if !quiet {
             eprintln!("  resuming at step {start} from {}", dir.display());
@@ -328,7 +358,15 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
         let (Some(ev), Some(pool)) = (&job.eval, job.pool) else { return Ok(None) };
         sync(Some(pool))?;
         let seed = mix_seed(s.seed, u64::MAX);
-        let spec = crate::eval::EvalSpec { template: &ev.template, params: s.sampling.clone(), samples: 1, seed, rewards: ev.rewards.clone(), think: Default::default(), best_of: vec![] };
+        let spec = crate::eval::EvalSpec {
+            template: &ev.template,
+            params: s.sampling.clone(),
+            samples: 1,
+            seed,
+            rewards: ev.rewards.clone(),
+            think: Default::default(),
+            best_of: vec![],
+        };
         let rep = crate::eval::evaluate(&job.student.dir, &ev.examples, &spec, Some(pool), device, Kind::Float)?;
         let mut row = Row::new();
         row.insert("eval/accuracy".into(), json!(rep.accuracy));
@@ -391,7 +429,9 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             Some(TeacherDist::Cached(&cached, s.tail))
         } else {
             let t = job.teacher.unwrap();
-            teacher_lp = tch::no_grad(|| (completion_logits(&t.model, &packed, s.vocab).to_kind(Kind::Float) / s.temperature).log_softmax(-1, Kind::Float));
+            teacher_lp = tch::no_grad(|| {
+                (completion_logits(&t.model, &packed, s.vocab).to_kind(Kind::Float) / s.temperature).log_softmax(-1, Kind::Float)
+            });
             counters.teacher_tokens += packed.tokens as f64;
             counters.flops += 2.0 * n_teacher_params * packed.tokens as f64;
             Some(TeacherDist::Full(&teacher_lp))
@@ -424,7 +464,10 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             row.insert("loss".into(), json!(lv));
             if teacher.is_some() {
                 row.insert("kl".into(), json!(stats.forward_kl / np));
-                row.insert("kl_reverse".into(), if (stats.reverse_kl / np).is_finite() { json!(stats.reverse_kl / np) } else { json!(null) });
+                row.insert(
+                    "kl_reverse".into(),
+                    if (stats.reverse_kl / np).is_finite() { json!(stats.reverse_kl / np) } else { json!(null) },
+                );
                 row.insert("agreement".into(), json!(stats.agree / np));
             }
             row.insert("grad_norm".into(), json!(gn));
@@ -440,7 +483,11 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             row.insert("flops/total".into(), json!(counters.flops));
             row.insert("time/elapsed_s".into(), json!(t0.elapsed().as_secs_f64()));
             if !quiet && done % (cfg.log_every.max(1) * 10) == 0 {
-                let kl = if teacher.is_some() { format!(" kl {:.4} agreement {:.3}", stats.forward_kl / np, stats.agree / np) } else { String::new() };
+                let kl = if teacher.is_some() {
+                    format!(" kl {:.4} agreement {:.3}", stats.forward_kl / np, stats.agree / np)
+                } else {
+                    String::new()
+                };
                 eprintln!("  step {done}/{}: loss {lv:.4}{kl}", cfg.steps);
             }
         }

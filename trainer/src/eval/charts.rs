@@ -29,7 +29,11 @@ impl XScale {
             XScale::Linear => format!("{v}"),
             // Labels at powers of two only (k = 1, 2, 4, ...).
             XScale::Log2 => {
-                if (v - v.round()).abs() < 1e-6 { format!("{}", 2f64.powf(v.round())) } else { String::new() }
+                if (v - v.round()).abs() < 1e-6 {
+                    format!("{}", 2f64.powf(v.round()))
+                } else {
+                    String::new()
+                }
             }
             XScale::Log10 => format!("{:.1e}", 10f64.powf(v)),
         }
@@ -62,7 +66,16 @@ pub fn chart(path: &Path, title: &str, x_desc: &str, y_desc: &str, scale: XScale
     crate::plots::register_font();
     let series: Vec<(&Series, Vec<(f64, f64)>)> = series
         .iter()
-        .map(|s| (s, s.points.iter().filter(|(x, y)| y.is_finite() && (scale == XScale::Linear || *x > 0.0)).map(|&(x, y)| (scale.to_axis(x), y)).collect::<Vec<_>>()))
+        .map(|s| {
+            (
+                s,
+                s.points
+                    .iter()
+                    .filter(|(x, y)| y.is_finite() && (scale == XScale::Linear || *x > 0.0))
+                    .map(|&(x, y)| (scale.to_axis(x), y))
+                    .collect::<Vec<_>>(),
+            )
+        })
         .filter(|(_, p)| !p.is_empty())
         .collect();
     if series.is_empty() {
@@ -135,7 +148,8 @@ pub fn k_chart(path: &Path, r: &EvalReport) -> Result<()> {
         Series { name: "pass@k".into(), points: pts(&|p| Some(p.pass)), color: 0, thin: false },
         Series { name: "maj@k".into(), points: pts(&|p| Some(p.maj)), color: 1, thin: false },
     ];
-    let scorers: Vec<String> = r.curve.first().map(|p| p.best.keys().filter(|k| !k.ends_with("(oracle)")).cloned().collect()).unwrap_or_default();
+    let scorers: Vec<String> =
+        r.curve.first().map(|p| p.best.keys().filter(|k| !k.ends_with("(oracle)")).cloned().collect()).unwrap_or_default();
     for (i, s) in scorers.iter().enumerate() {
         series.push(Series { name: format!("best-of-k by {s}"), points: pts(&|p| p.best.get(s).copied()), color: 2 + i, thin: false });
     }
@@ -148,13 +162,30 @@ pub fn k_chart(path: &Path, r: &EvalReport) -> Result<()> {
 pub fn budget_chart(path: &Path, sweeps: &[(String, Vec<&EvalReport>)]) -> Result<()> {
     let mut series = vec![];
     for (m, (label, reps)) in sweeps.iter().enumerate() {
-        series.push(Series { name: format!("{label} accuracy (avg@n)"), points: reps.iter().map(|r| (r.think.mean_think_tokens, r.accuracy)).collect(), color: m, thin: false });
+        series.push(Series {
+            name: format!("{label} accuracy (avg@n)"),
+            points: reps.iter().map(|r| (r.think.mean_think_tokens, r.accuracy)).collect(),
+            color: m,
+            thin: false,
+        });
         if reps.iter().any(|r| r.majority_accuracy.is_some()) {
             let n = reps.first().map_or(0, |r| r.samples_per_prompt);
-            series.push(Series { name: format!("{label} maj@{n}"), points: reps.iter().filter_map(|r| r.majority_accuracy.map(|x| (r.think.mean_think_tokens, x))).collect(), color: m, thin: true });
+            series.push(Series {
+                name: format!("{label} maj@{n}"),
+                points: reps.iter().filter_map(|r| r.majority_accuracy.map(|x| (r.think.mean_think_tokens, x))).collect(),
+                color: m,
+                thin: true,
+            });
         }
     }
-    chart(path, "accuracy vs thinking tokens used (a point per budget)", "mean thinking tokens per sample", "accuracy", XScale::Linear, &series)
+    chart(
+        path,
+        "accuracy vs thinking tokens used (a point per budget)",
+        "mean thinking tokens per sample",
+        "accuracy",
+        XScale::Linear,
+        &series,
+    )
 }
 
 /// pass@k (thick) and maj@k (thin) against inference FLOPs per problem (log10 axis), one
@@ -162,8 +193,18 @@ pub fn budget_chart(path: &Path, sweeps: &[(String, Vec<&EvalReport>)]) -> Resul
 pub fn flops_chart(path: &Path, reports: &[&EvalReport]) -> Result<()> {
     let mut series = vec![];
     for (m, r) in reports.iter().enumerate() {
-        series.push(Series { name: format!("{} pass@k", r.label), points: r.curve.iter().map(|p| (p.flops_per_problem, p.pass)).collect(), color: m, thin: false });
-        series.push(Series { name: format!("{} maj@k", r.label), points: r.curve.iter().map(|p| (p.flops_per_problem, p.maj)).collect(), color: m, thin: true });
+        series.push(Series {
+            name: format!("{} pass@k", r.label),
+            points: r.curve.iter().map(|p| (p.flops_per_problem, p.pass)).collect(),
+            color: m,
+            thin: false,
+        });
+        series.push(Series {
+            name: format!("{} maj@k", r.label),
+            points: r.curve.iter().map(|p| (p.flops_per_problem, p.maj)).collect(),
+            color: m,
+            thin: true,
+        });
     }
     chart(path, "accuracy vs inference FLOPs per problem (k = 1, 2, 4, ...)", "FLOPs per problem", "accuracy", XScale::Log10, &series)
 }

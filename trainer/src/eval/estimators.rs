@@ -126,7 +126,8 @@ pub fn maj_at_k(clusters: &[Option<usize>], cluster_correct: &[bool], k: usize, 
     assert!((1..=n).contains(&k), "maj@k needs 1 <= k <= n (n = {n}, k = {k})");
     let nc = cluster_correct.len();
     let mut counts = vec![0; nc];
-    let mut score = |subset: &[usize]| -> f64 { vote(clusters, subset.iter().copied(), &mut counts).is_some_and(|c| cluster_correct[c]) as u8 as f64 };
+    let mut score =
+        |subset: &[usize]| -> f64 { vote(clusters, subset.iter().copied(), &mut counts).is_some_and(|c| cluster_correct[c]) as u8 as f64 };
     let total = binomial(n, k);
     if total <= m.max_exact {
         // Lexicographic enumeration of k-subsets.
@@ -298,7 +299,8 @@ mod tests {
         for trial in 0..40 {
             let n = rng.random_range(2..=12);
             let nc = rng.random_range(1..=4);
-            let clusters: Vec<Option<usize>> = (0..n).map(|_| if rng.random_bool(0.15) { None } else { Some(rng.random_range(0..nc)) }).collect();
+            let clusters: Vec<Option<usize>> =
+                (0..n).map(|_| if rng.random_bool(0.15) { None } else { Some(rng.random_range(0..nc)) }).collect();
             // Renumber clusters by first appearance, as cluster_answers does.
             let mut order = vec![];
             let clusters: Vec<Option<usize>> = clusters

@@ -177,7 +177,8 @@ fn task_report(gs: &[&Graded]) -> TaskReport {
 /// applies to the sample gives full marks (without one, when the total is positive).
 fn grade(set: &RewardSet, scores: &rewards::BatchScores, tokens: impl Iterator<Item = usize>) -> Vec<Graded> {
     let kinds: Vec<String> = set.specs().iter().map(|s| s.kind.clone()).collect();
-    let of_kind = |k: &[&str]| -> Vec<usize> { kinds.iter().enumerate().filter(|(_, x)| k.contains(&x.as_str())).map(|(i, _)| i).collect() };
+    let of_kind =
+        |k: &[&str]| -> Vec<usize> { kinds.iter().enumerate().filter(|(_, x)| k.contains(&x.as_str())).map(|(i, _)| i).collect() };
     let (acc, fmt, lang) = (of_kind(&["accuracy", "countdown"]), of_kind(&["format"]), of_kind(&["language_consistency"]));
     scores
         .scores
@@ -271,7 +272,6 @@ pub fn reward_sample(ex: &Example, c: &rollout::generate::Completion, max_new_to
     s
 }
 
-
 /// One sample as `--samples-output` writes it (one JSON line): enough to recompute every
 /// aggregate of the report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -309,7 +309,14 @@ pub struct EvalRun {
 }
 
 /// Evaluates with an existing pool (the trainer's) or a fresh one on `model_dir`.
-pub fn evaluate(model_dir: &Path, examples: &[Example], spec: &EvalSpec, pool: Option<&RolloutPool>, device: Device, kind: Kind) -> Result<EvalReport> {
+pub fn evaluate(
+    model_dir: &Path,
+    examples: &[Example],
+    spec: &EvalSpec,
+    pool: Option<&RolloutPool>,
+    device: Device,
+    kind: Kind,
+) -> Result<EvalReport> {
     evaluate_full(model_dir, examples, spec, pool, device, kind).map(|r| r.report)
 }
 
@@ -345,7 +352,8 @@ fn answer_of(text: &str, set: &RewardSet, applied: &[bool]) -> (Option<String>, 
 /// Whether two extracted answers are the same answer: the grader's equivalence (either
 /// way round, since either may be read as the reference), else exact text.
 fn same_answer(a: &str, b: &str, o: Option<&EquivOptions>) -> bool {
-    a == b || o.is_some_and(|o| matches!(math::equivalent(a, b, o), Verdict::Correct) || matches!(math::equivalent(b, a, o), Verdict::Correct))
+    a == b
+        || o.is_some_and(|o| matches!(math::equivalent(a, b, o), Verdict::Correct) || matches!(math::equivalent(b, a, o), Verdict::Correct))
 }
 
 /// One problem's samples, as the estimators need them.
@@ -363,7 +371,14 @@ pub struct Problem {
 /// Groups of samples (one group per prompt, scored in order in `scores`, graded in
 /// `correct`) as [`Problem`]s: answers extracted and grouped by the grader's equivalence,
 /// each cluster as correct as its first sample, `best_of` scorer values.
-pub fn problems(set: &RewardSet, scores: &rewards::BatchScores, groups: &[Vec<Completion>], correct: &[bool], best_of: &[String], prompt_tokens: &[usize]) -> Vec<Problem> {
+pub fn problems(
+    set: &RewardSet,
+    scores: &rewards::BatchScores,
+    groups: &[Vec<Completion>],
+    correct: &[bool],
+    best_of: &[String],
+    prompt_tokens: &[usize],
+) -> Vec<Problem> {
     let names = set.names();
     let mut row = 0;
     let mut out = Vec::with_capacity(groups.len());
@@ -400,7 +415,15 @@ pub fn problems(set: &RewardSet, scores: &rewards::BatchScores, groups: &[Vec<Co
                     .collect()
             })
             .collect();
-        out.push(Problem { answers, correct, clusters, cluster_correct, scores, prompt_tokens: prompt_tokens[pi], tokens: g.iter().map(|c| c.token_ids.len()).collect() });
+        out.push(Problem {
+            answers,
+            correct,
+            clusters,
+            cluster_correct,
+            scores,
+            prompt_tokens: prompt_tokens[pi],
+            tokens: g.iter().map(|c| c.token_ids.len()).collect(),
+        });
     }
     out
 }
@@ -413,7 +436,14 @@ pub fn pass_maj_curve(problems: &[Problem], n: usize, seed: u64) -> Vec<(usize, 
         .into_iter()
         .map(|k| {
             let pass = problems.iter().map(|p| pass_at_k(n, p.correct.iter().filter(|&&c| c).count(), k)).sum::<f64>() / np;
-            let maj = problems.iter().enumerate().map(|(i, p)| maj_at_k(&p.clusters, &p.cluster_correct, k, &MajMethod { seed: mix_seed(seed, i as u64), ..Default::default() })).sum::<f64>() / np;
+            let maj = problems
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    maj_at_k(&p.clusters, &p.cluster_correct, k, &MajMethod { seed: mix_seed(seed, i as u64), ..Default::default() })
+                })
+                .sum::<f64>()
+                / np;
             (k, pass, maj)
         })
         .collect()
@@ -435,7 +465,14 @@ fn mean_logprob(c: &Completion) -> f64 {
 }
 
 /// Evaluates and keeps the per-sample lines.
-pub fn evaluate_full(model_dir: &Path, examples: &[Example], spec: &EvalSpec, pool: Option<&RolloutPool>, device: Device, kind: Kind) -> Result<EvalRun> {
+pub fn evaluate_full(
+    model_dir: &Path,
+    examples: &[Example],
+    spec: &EvalSpec,
+    pool: Option<&RolloutPool>,
+    device: Device,
+    kind: Kind,
+) -> Result<EvalRun> {
     spec.check()?;
     if examples.is_empty() {
         bail!("no prompts to evaluate");
@@ -462,11 +499,8 @@ pub fn evaluate_full(model_dir: &Path, examples: &[Example], spec: &EvalSpec, po
     let think = spec.think.resolve(&tk)?;
     let (groups, gstats) = pool.generate_groups_with(&prompts, spec.samples, &spec.params, spec.seed, Some(&think))?;
     let set = RewardSet::from_specs(spec.rewards.clone()).map_err(|e| anyhow!("eval rewards: {e}"))?;
-    let samples: Vec<Sample> = examples
-        .iter()
-        .zip(&groups)
-        .flat_map(|(e, g)| g.iter().map(move |c| reward_sample(e, c, spec.params.max_new_tokens)))
-        .collect();
+    let samples: Vec<Sample> =
+        examples.iter().zip(&groups).flat_map(|(e, g)| g.iter().map(move |c| reward_sample(e, c, spec.params.max_new_tokens))).collect();
     set.check_tasks(samples.iter().map(rewards::sample_task)).map_err(|e| anyhow!("eval rewards: {e}"))?;
     let scores = set.score_batch(&samples);
     let names = set.names();
@@ -575,7 +609,13 @@ pub fn evaluate_full(model_dir: &Path, examples: &[Example], spec: &EvalSpec, po
 }
 
 /// One evaluation per thinking budget (the spec's own budget is replaced), on one pool.
-pub fn sweep_budgets(model_dir: &Path, examples: &[Example], spec: &EvalSpec, budgets: &[usize], pool: &RolloutPool) -> Result<Vec<EvalRun>> {
+pub fn sweep_budgets(
+    model_dir: &Path,
+    examples: &[Example],
+    spec: &EvalSpec,
+    budgets: &[usize],
+    pool: &RolloutPool,
+) -> Result<Vec<EvalRun>> {
     budgets
         .iter()
         .map(|&b| {

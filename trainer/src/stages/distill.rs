@@ -238,7 +238,10 @@ impl DistillStage {
             bail!("{origin}: method `{m}` needs teacher sequences: give `sequences` (JSONL with `prompt` and `completion`) or `prompts` for the teacher to sample");
         }
         if self.divergence() == Divergence::Jsd && !(self.beta > 0.0 && self.beta < 1.0) {
-            bail!("{origin}: `beta` of the JSD must be in (0, 1), got {} (for the KL ends use divergence = \"forward_kl\" or \"reverse_kl\")", self.beta);
+            bail!(
+                "{origin}: `beta` of the JSD must be in (0, 1), got {} (for the KL ends use divergence = \"forward_kl\" or \"reverse_kl\")",
+                self.beta
+            );
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             bail!("{origin}: `temperature` must be a positive number, got {}", self.temperature);
@@ -323,16 +326,27 @@ fn encode_prompts(paths: &Paths, template: &str, limit: usize, tk: &Tokenizer) -
 }
 
 /// Teacher samples saved once (ids as sampled: re-encoding decoded text can differ).
-fn teacher_sequences(path: &Path, teacher_dir: &Path, tk: &Arc<Tokenizer>, prompts: &[Vec<i64>], st: &DistillStage, device: tch::Device, seed: u64) -> Result<Vec<LmExample>> {
+fn teacher_sequences(
+    path: &Path,
+    teacher_dir: &Path,
+    tk: &Arc<Tokenizer>,
+    prompts: &[Vec<i64>],
+    st: &DistillStage,
+    device: tch::Device,
+    seed: u64,
+) -> Result<Vec<LmExample>> {
     if path.exists() {
         let text = std::fs::read_to_string(path)?;
         return text
             .lines()
             .enumerate()
             .map(|(i, l)| {
-                let v: serde_json::Value = serde_json::from_str(l).with_context(|| format!("{}:{}: corrupt line; delete the file to sample again", path.display(), i + 1))?;
-                let ids: Vec<i64> = serde_json::from_value(v["ids"].clone()).with_context(|| format!("{}:{}: no `ids`", path.display(), i + 1))?;
-                let loss_from = v["prompt_tokens"].as_u64().with_context(|| format!("{}:{}: no `prompt_tokens`", path.display(), i + 1))? as usize;
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .with_context(|| format!("{}:{}: corrupt line; delete the file to sample again", path.display(), i + 1))?;
+                let ids: Vec<i64> =
+                    serde_json::from_value(v["ids"].clone()).with_context(|| format!("{}:{}: no `ids`", path.display(), i + 1))?;
+                let loss_from =
+                    v["prompt_tokens"].as_u64().with_context(|| format!("{}:{}: no `prompt_tokens`", path.display(), i + 1))? as usize;
                 Ok(LmExample { ids, loss_from })
             })
             .collect();
@@ -371,7 +385,14 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         (Some(s), Some(t)) => {
             let dir = ctx.dir.join("student-init");
             if !dir.join("config.json").exists() {
-                let shape = TinyShape { hidden: s.hidden, layers: s.layers, heads: s.heads, kv_heads: s.kv_heads, intermediate: s.intermediate, vocab: 0 };
+                let shape = TinyShape {
+                    hidden: s.hidden,
+                    layers: s.layers,
+                    heads: s.heads,
+                    kv_heads: s.kv_heads,
+                    intermediate: s.intermediate,
+                    vocab: 0,
+                };
                 let arch = match s.family {
                     Family::Qwen2 => Arch::Qwen2,
                     Family::Llama => Arch::Llama,
@@ -394,7 +415,11 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     for (who, p) in [("student", Some(&student)), ("teacher", teacher.as_ref())] {
         if let Some(p) = p {
             if p.model.cfg.vocab_size < vocab {
-                bail!("{}: the {who}'s config.json has vocab_size {} but its tokenizer has {vocab} tokens", ctx.origin, p.model.cfg.vocab_size);
+                bail!(
+                    "{}: the {who}'s config.json has vocab_size {} but its tokenizer has {vocab} tokens",
+                    ctx.origin,
+                    p.model.cfg.vocab_size
+                );
             }
         }
     }
@@ -416,7 +441,8 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     } else {
         let prompts = encode_prompts(st.prompts.as_ref().unwrap(), &st.template, st.limit, &tk)?;
         let t = st.teacher.as_ref().unwrap();
-        let seqs = teacher_sequences(&ctx.dir.join("teacher_sequences.jsonl"), t, teacher_tk.as_ref().unwrap(), &prompts, &st, device, seed)?;
+        let seqs =
+            teacher_sequences(&ctx.dir.join("teacher_sequences.jsonl"), t, teacher_tk.as_ref().unwrap(), &prompts, &st, device, seed)?;
         setup_flops += 2.0 * n_teacher * seqs.iter().map(|s| s.ids.len() as f64).sum::<f64>();
         seqs
     };
@@ -468,7 +494,11 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         }),
         None => None,
     };
-    let pool = if st.method == Method::OnPolicy || eval.is_some() { Some(RolloutPool::from_dir(&student_dir, &[device], tch::Kind::Float, tk.clone())?) } else { None };
+    let pool = if st.method == Method::OnPolicy || eval.is_some() {
+        Some(RolloutPool::from_dir(&student_dir, &[device], tch::Kind::Float, tk.clone())?)
+    } else {
+        None
+    };
     let resume_step = distill::latest_checkpoint(&ctx.dir)?.map(|(s, _)| s);
     let mut sinks = sinks(ctx, resume_step, st.train.steps)?;
     eprintln!(
@@ -497,7 +527,17 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         seed,
         vocab,
     };
-    let job = Job { settings, student: &student, teacher: teacher.as_ref(), sequences: &sequences, cache: cache.as_ref(), prompts: &prompts, pool: pool.as_ref(), eval, setup_flops };
+    let job = Job {
+        settings,
+        student: &student,
+        teacher: teacher.as_ref(),
+        sequences: &sequences,
+        cache: cache.as_ref(),
+        prompts: &prompts,
+        pool: pool.as_ref(),
+        eval,
+        setup_flops,
+    };
     let ck = Checkpoints { dir: ctx.dir.clone(), side_files: student_dir.clone(), keep_last: st.keep_last };
     let out = distill::train(&job, &mut sinks, ctx.quiet, Some(&ck), ctx.stop)?;
     if out.interrupted {
@@ -534,7 +574,9 @@ fn sinks(ctx: &Ctx, resume_step: Option<u64>, steps: usize) -> Result<Vec<Box<dy
     if let Some(w) = &ctx.pipeline.wandb {
         let w = crate::wandb_sink::stage_wandb(w, &ctx.pipeline.run.name, ctx.name);
         let config = serde_json::to_value(ctx.table)?;
-        if let Some(sink) = crate::wandb_sink::WandbSink::open(Some(&w), ctx.name, &ctx.dir, config, resume_step.is_some(), None, steps as u64)? {
+        if let Some(sink) =
+            crate::wandb_sink::WandbSink::open(Some(&w), ctx.name, &ctx.dir, config, resume_step.is_some(), None, steps as u64)?
+        {
             sinks.push(Box::new(sink));
         }
     }

@@ -83,7 +83,15 @@ impl EvalStage {
     }
 
     fn spec(&self, rewards: Vec<RewardSpec>, seed: u64, think: ThinkParams) -> EvalSpec<'_> {
-        EvalSpec { template: &self.template, params: self.sampling.clone(), samples: self.samples, seed, rewards, think, best_of: self.best_of.clone() }
+        EvalSpec {
+            template: &self.template,
+            params: self.sampling.clone(),
+            samples: self.samples,
+            seed,
+            rewards,
+            think,
+            best_of: self.best_of.clone(),
+        }
     }
 }
 
@@ -105,7 +113,8 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let st: EvalStage = ctx.config()?;
     let model = ctx.model_or_previous(&st.model)?;
     let examples = load_limited(&st.data, &st.template, st.limit)?;
-    let rewards = [&st.rewards, &ctx.pipeline.eval_rewards].into_iter().find(|r| !r.is_empty()).cloned().unwrap_or_else(eval::default_rewards);
+    let rewards =
+        [&st.rewards, &ctx.pipeline.eval_rewards].into_iter().find(|r| !r.is_empty()).cloned().unwrap_or_else(eval::default_rewards);
     let spec = st.spec(rewards, ctx.pipeline.run.seed, st.think.clone());
     spec.check().map_err(|e| anyhow::anyhow!("{}: {e}", ctx.origin))?;
     let (device, kind) = (parse_device("cpu")?, parse_kind("f32")?);
@@ -162,11 +171,24 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         }
     }
     for r in &reports {
-        eprintln!("    think budget {}: accuracy {:.3}, {:.1} thinking tokens, forced {:.0} %", r.think.budget.unwrap_or(0), r.accuracy, r.think.mean_think_tokens, 100.0 * r.think.forced_rate);
+        eprintln!(
+            "    think budget {}: accuracy {:.3}, {:.1} thinking tokens, forced {:.0} %",
+            r.think.budget.unwrap_or(0),
+            r.accuracy,
+            r.think.mean_think_tokens,
+            100.0 * r.think.forced_rate
+        );
     }
     if rep.tasks.len() > 1 {
         for (t, r) in &rep.tasks {
-            eprintln!("    {t}: accuracy {:.3}, format {}, language consistency {}, length {:.1} ({} samples)", r.accuracy, opt(r.format_rate), opt(r.language_consistency_rate), r.mean_completion_tokens, r.samples);
+            eprintln!(
+                "    {t}: accuracy {:.3}, format {}, language consistency {}, length {:.1} ({} samples)",
+                r.accuracy,
+                opt(r.format_rate),
+                opt(r.language_consistency_rate),
+                r.mean_completion_tokens,
+                r.samples
+            );
         }
     }
     Ok(StageOutcome::Done(Output::default()))

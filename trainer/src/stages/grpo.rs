@@ -33,7 +33,11 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     };
     let mut t = recipe_table(ctx.table, &prev);
     let p = ctx.pipeline;
-    let run_t: toml::Table = toml::from_str(&toml::to_string(&RunCfg { name: ctx.name.to_string(), seed: p.run.seed, output_dir: ctx.run_dir.join("stages") })?)?;
+    let run_t: toml::Table = toml::from_str(&toml::to_string(&RunCfg {
+        name: ctx.name.to_string(),
+        seed: p.run.seed,
+        output_dir: ctx.run_dir.join("stages"),
+    })?)?;
     t.insert("run".into(), toml::Value::Table(run_t));
     if let (false, Some(w)) = (t.contains_key("wandb"), &p.wandb) {
         t.insert("wandb".into(), toml::Value::try_from(crate::wandb_sink::stage_wandb(w, &p.run.name, ctx.name))?);

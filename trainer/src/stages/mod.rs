@@ -48,10 +48,12 @@ impl Ctx<'_> {
 
     /// `model` if the stage names one, else the previous stage's model.
     pub fn model_or_previous(&self, model: &Option<PathBuf>) -> Result<PathBuf> {
-        model
-            .clone()
-            .or_else(|| self.previous.clone())
-            .ok_or_else(|| anyhow!("{}: no model: give `model` (a folder or \"{{stages.<name>.model}}\") or put a model-producing stage before", self.origin))
+        model.clone().or_else(|| self.previous.clone()).ok_or_else(|| {
+            anyhow!(
+                "{}: no model: give `model` (a folder or \"{{stages.<name>.model}}\") or put a model-producing stage before",
+                self.origin
+            )
+        })
     }
 
     /// Sinks of a pretrain / SFT stage: its `metrics.jsonl` (rows after the checkpoint
@@ -62,7 +64,9 @@ impl Ctx<'_> {
         if let Some(w) = &self.pipeline.wandb {
             let w = crate::wandb_sink::stage_wandb(w, &self.pipeline.run.name, self.name);
             let config = serde_json::to_value(self.table)?;
-            if let Some(sink) = crate::wandb_sink::WandbSink::open(Some(&w), self.name, &self.dir, config, from.is_some(), None, steps as u64)? {
+            if let Some(sink) =
+                crate::wandb_sink::WandbSink::open(Some(&w), self.name, &self.dir, config, from.is_some(), None, steps as u64)?
+            {
                 sinks.push(Box::new(sink));
             }
         }

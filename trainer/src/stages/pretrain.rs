@@ -11,9 +11,9 @@ use crate::tasks::{self, Lang, Split, TaskKind};
 use crate::tiny::{self, TinyShape};
 use anyhow::{anyhow, bail, Context, Result};
 use rand::{seq::SliceRandom, Rng, SeedableRng};
-use rollout::SeededRng;
 use rollout::folder::Policy;
 use rollout::tokenizer::Tokenizer;
+use rollout::SeededRng;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,7 +37,12 @@ impl ModelShape {
             bail!("{origin}: model shape: hidden, layers, heads, kv_heads and intermediate must all be >= 1");
         }
         if self.hidden % self.heads != 0 || self.heads % self.kv_heads != 0 {
-            bail!("{origin}: model shape: hidden ({}) must be a multiple of heads ({}), and heads of kv_heads ({})", self.hidden, self.heads, self.kv_heads);
+            bail!(
+                "{origin}: model shape: hidden ({}) must be a multiple of heads ({}), and heads of kv_heads ({})",
+                self.hidden,
+                self.heads,
+                self.kv_heads
+            );
         }
         if self.vocab < 300 && !reused_tokenizer {
             bail!("{origin}: model shape: vocab must be >= 300 (256 bytes + special tokens + merges), got {}", self.vocab);
@@ -46,7 +51,14 @@ impl ModelShape {
     }
 
     pub fn tiny(&self) -> TinyShape {
-        TinyShape { hidden: self.hidden, layers: self.layers, heads: self.heads, kv_heads: self.kv_heads, intermediate: self.intermediate, vocab: self.vocab }
+        TinyShape {
+            hidden: self.hidden,
+            layers: self.layers,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            intermediate: self.intermediate,
+            vocab: self.vocab,
+        }
     }
 }
 
@@ -106,7 +118,13 @@ impl PretrainStage {
         } else if self.direct_rate > 0.0 {
             bail!("{origin}: `direct_rate` needs a `direct_task`");
         }
-        for (k, v) in [("slip_rate", self.slip_rate), ("format_rate", self.format_rate), ("template_rate", self.template_rate), ("mix_rate", self.mix_rate), ("direct_rate", self.direct_rate)] {
+        for (k, v) in [
+            ("slip_rate", self.slip_rate),
+            ("format_rate", self.format_rate),
+            ("template_rate", self.template_rate),
+            ("mix_rate", self.mix_rate),
+            ("direct_rate", self.direct_rate),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 bail!("{origin}: `{k}` is a share of documents and must be in [0, 1], got {v}");
             }
@@ -144,8 +162,13 @@ pub fn corpus(st: &PretrainStage, seed: u64, eos: &str) -> Result<Vec<String>> {
             };
             let head = head(p, &mut rng);
             let tagged = rng.random::<f64>() < st.format_rate;
-            let reasoning = tasks::render_steps(steps, || if st.mix_rate > 0.0 && rng.random::<f64>() < st.mix_rate { Lang::Zh } else { Lang::En });
-            let body = if tagged { format!(" <think> {reasoning} </think> <answer> {answer} </answer>") } else { format!(" {reasoning} , so {answer}") };
+            let reasoning =
+                tasks::render_steps(steps, || if st.mix_rate > 0.0 && rng.random::<f64>() < st.mix_rate { Lang::Zh } else { Lang::En });
+            let body = if tagged {
+                format!(" <think> {reasoning} </think> <answer> {answer} </answer>")
+            } else {
+                format!(" {reasoning} , so {answer}")
+            };
             format!("{head}{body}{eos}")
         })
         .collect();

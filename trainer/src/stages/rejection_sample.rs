@@ -19,9 +19,9 @@
 
 use super::sft::r1;
 use super::{Ctx, Output, StageOutcome};
+use crate::checkpoint::write_atomic;
 use crate::config::Paths;
 use crate::data::{self, Example};
-use crate::checkpoint::write_atomic;
 use crate::eval::{self, reward_sample};
 use anyhow::{anyhow, bail, Context, Result};
 use rewards::{RewardSet, RewardSpec};
@@ -219,7 +219,10 @@ fn summarize(model: &str, prompts: usize, recs: &[Record], f: &Filters) -> Summa
     let alone = |pass: &dyn Fn(&Record) -> bool| share(recs.iter().filter(|r| pass(r)).count());
     let mut pass_rate = BTreeMap::new();
     pass_rate.insert("truncated".into(), alone(&|r| !(f.drop_truncated && r.finish_reason == FinishReason::Length)));
-    pass_rate.insert("length".into(), alone(&|r| r.completion_tokens >= f.min_tokens && (f.max_tokens == 0 || r.completion_tokens <= f.max_tokens)));
+    pass_rate.insert(
+        "length".into(),
+        alone(&|r| r.completion_tokens >= f.min_tokens && (f.max_tokens == 0 || r.completion_tokens <= f.max_tokens)),
+    );
     pass_rate.insert("min_scores".into(), alone(&|r| f.min_scores.iter().all(|(k, &m)| r.rewards.get(k).is_none_or(|&v| v >= m))));
     for k in f.min_scores.keys() {
         pass_rate.insert(format!("min_scores.{k}"), alone(&|r| r.rewards.get(k).is_none_or(|&v| v >= f.min_scores[k])));
@@ -266,12 +269,26 @@ fn shard_path(dir: &Path, i: usize) -> PathBuf {
 
 fn read_shard(path: &Path) -> Result<Vec<Record>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines().enumerate().map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: corrupt shard line; delete the shard to sample it again", path.display(), i + 1))).collect()
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: corrupt shard line; delete the shard to sample it again", path.display(), i + 1))
+        })
+        .collect()
 }
 
 /// Samples, scores and filters one shard of prompts (`first` is the global index of
 /// `examples[0]`).
-fn sample_shard(pool: &RolloutPool, tk: &Tokenizer, set: &RewardSet, st: &RejectionSampleStage, examples: &[Example], first: usize, seed: u64) -> Result<Vec<Record>> {
+fn sample_shard(
+    pool: &RolloutPool,
+    tk: &Tokenizer,
+    set: &RewardSet,
+    st: &RejectionSampleStage,
+    examples: &[Example],
+    first: usize,
+    seed: u64,
+) -> Result<Vec<Record>> {
     let prompts: Vec<Vec<i64>> = examples
         .iter()
         .map(|e| {
@@ -280,7 +297,8 @@ fn sample_shard(pool: &RolloutPool, tk: &Tokenizer, set: &RewardSet, st: &Reject
         })
         .collect::<Result<_>>()?;
     let groups = pool.generate_groups(&prompts, st.samples, &st.sampling, seed)?;
-    let samples: Vec<rewards::Sample> = examples.iter().zip(&groups).flat_map(|(e, g)| g.iter().map(move |c| reward_sample(e, c, st.sampling.max_new_tokens))).collect();
+    let samples: Vec<rewards::Sample> =
+        examples.iter().zip(&groups).flat_map(|(e, g)| g.iter().map(move |c| reward_sample(e, c, st.sampling.max_new_tokens))).collect();
     let scores = set.score_batch(&samples);
     let names = set.names();
     let mut out = vec![];
@@ -319,7 +337,8 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let model = ctx.model_or_previous(&st.model)?;
     let examples = super::eval::load_limited(&st.data, &st.template, st.limit)?;
     let set = RewardSet::from_specs(st.reward_specs()).map_err(|e| anyhow!("{}: rewards: {e}", ctx.origin))?;
-    set.check_tasks(examples.iter().map(|e| e.extra.get("task").and_then(|v| v.as_str()))).map_err(|e| anyhow!("{}: rewards: {e}", ctx.origin))?;
+    set.check_tasks(examples.iter().map(|e| e.extra.get("task").and_then(|v| v.as_str())))
+        .map_err(|e| anyhow!("{}: rewards: {e}", ctx.origin))?;
     std::fs::create_dir_all(ctx.dir.join("shards"))?;
     let n_shards = examples.len().div_ceil(st.shard_size);
     let todo: Vec<usize> = (0..n_shards).filter(|&i| !shard_path(&ctx.dir, i).exists()).collect();
@@ -328,7 +347,12 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     }
     if !todo.is_empty() {
         let tk = Arc::new(Tokenizer::from_dir(&model)?);
-        let pool = RolloutPool::from_dir(&model, &[rollout::folder::parse_device(&st.device)?], rollout::folder::parse_kind(&st.dtype)?, tk.clone())?;
+        let pool = RolloutPool::from_dir(
+            &model,
+            &[rollout::folder::parse_device(&st.device)?],
+            rollout::folder::parse_kind(&st.dtype)?,
+            tk.clone(),
+        )?;
         for &i in &todo {
             if ctx.stop.load(Ordering::SeqCst) {
                 return Ok(StageOutcome::Interrupted);
@@ -339,7 +363,12 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
             let body: String = recs.iter().map(|r| serde_json::to_string(r).map(|l| l + "\n")).collect::<Result<_, _>>()?;
             write_atomic(&shard_path(&ctx.dir, i), body.as_bytes())?;
             if !ctx.quiet {
-                eprintln!("  shard {}/{n_shards}: kept {} of {}", i + 1, recs.iter().filter(|r| r.rejected_by.is_none()).count(), recs.len());
+                eprintln!(
+                    "  shard {}/{n_shards}: kept {} of {}",
+                    i + 1,
+                    recs.iter().filter(|r| r.rejected_by.is_none()).count(),
+                    recs.len()
+                );
             }
         }
     }
@@ -372,7 +401,11 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         sum.rejected_by.iter().filter(|(_, &c)| c > 0).map(|(k, c)| format!("{k} {c}")).collect::<Vec<_>>().join(", ")
     );
     if sum.kept == 0 {
-        bail!("{}: no sample passed the filters ({}); loosen filters.min_scores or sample more (`samples`)", ctx.origin, data_path.display());
+        bail!(
+            "{}: no sample passed the filters ({}); loosen filters.min_scores or sample more (`samples`)",
+            ctx.origin,
+            data_path.display()
+        );
     }
     Ok(StageOutcome::Done(Output { model: None, data: Some(data_path) }))
 }
@@ -413,18 +446,31 @@ mod tests {
             max_per_prompt: 2,
         };
         let recs = vec![
-            rec("a b", 5, Length, 1.0, Some(1.0)),   // truncated, though correct
-            rec("x", 1, Eos, 1.0, Some(1.0)),        // too short
-            rec("long", 11, Eos, 1.0, Some(1.0)),    // too long
-            rec("wrong", 5, Eos, 0.0, Some(1.0)),    // accuracy below 1
-            rec("mixed", 5, Eos, 1.0, Some(0.5)),    // language below 0.9
+            rec("a b", 5, Length, 1.0, Some(1.0)),     // truncated, though correct
+            rec("x", 1, Eos, 1.0, Some(1.0)),          // too short
+            rec("long", 11, Eos, 1.0, Some(1.0)),      // too long
+            rec("wrong", 5, Eos, 0.0, Some(1.0)),      // accuracy below 1
+            rec("mixed", 5, Eos, 1.0, Some(0.5)),      // language below 0.9
             rec(" good  one", 5, Eos, 1.0, Some(1.0)), // kept
             rec("good one ", 5, Stop, 1.0, Some(1.0)), // the same text, whitespace aside
-            rec("routed", 5, Eos, 1.0, None),        // language routed away: not filtered by it
-            rec("third", 5, Eos, 1.0, Some(1.0)),    // passes everything but the cap of 2
+            rec("routed", 5, Eos, 1.0, None),          // language routed away: not filtered by it
+            rec("third", 5, Eos, 1.0, Some(1.0)),      // passes everything but the cap of 2
         ];
         let v = verdicts(&f, &recs);
-        assert_eq!(v, vec![Some("truncated"), Some("length"), Some("length"), Some("min_scores"), Some("min_scores"), None, Some("duplicate"), None, Some("per_prompt")]);
+        assert_eq!(
+            v,
+            vec![
+                Some("truncated"),
+                Some("length"),
+                Some("length"),
+                Some("min_scores"),
+                Some("min_scores"),
+                None,
+                Some("duplicate"),
+                None,
+                Some("per_prompt")
+            ]
+        );
         let mut recs = recs;
         for (r, v) in recs.iter_mut().zip(&v) {
             r.rejected_by = v.map(str::to_string);

@@ -61,7 +61,9 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         let body: String = lines.into_iter().map(|l| l + "\n").collect();
         Ok(std::fs::write(dir.join(file), body)?)
     };
-    let gen = |split, n, seed| tasks::generate(st.task, split, n, st.digits, seed, st.heldout_fraction).map_err(|e| anyhow!("{}: {e}", ctx.origin));
+    let gen = |split, n, seed| {
+        tasks::generate(st.task, split, n, st.digits, seed, st.heldout_fraction).map_err(|e| anyhow!("{}: {e}", ctx.origin))
+    };
     write("train.jsonl", gen(Split::Train, st.train_size, seed)?.iter().map(|q| q.to_json().to_string()).collect())?;
     write("heldout.jsonl", gen(Split::Heldout, st.heldout_size, seed)?.iter().map(|q| q.to_json().to_string()).collect())?;
     if st.sft_size > 0 {
