@@ -26,6 +26,8 @@ import re
 import sys
 import tomllib
 
+from pipeline_table import cell  # mean (min-max) over runs, one definition for both tables
+
 ROWS = [("teacher", "eval-teacher", []), ("student base", "eval-student-base", []),
         ("1. RL only (GRPO)", "eval-rl", ["rl"]), ("2. SFT on teacher traces", "eval-sft", ["teacher-traces", "sft"]),
         ("3. KD (forward KL, top-20 cache)", "eval-kd", ["teacher-traces", "kd"]), ("4. on-policy (reverse KL)", "eval-on-policy", ["on-policy"])]
@@ -93,16 +95,6 @@ def run_figures(run):
             r = jload(p)
             evals[ev] = r.get("tasks", {}).get("addition", r)
     return evals, took, flops, curve
-
-
-def cell(values, fmt):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return fmt.format(mean)
-    return (fmt + " ({}-{})").format(mean, fmt.format(min(values)), fmt.format(max(values)))
 
 
 def main():
