@@ -11,8 +11,7 @@
 //! `teacher_sequences.jsonl`). Writes `model/` (Hugging Face layout), `checkpoints/step-N/`
 //! (the same layout plus optimizer moments, resumed from), `metrics.jsonl` and `summary.json`.
 
-use super::sft::r1;
-use super::{Ctx, Output, StageOutcome};
+use super::{cpu, one_usize, r1, Ctx, Output, StageOutcome};
 use crate::config::Paths;
 use crate::distill::cache::{self, Cache, CacheMeta};
 use crate::distill::loss::{Divergence, Tail};
@@ -111,7 +110,7 @@ pub struct DistillStage {
     #[serde(default)]
     pub limit: usize,
     /// Samples per prompt when the stage samples the teacher.
-    #[serde(default = "one")]
+    #[serde(default = "one_usize")]
     pub teacher_samples: usize,
     /// Sampling of the teacher's sequences and of the student's on-policy samples.
     #[serde(default)]
@@ -151,13 +150,10 @@ pub struct DistillStage {
     #[serde(default = "cpu")]
     pub device: String,
     /// Checkpoints kept (0 = all).
-    #[serde(default = "one")]
+    #[serde(default = "one_usize")]
     pub keep_last: usize,
 }
 
-fn one() -> usize {
-    1
-}
 fn one_f() -> f64 {
     1.0
 }
@@ -169,9 +165,6 @@ fn twenty() -> i64 {
 }
 fn fifty() -> usize {
     50
-}
-fn cpu() -> String {
-    "cpu".into()
 }
 
 impl DistillStage {

@@ -5,8 +5,7 @@
 //! `[stages.think]` table sets a thinking budget; `think_budgets` sweeps budgets
 //! (`<run>/eval/<stage>-budgets.json`). Charts go to `<run>/plots/<stage>/`.
 
-use super::sft::r1;
-use super::{Ctx, Output, StageOutcome};
+use super::{one_usize, r1, Ctx, Output, StageOutcome};
 use crate::config::Paths;
 use crate::data;
 use crate::eval::{self, EvalSpec};
@@ -51,10 +50,6 @@ pub struct EvalStage {
     /// Also write `<run>/eval/<stage>.samples.jsonl` (one line per sample).
     #[serde(default)]
     pub samples_output: bool,
-}
-
-fn one_usize() -> usize {
-    1
 }
 
 fn logprob() -> Vec<String> {

@@ -83,6 +83,17 @@ pub struct Output {
     pub data: Option<PathBuf>,
 }
 
+// Serde defaults shared by the stage configs.
+pub(crate) fn r1() -> String {
+    "r1_zero".into()
+}
+pub(crate) fn cpu() -> String {
+    "cpu".into()
+}
+pub(crate) fn one_usize() -> usize {
+    1
+}
+
 pub enum StageOutcome {
     Done(Output),
     /// Stopped by Ctrl-C; the stage's own checkpoint lets it resume.

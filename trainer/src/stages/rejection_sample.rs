@@ -17,8 +17,7 @@
 //! prompt, with `dedup`), `per_prompt` (beyond the first `max_per_prompt` kept samples of
 //! a prompt, in sample order).
 
-use super::sft::r1;
-use super::{Ctx, Output, StageOutcome};
+use super::{cpu, r1, Ctx, Output, StageOutcome};
 use crate::checkpoint::write_atomic;
 use crate::config::Paths;
 use crate::data::{self, Example};
@@ -74,9 +73,6 @@ fn eight() -> usize {
 }
 fn shard() -> usize {
     256
-}
-fn cpu() -> String {
-    "cpu".into()
 }
 fn f32s() -> String {
     "f32".into()

@@ -2,7 +2,7 @@
 //! with `prompt` and `completion` (one file or several, e.g. rejection-sampled reasoning
 //! traces plus non-reasoning data, as R1's second SFT mixes them).
 
-use super::{Ctx, Output, StageOutcome};
+use super::{r1, Ctx, Output, StageOutcome};
 use crate::config::Paths;
 use crate::data;
 use crate::lm::{self, LmCfg, LmExample};
@@ -32,10 +32,6 @@ pub struct SftStage {
     pub epochs: Option<f64>,
     #[serde(default)]
     pub train: LmCfg,
-}
-
-pub(crate) fn r1() -> String {
-    "r1_zero".into()
 }
 
 impl SftStage {
