@@ -138,6 +138,13 @@ pub struct BatchScores {
 }
 
 impl BatchScores {
+    /// Appends another batch's scores (same reward set), e.g. a refill round's.
+    pub fn extend(&mut self, other: BatchScores) {
+        debug_assert_eq!(self.names, other.names);
+        self.scores.extend(other.scores);
+        self.counts.add(&other.counts);
+    }
+
     /// The weighted totals, one per sample.
     pub fn totals(&self) -> Vec<f64> {
         self.scores.iter().map(|s| s.total).collect()

@@ -216,7 +216,18 @@ fn worker_loop(policy: Policy, tokenizer: Arc<Tokenizer>, rx: mpsc::Receiver<Job
     while let Ok(job) = rx.recv() {
         match job {
             Job::Generate { prompts, seeds, params, think, reply } => {
-                let r = generate_with(&policy.model, Some(&tokenizer), &prompts, &seeds, &eos, &params, think.as_ref());
+                // A libtorch failure (out of memory above all) panics: report it as this
+                // job's error, with its message, instead of a worker that silently died.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    generate_with(&policy.model, Some(&tokenizer), &prompts, &seeds, &eos, &params, think.as_ref())
+                }))
+                .unwrap_or_else(|p| {
+                    let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                    Err(RolloutError::Generation(format!(
+                        "generation failed: {}",
+                        msg.unwrap_or_else(|| "a panic without a message".into())
+                    )))
+                });
                 let _ = reply.send(r);
             }
             Job::Sync { tensors, reply } => {

@@ -312,7 +312,7 @@ log_samples_every = 0
     );
     let table: toml::Table = recipe.parse()?;
     let r: crate::config::Recipe = crate::config::from_table(table.clone(), "bench recipe")?;
-    let mut opts = Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None };
+    let mut opts = Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None, ..Default::default() };
     let mut t = Trainer::new(r, &table, false, &mut opts)?;
     let params: usize = t.policy().named_tensors().values().map(|x| x.numel()).sum();
     let mut rows = vec![];

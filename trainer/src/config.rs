@@ -214,8 +214,16 @@ pub struct GrpoCfg {
     pub minibatch_size: usize,
     /// Truncated completions (no EOS within max_new_tokens) get no loss (default false).
     pub mask_truncated_completions: bool,
-    /// Drop groups whose rewards are all equal (DAPO dynamic sampling; default false).
+    /// Drop groups whose rewards are all equal (dynamic sampling without refill; default false).
     pub drop_zero_std_groups: bool,
+    /// DAPO's dynamic sampling: drop groups whose rewards are all equal and draw more
+    /// prompts, in rounds, until `prompts_per_step` informative groups are in hand or
+    /// `max_refill_prompts` extra prompts were drawn (default false).
+    pub dynamic_sampling: bool,
+    /// Cap on the extra prompts one step may draw with `dynamic_sampling` (default: 2 x
+    /// prompts_per_step, so at most 3x the generation of a step without it, as DAPO's
+    /// 3x generation batch). A step that hits the cap trains on the informative groups it has.
+    pub max_refill_prompts: Option<usize>,
     /// Replace the reference model by the current policy every N steps (R1-Zero: 400); 0 = never.
     pub ref_sync_every: usize,
     /// Positions per chunk when computing log-probs (bounds the [B, chunk, V] logits).
@@ -230,6 +238,13 @@ pub struct GrpoCfg {
     pub max_bad_steps: usize,
 }
 
+impl GrpoCfg {
+    /// The refill cap for a step of `prompts_per_step` prompts.
+    pub fn max_refill_prompts(&self, prompts_per_step: usize) -> usize {
+        self.max_refill_prompts.unwrap_or(2 * prompts_per_step)
+    }
+}
+
 impl Default for GrpoCfg {
     fn default() -> Self {
         GrpoCfg {
@@ -242,6 +257,8 @@ impl Default for GrpoCfg {
             minibatch_size: 0,
             mask_truncated_completions: false,
             drop_zero_std_groups: false,
+            dynamic_sampling: false,
+            max_refill_prompts: None,
             ref_sync_every: 0,
             logprob_chunk: 256,
             max_tokens_per_micro_batch: 4096,
@@ -459,6 +476,9 @@ impl Recipe {
         }
         if g.num_iterations == 0 {
             bail!("grpo.num_iterations must be >= 1");
+        }
+        if g.max_refill_prompts.is_some() && !g.dynamic_sampling {
+            bail!("grpo.max_refill_prompts caps dynamic sampling's refill and does nothing without it: set grpo.dynamic_sampling = true or remove it");
         }
         if self.optim.grad_accumulation == 0 {
             bail!("optim.grad_accumulation must be >= 1");

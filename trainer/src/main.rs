@@ -460,7 +460,7 @@ fn run_train(a: TrainArgs) -> Result<i32> {
             return Ok(0);
         }
     }
-    let opts = train::Options { quiet: a.quiet, stop, sinks: vec![], resume_from: a.from.clone() };
+    let opts = train::Options { quiet: a.quiet, stop, sinks: vec![], resume_from: a.from.clone(), ..Default::default() };
     let out = train::train(a.recipe.as_deref(), a.resume.as_deref(), &a.set, opts)?;
     let ck = out.final_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
     if out.interrupted {

@@ -34,6 +34,7 @@ pub struct Outcome {
     pub final_checkpoint: Option<PathBuf>,
 }
 
+#[derive(Default)]
 pub struct Options {
     pub quiet: bool,
     /// Set by Ctrl-C: the current step finishes, a checkpoint is saved, the run exits cleanly.
@@ -42,6 +43,10 @@ pub struct Options {
     pub sinks: Vec<Box<dyn Sink>>,
     /// On resume: the checkpoint to continue from (`step-N`), instead of the newest valid one.
     pub resume_from: Option<String>,
+    /// Fault injection for tests: at this step (1-based) the learner asks the allocator for
+    /// an impossible tensor before its first update, a real out-of-memory error.
+    #[doc(hidden)]
+    pub fail_alloc_at_step: Option<u64>,
 }
 
 pub struct Trainer {
@@ -61,6 +66,10 @@ pub struct Trainer {
     sinks: Vec<Box<dyn Sink>>,
     /// Held while the trainer lives: a second process on the same run folder is refused.
     _lock: checkpoint::RunLock,
+    /// Whether the current step has changed weights or optimizer state yet (after that, a
+    /// failure cannot be rolled back to the last completed step).
+    updated: bool,
+    fail_alloc_at_step: Option<u64>,
 }
 
 fn sampling(recipe: &Recipe) -> SamplingParams {
@@ -187,6 +196,8 @@ impl Trainer {
             kind,
             sinks,
             _lock: lock,
+            updated: false,
+            fail_alloc_at_step: opts.fail_alloc_at_step,
         })
     }
 
@@ -221,7 +232,7 @@ impl Trainer {
                 interrupted = true;
                 break;
             }
-            let row = self.step()?;
+            let row = self.guarded_step()?;
             let step = self.state.step;
             for s in &mut self.sinks {
                 s.log(step, &row)?;
@@ -258,6 +269,48 @@ impl Trainer {
         Ok(Outcome { run_dir: self.run_dir.clone(), steps_done: self.state.step, interrupted, final_checkpoint: last_ckpt })
     }
 
+    /// [`Trainer::step`], with a failure (an error, or a panic such as libtorch's
+    /// out-of-memory) turned into an error that loses nothing: when the step had not yet
+    /// touched weights or optimizer state, the trainer rolls back to the last completed
+    /// step and checkpoints it, so `--resume` continues exactly from there.
+    fn guarded_step(&mut self) -> Result<Row> {
+        let before = self.state.clone();
+        self.updated = false;
+        let err = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step())) {
+            Ok(Ok(row)) => return Ok(row),
+            Ok(Err(e)) => e,
+            Err(panic) => anyhow!("{}", panic_message(&panic)),
+        };
+        let failed = before.step + 1;
+        let cause = format!("{err:#}");
+        let hint = if is_out_of_memory(&cause) {
+            "\nOut of memory: lower rollout.max_batch (rows per generation pass), grpo.max_tokens_per_micro_batch \
+             (learner tokens per pass), rollout.prompts_per_step or rollout.group_size, then resume."
+        } else {
+            ""
+        };
+        let resume = format!("resume with `ponder train --resume {}`", self.run_dir.display());
+        let saved = if self.updated {
+            // Some minibatch updates of this step were applied: no consistent state to save.
+            let newest = checkpoint::latest(&self.run_dir).ok().flatten().map(|(s, _)| format!("step-{s}")).unwrap_or("none".into());
+            format!("it failed after its first weight update, so the last completed step cannot be saved; newest checkpoint: {newest}; {resume}")
+        } else {
+            self.state = before;
+            let have = checkpoint::latest(&self.run_dir).ok().flatten().is_some_and(|(s, _)| s == self.state.step);
+            if self.state.step == 0 {
+                "nothing was trained yet, so no checkpoint was written".to_string()
+            } else if have {
+                format!("checkpoint step-{} holds the last completed step; {resume}", self.state.step)
+            } else {
+                match self.save() {
+                    Ok(_) => format!("saved checkpoint step-{}, the last completed step; {resume}", self.state.step),
+                    Err(e) => format!("saving step {} failed too: {e:#}", self.state.step),
+                }
+            }
+        };
+        Err(anyhow!("step {failed} failed: {cause}\n{saved}{hint}"))
+    }
+
     /// One GRPO step. Returns its metrics row.
     pub fn step(&mut self) -> Result<Row> {
         let t0 = Instant::now();
@@ -265,37 +318,75 @@ impl Trainer {
         let (g, seed) = (cfg.rollout.group_size, cfg.run.seed);
         let step = self.state.step;
 
-        // 1. Prompts and rollouts.
-        let idx = self.state.cursor.take(seed, self.train_set.len(), cfg.rollout.prompts_per_step);
-        let examples: Vec<Example> = idx.iter().map(|&i| self.train_set[i].clone()).collect();
-        let prompts: Vec<Vec<i64>> = examples.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
+        // 1. Prompts and rollouts. With DAPO's dynamic sampling, groups whose rewards are
+        // all equal carry no signal; more prompts are drawn (in rounds, up to a cap) until
+        // `prompts_per_step` informative groups are in hand.
+        let want = cfg.rollout.prompts_per_step;
         let params = sampling(&cfg);
-        let groups = self.pool.generate_groups(&prompts, g, &params, mix_seed(seed, step + 1))?;
+        let (mut examples, mut prompts, mut groups) = (Vec::<Example>::new(), Vec::<Vec<i64>>::new(), Vec::<Vec<Completion>>::new());
+        let mut scores: Option<rewards::BatchScores> = None;
+        let (mut rounds, mut informative) = (0usize, 0usize);
+        let mut n = want;
+        loop {
+            let idx = self.state.cursor.take(seed, self.train_set.len(), n);
+            let ex: Vec<Example> = idx.iter().map(|&i| self.train_set[i].clone()).collect();
+            let ps: Vec<Vec<i64>> = ex.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
+            // Round 0 keeps the seed a run without refill has always used.
+            let round_seed = if rounds == 0 { mix_seed(seed, step + 1) } else { mix_seed(mix_seed(seed, step + 1), rounds as u64) };
+            let gr = self.pool.generate_groups(&ps, g, &params, round_seed)?;
+            let samples: Vec<Sample> =
+                ex.iter().zip(&gr).flat_map(|(e, grp)| grp.iter().map(move |c| (e, c))).map(|(e, c)| self.reward_sample(e, c)).collect();
+            let sc = self.rewards.score_batch(&samples);
+            informative += grpo::zero_std_groups(&sc.totals(), g).iter().filter(|&&z| !z).count();
+            match &mut scores {
+                None => scores = Some(sc),
+                Some(all) => all.extend(sc),
+            }
+            examples.extend(ex);
+            prompts.extend(ps);
+            groups.extend(gr);
+            rounds += 1;
+            let missing = want.saturating_sub(informative);
+            let budget = (want + cfg.grpo.max_refill_prompts(want)).saturating_sub(prompts.len());
+            if !cfg.grpo.dynamic_sampling || missing == 0 || budget == 0 {
+                break;
+            }
+            // Ask for enough prompts to fill the gap at the rate seen so far (at least 1 in 4
+            // informative assumed, so a step's rounds stay few), within the cap.
+            let rate = (informative as f64 / prompts.len() as f64).max(0.25);
+            n = ((missing as f64 / rate).ceil() as usize).clamp(1, budget);
+        }
         let rollout_s = t0.elapsed().as_secs_f64();
+        let scores = scores.expect("at least one round");
 
-        // 2. Rewards and advantages.
-        let samples: Vec<Sample> = examples
-            .iter()
-            .zip(&groups)
-            .flat_map(|(ex, grp)| grp.iter().map(move |c| (ex, c)))
-            .map(|(ex, c)| self.reward_sample(ex, c))
-            .collect();
-        let scores = self.rewards.score_batch(&samples);
+        // 2. Rewards and advantages (per group, so rounds do not mix).
         let totals = scores.totals();
         let adv = grpo::advantages(&totals, g, cfg.grpo.scale_rewards, 1e-4);
         let zero_std = grpo::zero_std_groups(&totals, g);
-        let keep: Vec<usize> = (0..totals.len()).filter(|&i| !(cfg.grpo.drop_zero_std_groups && zero_std[i / g])).collect();
+        let drop = cfg.grpo.drop_zero_std_groups || cfg.grpo.dynamic_sampling;
+        // The groups that train: informative ones in sampling order, at most `want` of them
+        // with refill (the batch keeps its configured size); every group without dropping.
+        let mut kept_groups: Vec<usize> = (0..groups.len()).filter(|&k| !(drop && zero_std[k])).collect();
+        if cfg.grpo.dynamic_sampling {
+            kept_groups.truncate(want);
+        }
 
         let comps: Vec<&Completion> = groups.iter().flatten().collect();
         let mut row = Row::new();
         self.rollout_metrics(&mut row, &comps, &totals, &scores, &zero_std, g);
+        if cfg.grpo.dynamic_sampling {
+            row.insert("dynamic_sampling/rounds".into(), json!(rounds));
+            row.insert("dynamic_sampling/prompts_sampled".into(), json!(prompts.len()));
+            row.insert("dynamic_sampling/informative_groups".into(), json!(informative));
+            row.insert("dynamic_sampling/groups_trained".into(), json!(kept_groups.len()));
+        }
 
         // 3. Learner updates.
         let t1 = Instant::now();
         let lr = lr_at(&cfg.optim, self.opt.step, self.total_updates());
         let mut learn = LearnStats::default();
-        if !keep.is_empty() {
-            let batch = self.build_batch(&keep, &prompts, &comps, &adv)?;
+        if !kept_groups.is_empty() {
+            let batch = self.build_batch(&kept_groups, &prompts, &comps, &adv)?;
             learn = self.learn(&batch)?;
             self.pool.sync_weights(&self.policy.named_tensors())?;
         }
@@ -434,8 +525,12 @@ impl Trainer {
         row.insert("completions/mean_terminated_length".into(), json!(mean(&term)));
     }
 
-    fn build_batch(&self, keep: &[usize], prompts: &[Vec<i64>], comps: &[&Completion], adv: &[f64]) -> Result<Batch> {
+    /// The learner's batch from the kept groups (indices into `prompts`; their samples are
+    /// rows `k * g .. (k + 1) * g` of `comps` and `adv`). Only the kept prompts travel, so
+    /// the learner never prefills a dropped group's prompt.
+    fn build_batch(&self, kept_groups: &[usize], prompts: &[Vec<i64>], comps: &[&Completion], adv: &[f64]) -> Result<Batch> {
         let g = self.recipe.rollout.group_size;
+        let keep: Vec<usize> = kept_groups.iter().flat_map(|&k| k * g..(k + 1) * g).collect();
         let c = keep.iter().map(|&i| comps[i].token_ids.len()).max().unwrap().max(1) as i64;
         let n = keep.len() as i64;
         let (mut tgt, mut valid, mut mask, mut old) =
@@ -453,8 +548,8 @@ impl Trainer {
         }
         let d = self.device;
         Ok(Batch {
-            prompts: prompts.to_vec(),
-            row_prompt: keep.iter().map(|&i| i / g).collect(),
+            prompts: kept_groups.iter().map(|&k| prompts[k].clone()).collect(),
+            row_prompt: (0..keep.len()).map(|r| r / g).collect(),
             targets: Tensor::from_slice(&tgt).view([n, c]).to_device(d),
             valid: Tensor::from_slice(&valid).view([n, c]).to_device(d),
             mask: Tensor::from_slice(&mask).view([n, c]).to_device(d),
@@ -573,4 +668,24 @@ pub fn train(recipe_path: Option<&Path>, resume: Option<&Path>, sets: &[String],
     let stop = opts.stop.clone();
     let mut t = Trainer::new(recipe, &table, resume.is_some(), &mut opts)?;
     t.run(&stop)
+}
+
+/// The text of a caught panic. libtorch errors arrive as `unwrap()` panics carrying the
+/// debug form of the error, with the C++ stack appended: keep the message only.
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    let raw = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+    let raw = raw.unwrap_or_else(|| "a panic without a message".into());
+    let msg = raw.split_once("Torch(\"").map_or(raw.as_str(), |(_, m)| m);
+    let msg = msg.split("\\nframe #").next().unwrap_or(msg).split("\nframe #").next().unwrap_or(msg);
+    // "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..." -> the last part.
+    let msg = msg.rsplit_once("] err == 0. ").map_or(msg, |(_, m)| m);
+    format!("libtorch: {}", msg.strip_suffix("\")").unwrap_or(msg).trim_end().replace("\\n", " "))
+}
+
+/// Whether an error is an allocation failure: CUDA's caching allocator ("CUDA out of
+/// memory"), a CUDA runtime error ("out of memory"), or libtorch's CPU allocator ("can't
+/// allocate memory").
+pub fn is_out_of_memory(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("cannot allocate memory")
 }

@@ -330,7 +330,7 @@ log_samples_every = 0
     );
     let r = tmp.path().join("r.toml");
     std::fs::write(&r, recipe).unwrap();
-    let opts = trainer::train::Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None };
+    let opts = trainer::train::Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None, ..Default::default() };
     let out = trainer::train::train(Some(&r), None, &[], opts).unwrap();
     let rows: Vec<serde_json::Value> =
         std::fs::read_to_string(out.run_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -350,7 +350,7 @@ log_samples_every = 0
         Some(&r),
         None,
         &["run.name=\"one\"".into(), "train.eval_samples=1".into()],
-        trainer::train::Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None },
+        trainer::train::Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None, ..Default::default() },
     )
     .unwrap();
     let text = std::fs::read_to_string(out.run_dir.join("metrics.jsonl")).unwrap();

@@ -72,7 +72,7 @@ eval_limit = 8
 }
 
 fn opts() -> Options {
-    Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None }
+    Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None, ..Default::default() }
 }
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
@@ -212,6 +212,8 @@ fn config_errors_are_clear() {
     assert!(e.contains("group_size"), "{e}");
     let e = err(&["trian.steps=3"]);
     assert!(e.contains("trian") && e.contains("did you mean `train`"), "{e}");
+    let e = err(&["grpo.max_refill_prompts=8"]);
+    assert!(e.contains("grpo.dynamic_sampling = true"), "{e}");
     let e = err(&["data.template=\"no placeholder\""]);
     assert!(e.contains("{prompt}"), "{e}");
     // A malformed dataset line names the file and line.
@@ -219,6 +221,117 @@ fn config_errors_are_clear() {
     let sets = vec![format!("data.train=\"{}\"", tmp.path().join("bad.jsonl").display())];
     let e = format!("{:#}", train::train(Some(&r), None, &sets, opts()).unwrap_err());
     assert!(e.contains("bad.jsonl:2"), "{e}");
+}
+
+/// DAPO's dynamic sampling. A reward that is 0 for most samples (the share of `7`s in the
+/// completion) leaves many groups all-zero. The same seed without dynamic sampling shows
+/// the first round's zero-variance groups; with it, the step draws more prompts until it
+/// has `prompts_per_step` informative groups and trains on exactly that many. A reward no
+/// sample can earn stops at the refill cap and trains on nothing. Resume stays bit-identical.
+#[test]
+fn dynamic_sampling_refills_to_informative_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let r = recipe(tmp.path(), "");
+    let run = |name: &str, extra: &[&str]| {
+        let mut sets: Vec<String> = [
+            format!("run.name=\"{name}\""),
+            "train.steps=3".into(),
+            "train.eval_every=0".into(),
+            "rewards=[{kind=\"char_fraction\", chars=\"7\"}]".into(),
+        ]
+        .to_vec();
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        metrics(&train::train(Some(&r), None, &sets, opts()).unwrap().run_dir)
+    };
+    let plain = run("plain", &[]);
+    let dynamic = run("dynamic", &["grpo.dynamic_sampling=true", "grpo.max_refill_prompts=40"]);
+    let f = |row: &serde_json::Value, k: &str| row[k].as_f64().unwrap_or_else(|| panic!("no {k} in {row}"));
+    // Round 0 of the dynamic run is the plain run's step (same seed), so its zero-variance
+    // groups are what the refill has to replace.
+    let zero_first = f(&plain[0], "frac_reward_zero_std");
+    assert!(zero_first > 0.0, "the test reward gave no zero-variance group: {}", plain[0]);
+    assert!(plain[0].get("dynamic_sampling/rounds").is_none());
+    let mut refilled = 0;
+    for row in &dynamic {
+        let (rounds, sampled, informative, trained) = (
+            f(row, "dynamic_sampling/rounds"),
+            f(row, "dynamic_sampling/prompts_sampled"),
+            f(row, "dynamic_sampling/informative_groups"),
+            f(row, "dynamic_sampling/groups_trained"),
+        );
+        // Informative groups counted by the step match the zero-variance share it logs.
+        assert_eq!(informative, (sampled * (1.0 - f(row, "frac_reward_zero_std"))).round(), "{row}");
+        assert_eq!(trained, informative.min(4.0), "{row}");
+        assert!(sampled <= 44.0, "the cap was passed: {row}");
+        if rounds > 1.0 {
+            refilled += 1;
+            assert!(sampled > 4.0, "{row}");
+        } else {
+            assert!(informative >= 4.0 && sampled == 4.0, "stopped after one round without enough groups: {row}");
+        }
+    }
+    assert!(f(&dynamic[0], "dynamic_sampling/rounds") > 1.0, "step 1 had zero-variance groups but drew no more: {}", dynamic[0]);
+    assert!(refilled >= 1);
+
+    // Nothing to earn: every group is all-zero, the step stops at the cap, trains nothing.
+    let none = run(
+        "none",
+        &["grpo.dynamic_sampling=true", "grpo.max_refill_prompts=6", "rewards=[{kind=\"char_fraction\", chars=\"\\U0001F600\"}]"],
+    );
+    for row in &none {
+        assert_eq!(f(row, "dynamic_sampling/prompts_sampled"), 10.0, "{row}");
+        assert_eq!(f(row, "dynamic_sampling/groups_trained"), 0.0, "{row}");
+        assert_eq!(f(row, "loss"), 0.0, "{row}");
+    }
+
+    // Kill-and-resume in the middle of refilling steps reproduces the straight run.
+    let sets = |name: &str, steps: u32| {
+        vec![
+            format!("run.name=\"{name}\""),
+            format!("train.steps={steps}"),
+            "train.eval_every=0".into(),
+            "rewards=[{kind=\"char_fraction\", chars=\"7\"}]".into(),
+            "grpo.dynamic_sampling=true".into(),
+        ]
+    };
+    let straight = train::train(Some(&r), None, &sets("ds-straight", 4), opts()).unwrap();
+    let half = train::train(Some(&r), None, &sets("ds-split", 2), opts()).unwrap();
+    let resumed = train::train(None, Some(&half.run_dir), &["train.steps=4".into()], opts()).unwrap();
+    let a = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
+    let b = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
+    for (k, t) in &a {
+        assert!(t.equal(&b[k]), "{k} differs between straight and resumed dynamic-sampling runs");
+    }
+}
+
+/// A real out-of-memory error (the learner asks libtorch's allocator for 64 TiB at step 3)
+/// ends the run with an error that says so, after checkpointing step 2, the last completed
+/// step (the run saves no checkpoint of its own before step 4); resuming from it gives the
+/// weights of a run that never failed.
+#[test]
+fn out_of_memory_keeps_the_last_completed_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let r = recipe(tmp.path(), "");
+    let sets =
+        |name: &str| vec![format!("run.name=\"{name}\""), "train.steps=4".into(), "train.save_every=0".into(), "train.eval_every=0".into()];
+    let straight = train::train(Some(&r), None, &sets("straight"), opts()).unwrap();
+    let oom = Options { fail_alloc_at_step: Some(3), ..opts() };
+    let e = format!("{:#}", train::train(Some(&r), None, &sets("oom"), oom).unwrap_err());
+    assert!(e.contains("step 3 failed") && e.contains("step-2") && e.contains("Out of memory") && e.contains("--resume"), "{e}");
+    assert!(trainer::train::is_out_of_memory(&e), "{e}");
+    let run = tmp.path().join("runs/oom");
+    let ckpts: Vec<u64> = trainer::checkpoint::list(&run).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(ckpts, vec![2]);
+    assert_eq!(metrics(&run).len(), 2, "only completed steps are logged");
+    let resumed = train::train(None, Some(&run), &[], opts()).unwrap();
+    assert_eq!(resumed.steps_done, 4);
+    let a = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
+    let b = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
+    for (k, t) in &a {
+        assert!(t.equal(&b[k]), "{k} differs after resuming from the out-of-memory checkpoint");
+    }
 }
 
 #[test]

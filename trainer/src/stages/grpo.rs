@@ -46,7 +46,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     recipe.validate()?;
     recipe.resolve_paths(Path::new("."));
     let resuming = ctx.dir.join("metrics.jsonl").exists();
-    let mut opts = Options { quiet: ctx.quiet, stop: ctx.stop.clone(), sinks: vec![], resume_from: None };
+    let mut opts = Options { quiet: ctx.quiet, stop: ctx.stop.clone(), sinks: vec![], resume_from: None, ..Default::default() };
     let mut trainer = train::Trainer::new(recipe, &t, resuming, &mut opts)?;
     let out = trainer.run(ctx.stop)?;
     if out.interrupted {

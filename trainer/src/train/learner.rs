@@ -299,6 +299,11 @@ impl Trainer {
                 }
                 self.state.bad_steps = 0;
                 norms.push(gn);
+                if self.fail_alloc_at_step == Some(self.state.step + 1) {
+                    let _ = Tensor::empty([1i64 << 44], (Kind::Float, self.device));
+                    // 64 TiB
+                }
+                self.updated = true;
                 self.opt.clip_grad_norm(gn, self.recipe.optim.max_grad_norm);
                 let lr = lr_at(&self.recipe.optim, self.opt.step, total_updates);
                 self.opt.step(lr);
