@@ -40,6 +40,11 @@ pub struct LmCfg {
     /// Steps between resumable checkpoints (weights + optimizer + step) in the stage
     /// folder; 0 = none (an interrupted stage then starts over).
     pub save_every: usize,
+    /// Fault injection for tests: at this step (1-based) the forward pass asks the
+    /// allocator for an impossible tensor, a real out-of-memory error.
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub fail_alloc_at_step: Option<usize>,
 }
 
 impl Default for LmCfg {
@@ -55,6 +60,7 @@ impl Default for LmCfg {
             max_grad_norm: 1.0,
             log_every: 10,
             save_every: 200,
+            fail_alloc_at_step: None,
         }
     }
 }
@@ -237,8 +243,47 @@ pub fn train(
         }
         let batch: Vec<&LmExample> = batches.pop().unwrap().into_iter().map(|i| &examples[i]).collect();
         opt.zero_grad();
-        let (loss, ntok) = batch_loss(policy, &batch, cfg.max_len);
-        let lv = f64::try_from(&loss)?;
+        // Forward and backward touch no weights: a failure here (libtorch's out-of-memory
+        // panics) leaves the model at the end of the previous step, which is saved.
+        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(f64, f64)> {
+            if cfg.fail_alloc_at_step == Some(step + 1) {
+                let _ = Tensor::empty([1i64 << 44], (Kind::Float, policy.vs.device()));
+            }
+            let (loss, ntok) = batch_loss(policy, &batch, cfg.max_len);
+            let lv = f64::try_from(&loss)?;
+            if lv.is_finite() {
+                loss.backward();
+            }
+            Ok((lv, ntok))
+        }));
+        let (lv, ntok) = match pass {
+            Ok(Ok(v)) => v,
+            failed => {
+                let cause = match failed {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(p) => crate::train::panic_message(&p),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                let hint = if crate::train::is_out_of_memory(&cause) {
+                    "\nOut of memory: lower train.batch_size or train.max_len, then resume."
+                } else {
+                    ""
+                };
+                let saved = match ckpt {
+                    Some(dir) if step > 0 => {
+                        opt.zero_grad();
+                        match save_checkpoint(dir, policy, &opt, LmState { step, optimizer_step: opt.step }) {
+                            Ok(()) => {
+                                format!("saved checkpoint step-{step}, the last completed step; resuming the stage continues from it")
+                            }
+                            Err(e) => format!("saving step {step} failed too: {e:#}"),
+                        }
+                    }
+                    _ => "no checkpoint was written".into(),
+                };
+                bail!("step {} failed: {cause}\n{saved}{hint}", step + 1);
+            }
+        };
         if !lv.is_finite() {
             bad += 1;
             if bad >= 3 {
@@ -247,7 +292,6 @@ pub fn train(
             continue;
         }
         bad = 0;
-        loss.backward();
         let gn = opt.grad_norm();
         opt.clip_grad_norm(gn, cfg.max_grad_norm);
         let lr = lr_at(&cfg.optim(), step as u64, cfg.steps as u64);

@@ -672,7 +672,7 @@ pub fn train(recipe_path: Option<&Path>, resume: Option<&Path>, sets: &[String],
 
 /// The text of a caught panic. libtorch errors arrive as `unwrap()` panics carrying the
 /// debug form of the error, with the C++ stack appended: keep the message only.
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     let raw = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
     let raw = raw.unwrap_or_else(|| "a panic without a message".into());
     let msg = raw.split_once("Torch(\"").map_or(raw.as_str(), |(_, m)| m);

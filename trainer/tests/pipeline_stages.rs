@@ -137,4 +137,16 @@ fn lm_training_resumes_mid_stage_bit_identically() {
         !a["model.layers.0.mlp.up_proj.weight"].equal(&load().named_tensors()["model.layers.0.mlp.up_proj.weight"]),
         "training moved the weights"
     );
+    // A real out-of-memory error at step 9 (after the step-5 checkpoint) saves step 8, the
+    // last completed step, and says so; resuming from it ends where the straight run did.
+    let ckpt = tmp.path().join("ckpt-oom");
+    let failing = LmCfg { fail_alloc_at_step: Some(9), ..cfg.clone() };
+    let e = format!("{:#}", lm::train(&load(), &examples, &failing, 9, &mut [], true, Some(&ckpt), &never).unwrap_err());
+    assert!(e.contains("step 9 failed") && e.contains("step-8") && e.contains("Out of memory") && e.contains("batch_size"), "{e}");
+    assert_eq!(lm::checkpoint_step(&ckpt), Some(8));
+    let again = load();
+    lm::train(&again, &examples, &cfg, 9, &mut [], true, Some(&ckpt), &never).unwrap();
+    for (k, t) in &a {
+        assert!(t.equal(&again.named_tensors()[k]), "{k} differs after resuming from the out-of-memory checkpoint");
+    }
 }
