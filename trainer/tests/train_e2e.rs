@@ -75,6 +75,16 @@ fn opts() -> Options {
     Options { quiet: true, stop: Default::default(), sinks: vec![], resume_from: None, ..Default::default() }
 }
 
+/// Asserts that two runs' `step-N` checkpoints hold identical weights.
+fn same_weights(a: &Path, b: &Path, step: u64, what: &str) {
+    let load = |r: &Path| rollout::model::weights::load_file(&r.join(format!("checkpoints/step-{step}/model.safetensors"))).unwrap();
+    let (a, b) = (load(a), load(b));
+    assert_eq!(a.len(), b.len());
+    for (k, t) in &a {
+        assert!(t.equal(&b[k]), "{k} {what}");
+    }
+}
+
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -151,12 +161,7 @@ fn resume_is_bit_identical() {
     assert_eq!(half.steps_done, 2);
     let resumed = train::train(None, Some(&half.run_dir), &["train.steps=4".into()], opts()).unwrap();
     assert_eq!(resumed.steps_done, 4);
-    let a = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
-    let b = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
-    assert_eq!(a.len(), b.len());
-    for (k, t) in &a {
-        assert!(t.equal(&b[k]), "{k} differs between straight and resumed runs");
-    }
+    same_weights(&straight.run_dir, &resumed.run_dir, 4, "differs between straight and resumed runs");
     let oa = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/optimizer.safetensors")).unwrap();
     let ob = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/optimizer.safetensors")).unwrap();
     for (k, t) in &oa {
@@ -298,11 +303,7 @@ fn dynamic_sampling_refills_to_informative_groups() {
     let straight = train::train(Some(&r), None, &sets("ds-straight", 4), opts()).unwrap();
     let half = train::train(Some(&r), None, &sets("ds-split", 2), opts()).unwrap();
     let resumed = train::train(None, Some(&half.run_dir), &["train.steps=4".into()], opts()).unwrap();
-    let a = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
-    let b = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
-    for (k, t) in &a {
-        assert!(t.equal(&b[k]), "{k} differs between straight and resumed dynamic-sampling runs");
-    }
+    same_weights(&straight.run_dir, &resumed.run_dir, 4, "differs between straight and resumed dynamic-sampling runs");
 }
 
 /// A real out-of-memory error (the learner asks libtorch's allocator for 64 TiB at step 3)
@@ -327,11 +328,7 @@ fn out_of_memory_keeps_the_last_completed_step() {
     assert_eq!(metrics(&run).len(), 2, "only completed steps are logged");
     let resumed = train::train(None, Some(&run), &[], opts()).unwrap();
     assert_eq!(resumed.steps_done, 4);
-    let a = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
-    let b = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/model.safetensors")).unwrap();
-    for (k, t) in &a {
-        assert!(t.equal(&b[k]), "{k} differs after resuming from the out-of-memory checkpoint");
-    }
+    same_weights(&straight.run_dir, &resumed.run_dir, 4, "differs after resuming from the out-of-memory checkpoint");
 }
 
 #[test]
