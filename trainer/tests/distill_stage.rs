@@ -385,7 +385,10 @@ fn the_distill_recipe_checks_out_and_asks_for_its_teacher_first() {
     let p: Pipeline = trainer::config::from_table(table, "recipe").unwrap();
     assert!(!Path::new("runs/tiny-r1").exists());
     let err = format!("{:#}", pipeline::validate(&p).unwrap_err());
-    assert!(err.contains("runs/tiny-r1/stages/rl-all/checkpoints/step-80") && err.contains("./ponder train recipes/tiny-r1.toml"), "{err}");
+    assert!(
+        err.contains("runs/tiny-r1/stages/rl-all/checkpoints/step-120") && err.contains("./ponder train recipes/tiny-r1.toml"),
+        "{err}"
+    );
 }
 
 #[test]
