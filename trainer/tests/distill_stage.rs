@@ -300,6 +300,34 @@ fn a_stopped_on_policy_run_resumes_to_identical_weights() {
         assert!(x.equal(&w1[k]), "{k} differs after resume");
     }
     assert_eq!(straight.flops, second.flops, "cumulative FLOPs carry over the resume");
+    // A real out-of-memory error at step 5 (after the step-3 checkpoint) saves step 4 and
+    // says so; resuming from it ends where the straight run did, FLOPs included.
+    let failing = Settings { train: LmCfg { fail_alloc_at_step: Some(5), ..settings.train.clone() }, ..settings.clone() };
+    let c = tmp.path().join("c");
+    let e = {
+        let student = rollout::folder::Policy::load(&s_dir, tch::Kind::Float, tch::Device::Cpu).unwrap();
+        let pool = rollout::pool::RolloutPool::from_dir(&s_dir, &[tch::Device::Cpu], tch::Kind::Float, tk.clone()).unwrap();
+        let job = Job {
+            settings: failing,
+            student: &student,
+            teacher: Some(&teacher),
+            sequences: &seqs,
+            cache: None,
+            prompts: &prompts,
+            pool: Some(&pool),
+            eval: None,
+            setup_flops: 0.0,
+        };
+        let ck = Checkpoints { dir: c.clone(), side_files: s_dir.clone(), keep_last: 1 };
+        format!("{:#}", distill::train(&job, &mut [], true, Some(&ck), &AtomicBool::new(false)).unwrap_err())
+    };
+    assert!(e.contains("step 5 failed") && e.contains("step-4") && e.contains("Out of memory"), "{e}");
+    let (third, w2) = run(None, &c);
+    assert_eq!((third.steps_done, third.interrupted), (8, false));
+    for (k, x) in &w0 {
+        assert!(x.equal(&w2[k]), "{k} differs after resuming from the out-of-memory checkpoint");
+    }
+    assert_eq!(straight.flops, third.flops);
     let init = rollout::folder::Policy::load(&s_dir, tch::Kind::Float, tch::Device::Cpu).unwrap().named_tensors();
     assert!(!w0["model.norm.weight"].equal(&init["model.norm.weight"]), "training moved the weights");
 }

@@ -187,6 +187,15 @@ pub struct Checkpoints {
     pub keep_last: usize,
 }
 
+/// What one step's forward and backward give the rest of the step.
+struct Pass {
+    lv: f64,
+    stats: StepStats,
+    has_teacher: bool,
+    tokens: usize,
+    gen_len: f64,
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 struct Counters {
     student_tokens: f64,
@@ -403,66 +412,103 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             outcome.interrupted = true;
             break;
         }
-        // 1. The batch: teacher sequences, then the student's fresh samples.
-        let fixed = if n_fixed > 0 { stream(mix_seed(s.seed, 1), job.sequences.len(), step * n_fixed, n_fixed) } else { vec![] };
-        let sampled;
-        let mut rows: Vec<&LmExample> = fixed.iter().map(|&i| &job.sequences[i]).collect();
-        let mut gen_len = 0.0;
-        if n_student > 0 {
-            let pi = stream(mix_seed(s.seed, 2), job.prompts.len(), step * n_student, n_student);
-            let prompts: Vec<Vec<i64>> = pi.iter().map(|&i| job.prompts[i].clone()).collect();
-            let (seqs, tok) = sample_sequences(job.pool.unwrap(), &prompts, 1, &s.sampling, mix_seed(s.seed, 0xD157 + step as u64))?;
-            sampled = seqs;
-            counters.generated_tokens += tok as f64;
-            counters.flops += 2.0 * n_student_params * tok as f64;
-            gen_len = sampled.iter().map(|e| (e.ids.len() - e.loss_from) as f64).sum::<f64>() / sampled.len() as f64;
-            rows.extend(sampled.iter());
-        }
-        let packed = pack(&rows, cfg.max_len, device);
-        // 2. Teacher distributions (no gradient), online or from the cache.
-        let cached;
-        let teacher_lp;
-        let teacher = if s.method == Method::Sft && job.teacher.is_none() {
-            None
-        } else if let (Some(c), 0) = (job.cache, n_student) {
-            cached = c.rows(&fixed);
-            Some(TeacherDist::Cached(&cached, s.tail))
-        } else {
-            let t = job.teacher.unwrap();
-            teacher_lp = tch::no_grad(|| {
-                (completion_logits(&t.model, &packed, s.vocab).to_kind(Kind::Float) / s.temperature).log_softmax(-1, Kind::Float)
-            });
-            counters.teacher_tokens += packed.tokens as f64;
-            counters.flops += 2.0 * n_teacher_params * packed.tokens as f64;
-            Some(TeacherDist::Full(&teacher_lp))
-        };
-        // 3. Student forward, loss, backward, update.
+        // 1-3 run under a guard: nothing in them touches the weights (the update follows),
+        // so a failure (libtorch's out-of-memory panics) leaves the student at the end of
+        // the previous step, which is saved before the error is returned.
+        let before = counters;
         opt.zero_grad();
-        let zs = completion_logits(&job.student.model, &packed, s.vocab);
-        let st = step_loss(s, teacher.as_ref(), &zs, &packed.targets)?;
-        let lv = f64::try_from(&st.0)?;
-        if !lv.is_finite() {
-            bail!("distillation loss is not finite at step {} ({lv}); lower the learning rate or check the teacher", step + 1);
-        }
-        st.0.backward();
+        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Pass> {
+            // 1. The batch: teacher sequences, then the student's fresh samples.
+            let fixed = if n_fixed > 0 { stream(mix_seed(s.seed, 1), job.sequences.len(), step * n_fixed, n_fixed) } else { vec![] };
+            let sampled;
+            let mut rows: Vec<&LmExample> = fixed.iter().map(|&i| &job.sequences[i]).collect();
+            let mut gen_len = 0.0;
+            if n_student > 0 {
+                let pi = stream(mix_seed(s.seed, 2), job.prompts.len(), step * n_student, n_student);
+                let prompts: Vec<Vec<i64>> = pi.iter().map(|&i| job.prompts[i].clone()).collect();
+                let (seqs, tok) = sample_sequences(job.pool.unwrap(), &prompts, 1, &s.sampling, mix_seed(s.seed, 0xD157 + step as u64))?;
+                sampled = seqs;
+                counters.generated_tokens += tok as f64;
+                counters.flops += 2.0 * n_student_params * tok as f64;
+                gen_len = sampled.iter().map(|e| (e.ids.len() - e.loss_from) as f64).sum::<f64>() / sampled.len() as f64;
+                rows.extend(sampled.iter());
+            }
+            let packed = pack(&rows, cfg.max_len, device);
+            // 2. Teacher distributions (no gradient), online or from the cache.
+            let cached;
+            let teacher_lp;
+            let teacher = if s.method == Method::Sft && job.teacher.is_none() {
+                None
+            } else if let (Some(c), 0) = (job.cache, n_student) {
+                cached = c.rows(&fixed);
+                Some(TeacherDist::Cached(&cached, s.tail))
+            } else {
+                let t = job.teacher.unwrap();
+                teacher_lp = tch::no_grad(|| {
+                    (completion_logits(&t.model, &packed, s.vocab).to_kind(Kind::Float) / s.temperature).log_softmax(-1, Kind::Float)
+                });
+                counters.teacher_tokens += packed.tokens as f64;
+                counters.flops += 2.0 * n_teacher_params * packed.tokens as f64;
+                Some(TeacherDist::Full(&teacher_lp))
+            };
+            // 3. Student forward, loss, backward, update.
+            if cfg.fail_alloc_at_step == Some(step + 1) {
+                let _ = Tensor::empty([1i64 << 44], (Kind::Float, device));
+            }
+            let zs = completion_logits(&job.student.model, &packed, s.vocab);
+            let st = step_loss(s, teacher.as_ref(), &zs, &packed.targets)?;
+            let lv = f64::try_from(&st.0)?;
+            if !lv.is_finite() {
+                bail!("distillation loss is not finite at step {} ({lv}); lower the learning rate or check the teacher", step + 1);
+            }
+            st.0.backward();
+            Ok(Pass { lv, stats: st.1, has_teacher: teacher.is_some(), tokens: packed.tokens, gen_len })
+        }));
+        let Pass { lv, stats, has_teacher, tokens, gen_len } = match pass {
+            Ok(Ok(p)) => p,
+            failed => {
+                counters = before;
+                let cause = match failed {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(p) => crate::train::panic_message(&p),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                let hint = if crate::train::is_out_of_memory(&cause) {
+                    "\nOut of memory: lower train.batch_size or train.max_len, then resume."
+                } else {
+                    ""
+                };
+                let saved = match ck {
+                    Some(c) if step > start => {
+                        opt.zero_grad();
+                        match save(c, job.student, &opt, step, counters) {
+                            Ok(_) => format!("saved checkpoint step-{step}, the last completed step; resuming the stage continues from it"),
+                            Err(e) => format!("saving step {step} failed too: {e:#}"),
+                        }
+                    }
+                    Some(_) if step > 0 => format!("checkpoint step-{step} holds the last completed step"),
+                    _ => "no checkpoint was written".into(),
+                };
+                bail!("distillation step {} failed: {cause}\n{saved}{hint}", step + 1);
+            }
+        };
         let gn = opt.grad_norm();
         opt.clip_grad_norm(gn, cfg.max_grad_norm);
         let lr = lr_at(&cfg.optim(), step as u64, cfg.steps as u64);
         opt.step(lr);
         opt.zero_grad();
-        counters.student_tokens += packed.tokens as f64;
-        counters.flops += 6.0 * n_student_params * packed.tokens as f64;
+        counters.student_tokens += tokens as f64;
+        counters.flops += 6.0 * n_student_params * tokens as f64;
         if n_student > 0 {
             sync(job.pool)?;
         }
         // 4. Metrics, held-out measurement, checkpoint.
-        let stats = st.1;
         let done = step + 1;
         let mut row = Row::new();
         if done % cfg.log_every.max(1) == 0 || done == cfg.steps {
             let np = stats.positions.max(1.0);
             row.insert("loss".into(), json!(lv));
-            if teacher.is_some() {
+            if has_teacher {
                 row.insert("kl".into(), json!(stats.forward_kl / np));
                 row.insert(
                     "kl_reverse".into(),
@@ -483,11 +529,8 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             row.insert("flops/total".into(), json!(counters.flops));
             row.insert("time/elapsed_s".into(), json!(t0.elapsed().as_secs_f64()));
             if !quiet && done % (cfg.log_every.max(1) * 10) == 0 {
-                let kl = if teacher.is_some() {
-                    format!(" kl {:.4} agreement {:.3}", stats.forward_kl / np, stats.agree / np)
-                } else {
-                    String::new()
-                };
+                let kl =
+                    if has_teacher { format!(" kl {:.4} agreement {:.3}", stats.forward_kl / np, stats.agree / np) } else { String::new() };
                 eprintln!("  step {done}/{}: loss {lv:.4}{kl}", cfg.steps);
             }
         }
