@@ -259,16 +259,8 @@ pub fn train(
         let (lv, ntok) = match pass {
             Ok(Ok(v)) => v,
             failed => {
-                let cause = match failed {
-                    Ok(Err(e)) => format!("{e:#}"),
-                    Err(p) => crate::train::panic_message(&p),
-                    Ok(Ok(_)) => unreachable!(),
-                };
-                let hint = if crate::train::is_out_of_memory(&cause) {
-                    "\nOut of memory: lower train.batch_size or train.max_len, then resume."
-                } else {
-                    ""
-                };
+                let cause = crate::train::failure_cause(failed);
+                let hint = crate::train::oom_hint(&cause, "train.batch_size or train.max_len");
                 let saved = match ckpt {
                     Some(dir) if step > 0 => {
                         opt.zero_grad();

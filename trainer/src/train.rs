@@ -283,12 +283,11 @@ impl Trainer {
         };
         let failed = before.step + 1;
         let cause = format!("{err:#}");
-        let hint = if is_out_of_memory(&cause) {
-            "\nOut of memory: lower rollout.max_batch (rows per generation pass), grpo.max_tokens_per_micro_batch \
-             (learner tokens per pass), rollout.prompts_per_step or rollout.group_size, then resume."
-        } else {
-            ""
-        };
+        let hint = oom_hint(
+            &cause,
+            "rollout.max_batch (rows per generation pass), grpo.max_tokens_per_micro_batch (learner tokens per pass), \
+             rollout.prompts_per_step or rollout.group_size",
+        );
         let resume = format!("resume with `ponder train --resume {}`", self.run_dir.display());
         let saved = if self.updated {
             // Some minibatch updates of this step were applied: no consistent state to save.
@@ -688,4 +687,22 @@ pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 pub fn is_out_of_memory(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
     m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("cannot allocate memory")
+}
+
+/// The cause of a guarded step's failure: the error, or a caught panic's message.
+pub(crate) fn failure_cause<T>(failed: std::thread::Result<Result<T>>) -> String {
+    match failed {
+        Ok(Ok(_)) => "no failure".into(),
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(p) => panic_message(&p),
+    }
+}
+
+/// For an allocation failure, a line naming the settings that bound memory; else nothing.
+pub(crate) fn oom_hint(cause: &str, settings: &str) -> String {
+    if is_out_of_memory(cause) {
+        format!("\nOut of memory: lower {settings}, then resume.")
+    } else {
+        String::new()
+    }
 }

@@ -468,16 +468,8 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             Ok(Ok(p)) => p,
             failed => {
                 counters = before;
-                let cause = match failed {
-                    Ok(Err(e)) => format!("{e:#}"),
-                    Err(p) => crate::train::panic_message(&p),
-                    Ok(Ok(_)) => unreachable!(),
-                };
-                let hint = if crate::train::is_out_of_memory(&cause) {
-                    "\nOut of memory: lower train.batch_size or train.max_len, then resume."
-                } else {
-                    ""
-                };
+                let cause = crate::train::failure_cause(failed);
+                let hint = crate::train::oom_hint(&cause, "train.batch_size or train.max_len");
                 let saved = match ck {
                     Some(c) if step > start => {
                         opt.zero_grad();
