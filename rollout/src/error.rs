@@ -53,3 +53,15 @@ impl RolloutError {
         }
     }
 }
+
+/// The text of a caught panic. libtorch errors arrive as `unwrap()` panics carrying the
+/// debug form of the error, with the C++ stack appended: keep the message only.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    let raw = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+    let raw = raw.unwrap_or_else(|| "a panic without a message".into());
+    let msg = raw.split_once("Torch(\"").map_or(raw.as_str(), |(_, m)| m);
+    let msg = msg.split("\\nframe #").next().unwrap_or(msg).split("\nframe #").next().unwrap_or(msg);
+    // "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..." -> the last part.
+    let msg = msg.rsplit_once("] err == 0. ").map_or(msg, |(_, m)| m);
+    format!("libtorch: {}", msg.strip_suffix("\")").unwrap_or(msg).trim_end().replace("\\n", " "))
+}

@@ -221,13 +221,7 @@ fn worker_loop(policy: Policy, tokenizer: Arc<Tokenizer>, rx: mpsc::Receiver<Job
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     generate_with(&policy.model, Some(&tokenizer), &prompts, &seeds, &eos, &params, think.as_ref())
                 }))
-                .unwrap_or_else(|p| {
-                    let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-                    Err(RolloutError::Generation(format!(
-                        "generation failed: {}",
-                        msg.unwrap_or_else(|| "a panic without a message".into())
-                    )))
-                });
+                .unwrap_or_else(|p| Err(RolloutError::Generation(format!("generation failed: {}", crate::error::panic_message(&*p)))));
                 let _ = reply.send(r);
             }
             Job::Sync { tensors, reply } => {

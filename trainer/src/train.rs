@@ -279,7 +279,7 @@ impl Trainer {
         let err = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step())) {
             Ok(Ok(row)) => return Ok(row),
             Ok(Err(e)) => e,
-            Err(panic) => anyhow!("{}", panic_message(&panic)),
+            Err(panic) => anyhow!("{}", rollout::error::panic_message(&*panic)),
         };
         let failed = before.step + 1;
         let cause = format!("{err:#}");
@@ -669,18 +669,6 @@ pub fn train(recipe_path: Option<&Path>, resume: Option<&Path>, sets: &[String],
     t.run(&stop)
 }
 
-/// The text of a caught panic. libtorch errors arrive as `unwrap()` panics carrying the
-/// debug form of the error, with the C++ stack appended: keep the message only.
-pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    let raw = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-    let raw = raw.unwrap_or_else(|| "a panic without a message".into());
-    let msg = raw.split_once("Torch(\"").map_or(raw.as_str(), |(_, m)| m);
-    let msg = msg.split("\\nframe #").next().unwrap_or(msg).split("\nframe #").next().unwrap_or(msg);
-    // "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..." -> the last part.
-    let msg = msg.rsplit_once("] err == 0. ").map_or(msg, |(_, m)| m);
-    format!("libtorch: {}", msg.strip_suffix("\")").unwrap_or(msg).trim_end().replace("\\n", " "))
-}
-
 /// Whether an error is an allocation failure: CUDA's caching allocator ("CUDA out of
 /// memory"), a CUDA runtime error ("out of memory"), or libtorch's CPU allocator ("can't
 /// allocate memory").
@@ -694,7 +682,7 @@ pub(crate) fn failure_cause<T>(failed: std::thread::Result<Result<T>>) -> String
     match failed {
         Ok(Ok(_)) => "no failure".into(),
         Ok(Err(e)) => format!("{e:#}"),
-        Err(p) => panic_message(&p),
+        Err(p) => rollout::error::panic_message(&*p),
     }
 }
 
