@@ -269,7 +269,8 @@ fn a_stopped_on_policy_run_resumes_to_identical_weights() {
         seed: 4,
         vocab: tk.vocab_size() as i64,
     };
-    let run = |stop_at: Option<u64>, ck: &Path| {
+    // A run from the untrained student with these settings, stopped at `stop_at` if given.
+    let run_with = |settings: &Settings, stop_at: Option<u64>, ck: &Path| {
         let student = rollout::folder::Policy::load(&s_dir, tch::Kind::Float, tch::Device::Cpu).unwrap();
         let pool = rollout::pool::RolloutPool::from_dir(&s_dir, &[tch::Device::Cpu], tch::Kind::Float, tk.clone()).unwrap();
         let job = Job {
@@ -286,9 +287,9 @@ fn a_stopped_on_policy_run_resumes_to_identical_weights() {
         let stop = Arc::new(AtomicBool::new(false));
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StopAt(stop_at.unwrap_or(0), stop.clone()))];
         let c = Checkpoints { dir: ck.to_path_buf(), side_files: s_dir.clone(), keep_last: 1 };
-        let out = distill::train(&job, &mut sinks, true, Some(&c), &stop).unwrap();
-        (out, student.named_tensors())
+        distill::train(&job, &mut sinks, true, Some(&c), &stop).map(|out| (out, student.named_tensors()))
     };
+    let run = |stop_at: Option<u64>, ck: &Path| run_with(&settings, stop_at, ck).unwrap();
     let (straight, w0) = run(None, &tmp.path().join("a"));
     assert_eq!((straight.steps_done, straight.interrupted), (8, false));
     let (first, _) = run(Some(5), &tmp.path().join("b"));
@@ -304,23 +305,7 @@ fn a_stopped_on_policy_run_resumes_to_identical_weights() {
     // says so; resuming from it ends where the straight run did, FLOPs included.
     let failing = Settings { train: LmCfg { fail_alloc_at_step: Some(5), ..settings.train.clone() }, ..settings.clone() };
     let c = tmp.path().join("c");
-    let e = {
-        let student = rollout::folder::Policy::load(&s_dir, tch::Kind::Float, tch::Device::Cpu).unwrap();
-        let pool = rollout::pool::RolloutPool::from_dir(&s_dir, &[tch::Device::Cpu], tch::Kind::Float, tk.clone()).unwrap();
-        let job = Job {
-            settings: failing,
-            student: &student,
-            teacher: Some(&teacher),
-            sequences: &seqs,
-            cache: None,
-            prompts: &prompts,
-            pool: Some(&pool),
-            eval: None,
-            setup_flops: 0.0,
-        };
-        let ck = Checkpoints { dir: c.clone(), side_files: s_dir.clone(), keep_last: 1 };
-        format!("{:#}", distill::train(&job, &mut [], true, Some(&ck), &AtomicBool::new(false)).unwrap_err())
-    };
+    let e = format!("{:#}", run_with(&failing, None, &c).unwrap_err());
     assert!(e.contains("step 5 failed") && e.contains("step-4") && e.contains("Out of memory"), "{e}");
     let (third, w2) = run(None, &c);
     assert_eq!((third.steps_done, third.interrupted), (8, false));
