@@ -72,6 +72,12 @@ impl RolloutPool {
     /// one worker whose tiny ops are split across threads (see the README's test-time
     /// compute section).
     pub fn from_dir_threads(dir: &Path, devices: &[Device], kind: Kind, tokenizer: Arc<Tokenizer>, threads: Option<usize>) -> Result<Self> {
+        // libtorch keeps one process-wide intra-op thread count: `set_num_threads` overwrites
+        // it, and a thread adopts it on its first parallel op. A worker's count must not leak
+        // into the caller (a trainer that had not run a parallel op yet, e.g. a resumed
+        // pipeline, ran single-threaded after an eval pool of one-thread workers: 2x slower)
+        // or into a later pool: pin the caller's count now, restore it once the workers are up.
+        let caller_threads = tch::get_num_threads();
         let mut workers = vec![];
         let mut eos_ids = vec![];
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -83,10 +89,8 @@ impl RolloutPool {
             let thread = std::thread::Builder::new()
                 .name(format!("rollout-{w}"))
                 .spawn(move || {
-                    if let Some(t) = threads {
-                        // OpenMP's thread count is per calling thread: this worker's only.
-                        tch::set_num_threads(t as i32);
-                    }
+                    // Per thread from here on (OpenMP's count is per calling thread).
+                    tch::set_num_threads(threads.map_or(caller_threads, |t| t as i32));
                     match Policy::load(&dir, kind, device) {
                         Ok(mut policy) => {
                             policy.fuse_for_inference();
@@ -106,6 +110,7 @@ impl RolloutPool {
             let (_, r) = ready_rx.recv().map_err(|_| RolloutError::Generation("a rollout worker died while loading".into()))?;
             eos_ids = r?;
         }
+        tch::set_num_threads(caller_threads);
         Ok(RolloutPool { workers, tokenizer, eos_ids, max_batch: 256 })
     }
 
