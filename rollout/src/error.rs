@@ -54,6 +54,31 @@ impl RolloutError {
     }
 }
 
+thread_local! {
+    /// Depth of `catch_quietly` calls on this thread.
+    static QUIET: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// `catch_unwind` for guarded work whose panics the caller reports itself (through
+/// [`panic_message`], as a clear error): while `f` runs, a panic on this thread prints
+/// nothing, instead of the default hook's "thread panicked at" line with libtorch's C++
+/// stack ahead of the real message. Panics anywhere else print as before.
+pub fn catch_quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(|q| q.get()) == 0 {
+                previous(info)
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(q.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(q.get() - 1));
+    r
+}
+
 /// The text of a caught panic. libtorch errors arrive as `unwrap()` panics carrying the
 /// debug form of the error, with the C++ stack appended: keep the message only.
 pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -64,4 +89,29 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     // "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..." -> the last part.
     let msg = msg.rsplit_once("] err == 0. ").map_or(msg, |(_, m)| m);
     format!("libtorch: {}", msg.strip_suffix("\")").unwrap_or(msg).trim_end().replace("\\n", " "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        static SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn quiet_catch_silences_its_own_panics_only() {
+        // A hook that counts what reaches it on this thread, installed before the quiet one
+        // wraps it, as the default hook is in a real run.
+        std::panic::set_hook(Box::new(|_| SEEN.with(|s| s.set(s.get() + 1))));
+        let r = catch_quietly(|| -> u32 { panic!("{}", "Torch(\"out of memory\")") });
+        assert_eq!(panic_message(&*r.unwrap_err()), "libtorch: out of memory");
+        assert_eq!(SEEN.with(|s| s.get()), 0, "a quietly caught panic reached the hook");
+        assert_eq!(catch_quietly(|| 7).unwrap(), 7);
+        // Outside it, panics print as before.
+        let _ = std::panic::catch_unwind(|| panic!("loud"));
+        assert_eq!(SEEN.with(|s| s.get()), 1);
+        // Back to the default hook, so other tests' failures print their messages.
+        let _ = std::panic::take_hook();
+    }
 }

@@ -223,9 +223,9 @@ fn worker_loop(policy: Policy, tokenizer: Arc<Tokenizer>, rx: mpsc::Receiver<Job
             Job::Generate { prompts, seeds, params, think, reply } => {
                 // A libtorch failure (out of memory above all) panics: report it as this
                 // job's error, with its message, instead of a worker that silently died.
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let r = crate::error::catch_quietly(|| {
                     generate_with(&policy.model, Some(&tokenizer), &prompts, &seeds, &eos, &params, think.as_ref())
-                }))
+                })
                 .unwrap_or_else(|p| Err(RolloutError::Generation(format!("generation failed: {}", crate::error::panic_message(&*p)))));
                 let _ = reply.send(r);
             }

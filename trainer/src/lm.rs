@@ -245,7 +245,7 @@ pub fn train(
         opt.zero_grad();
         // Forward and backward touch no weights: a failure here (libtorch's out-of-memory
         // panics) leaves the model at the end of the previous step, which is saved.
-        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(f64, f64)> {
+        let pass = rollout::error::catch_quietly(|| -> Result<(f64, f64)> {
             if cfg.fail_alloc_at_step == Some(step + 1) {
                 let _ = Tensor::empty([1i64 << 44], (Kind::Float, policy.vs.device()));
             }
@@ -255,7 +255,7 @@ pub fn train(
                 loss.backward();
             }
             Ok((lv, ntok))
-        }));
+        });
         let (lv, ntok) = match pass {
             Ok(Ok(v)) => v,
             failed => {

@@ -276,7 +276,7 @@ impl Trainer {
     fn guarded_step(&mut self) -> Result<Row> {
         let before = self.state.clone();
         self.updated = false;
-        let err = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step())) {
+        let err = match rollout::error::catch_quietly(|| self.step()) {
             Ok(Ok(row)) => return Ok(row),
             Ok(Err(e)) => e,
             Err(panic) => anyhow!("{}", rollout::error::panic_message(&*panic)),

@@ -417,7 +417,7 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
         // the previous step, which is saved before the error is returned.
         let before = counters;
         opt.zero_grad();
-        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Pass> {
+        let pass = rollout::error::catch_quietly(|| -> Result<Pass> {
             // 1. The batch: teacher sequences, then the student's fresh samples.
             let fixed = if n_fixed > 0 { stream(mix_seed(s.seed, 1), job.sequences.len(), step * n_fixed, n_fixed) } else { vec![] };
             let sampled;
@@ -463,7 +463,7 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             }
             st.0.backward();
             Ok(Pass { lv, stats: st.1, has_teacher: teacher.is_some(), tokens: packed.tokens, gen_len })
-        }));
+        });
         let Pass { lv, stats, has_teacher, tokens, gen_len } = match pass {
             Ok(Ok(p)) => p,
             failed => {
