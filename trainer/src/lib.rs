@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod cmd_distill;
 pub mod cmd_generate;
 pub mod config;
 pub mod data;

@@ -30,6 +30,9 @@ enum Cmd {
     Generate(cmd_generate::GenerateArgs),
     /// Score completions with a reward set: JSONL in, JSONL out (rewards per module + total).
     Score(ScoreArgs),
+    /// Distil a teacher into a (smaller) student: SFT on its traces, token-level KD, or
+    /// on-policy distillation (one `distill` stage, resumable with `ponder train --resume`).
+    Distill(trainer::cmd_distill::DistillArgs),
     /// Held-out evaluation and test-time compute: accuracy, pass@k / maj@k / best-of-k for k up
     /// to --samples, thinking budgets, FLOPs per problem, charts (JSON + PNG).
     Eval(EvalArgs),
@@ -156,6 +159,7 @@ fn main() {
         Cmd::Score(a) => rewards::score_cli::run(&a.rewards, &a.input, a.output.as_deref())
             .map(|rep| if rep.skipped > 0 { 2 } else { 0 })
             .map_err(Into::into),
+        Cmd::Distill(a) => run_distill(a),
         Cmd::Eval(a) => run_eval(a).map(|_| 0),
         Cmd::InitModel(a) => cmd_generate::init_model(a).map(|_| 0),
         Cmd::Demo(a) => cmd_generate::demo(a).map(|_| 0),
@@ -428,7 +432,8 @@ fn write_charts(
     Ok(())
 }
 
-fn run_train(a: TrainArgs) -> Result<i32> {
+/// Ctrl-C sets the flag (the current step finishes and is saved); a second one exits.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     ctrlc::set_handler(move || {
@@ -438,6 +443,19 @@ fn run_train(a: TrainArgs) -> Result<i32> {
         }
         eprintln!("\ninterrupt: finishing this step, saving a checkpoint (Ctrl-C again to abort)");
     })?;
+    Ok(stop)
+}
+
+fn run_distill(a: trainer::cmd_distill::DistillArgs) -> Result<i32> {
+    let stop = stop_flag()?;
+    let table = trainer::cmd_distill::recipe(&a)?;
+    let p: trainer::pipeline::Pipeline = trainer::config::from_table(table.clone(), "ponder distill")?;
+    trainer::pipeline::run(p, &table, false, a.quiet, stop)?;
+    Ok(0)
+}
+
+fn run_train(a: TrainArgs) -> Result<i32> {
+    let stop = stop_flag()?;
     // A recipe with [[stages]] is a pipeline; otherwise it is one GRPO run.
     let cfg_path = match (&a.recipe, &a.resume) {
         (_, Some(run)) => run.join("config.toml"),
