@@ -252,7 +252,7 @@ pub fn train(
             let (loss, ntok) = batch_loss(policy, &batch, cfg.max_len);
             let lv = f64::try_from(&loss)?;
             if lv.is_finite() {
-                loss.backward();
+                opt.backward(&loss);
             }
             Ok((lv, ntok))
         });
@@ -285,6 +285,9 @@ pub fn train(
         }
         bad = 0;
         let gn = opt.grad_norm();
+        if opt.skip_overflow(gn) {
+            continue;
+        }
         opt.clip_grad_norm(gn, cfg.max_grad_norm);
         let lr = lr_at(&cfg.optim(), step as u64, cfg.steps as u64);
         opt.step(lr);

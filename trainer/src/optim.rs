@@ -1,5 +1,13 @@
 //! AdamW written over the VarStore's tensors (tch's optimizers hide their state, and exact
 //! resume needs it), learning-rate schedules, and global-norm gradient clipping.
+//!
+//! Mixed precision: a model held in bf16 or f16 trains through fp32 master weights kept
+//! here. Forward and backward run on the half-precision weights; the update is computed
+//! and applied in fp32 on the master copy, which is then rounded into the model. Without
+//! it an Adam step of ~1e-6 on a bf16 weight of 0.01 (half an ulp ~3e-5) rounds to no
+//! change at all, and weight decay's factor rounds to 1. f16 adds dynamic loss scaling
+//! (torch.amp.GradScaler's defaults: 2^16, halved on overflow with the step skipped,
+//! doubled after 2,000 clean steps), since its gradients underflow below ~6e-8.
 
 use crate::config::{OptimCfg, Schedule};
 use anyhow::{Context, Result};
@@ -12,10 +20,24 @@ pub struct AdamW {
     params: BTreeMap<String, Tensor>,
     m: BTreeMap<String, Tensor>,
     v: BTreeMap<String, Tensor>,
+    /// fp32 master copies of the parameters that are not fp32 (empty for an fp32 model).
+    master: BTreeMap<String, Tensor>,
+    /// Dynamic loss scale, when any parameter is f16.
+    scaler: Option<LossScale>,
     /// Optimizer steps taken.
     pub step: u64,
     cfg: OptimCfg,
 }
+
+/// GradScaler's state: the current scale and the clean steps since it last changed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LossScale {
+    scale: f64,
+    clean: u64,
+}
+
+const INIT_SCALE: f64 = 65536.0;
+const GROWTH_INTERVAL: u64 = 2000;
 
 /// Learning rate at optimizer step `step` (0-based) of `total`: linear warmup, then the schedule.
 /// After warmup this is transformers' `get_{constant,linear,cosine}_schedule_with_warmup`;
@@ -40,7 +62,47 @@ impl AdamW {
         let zeros = |p: &Tensor| Tensor::zeros_like(p).to_kind(Kind::Float);
         let m = params.iter().map(|(k, p)| (k.clone(), zeros(p))).collect();
         let v = params.iter().map(|(k, p)| (k.clone(), zeros(p))).collect();
-        AdamW { params, m, v, step: 0, cfg: cfg.clone() }
+        let master = params
+            .iter()
+            .filter(|(_, p)| p.kind() != Kind::Float)
+            .map(|(k, p)| (k.clone(), tch::no_grad(|| p.detach().to_kind(Kind::Float))))
+            .collect();
+        let scaler = params.values().any(|p| p.kind() == Kind::Half).then_some(LossScale { scale: INIT_SCALE, clean: 0 });
+        AdamW { params, m, v, master, scaler, step: 0, cfg: cfg.clone() }
+    }
+
+    /// Whether the model trains through fp32 master weights (a bf16 or f16 model).
+    pub fn has_master_weights(&self) -> bool {
+        !self.master.is_empty()
+    }
+
+    /// The factor the loss is multiplied by before backward (1 unless the model is f16).
+    pub fn loss_scale(&self) -> f64 {
+        self.scaler.map_or(1.0, |s| s.scale)
+    }
+
+    /// `loss.backward()`, with the loss scaled for an f16 model.
+    pub fn backward(&self, loss: &Tensor) {
+        match self.scaler {
+            Some(s) => (loss * s.scale).backward(),
+            None => loss.backward(),
+        }
+    }
+
+    /// For an f16 model: when the (unscaled) gradient norm `norm` is not finite, the scaled
+    /// gradients overflowed. Halves the scale, clears the gradients and returns true: the
+    /// caller skips this update, as GradScaler does, without counting it as a bad step.
+    /// Always false for fp32 and bf16, whose non-finite gradients are real failures.
+    pub fn skip_overflow(&mut self, norm: f64) -> bool {
+        match &mut self.scaler {
+            Some(s) if !norm.is_finite() => {
+                s.scale = (s.scale * 0.5).max(1.0);
+                s.clean = 0;
+                self.zero_grad();
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -49,7 +111,8 @@ impl AdamW {
         }
     }
 
-    /// Global L2 norm of all gradients (f32), as torch.nn.utils.clip_grad_norm_.
+    /// Global L2 norm of all gradients (f32), as torch.nn.utils.clip_grad_norm_; for an f16
+    /// model, of the unscaled gradients.
     pub fn grad_norm(&self) -> f64 {
         let mut sq = 0.0;
         for p in self.params.values() {
@@ -58,7 +121,7 @@ impl AdamW {
                 sq += f64::try_from(g.to_kind(Kind::Float).square().sum(Kind::Float)).unwrap_or(f64::NAN);
             }
         }
-        sq.sqrt()
+        sq.sqrt() / self.loss_scale()
     }
 
     /// Scales gradients so their global norm is at most `max_norm` (torch's formula:
@@ -81,20 +144,25 @@ impl AdamW {
     }
 
     /// One AdamW step at learning rate `lr` (PyTorch's update order and bias corrections).
-    /// Biases and norm weights (1-D tensors) get no weight decay.
+    /// Biases and norm weights (1-D tensors) get no weight decay. A half-precision
+    /// parameter is updated through its fp32 master copy.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         let [b1, b2] = self.cfg.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2 = 1.0 - b2.powi(self.step as i32);
+        let unscale = 1.0 / self.loss_scale();
         tch::no_grad(|| {
-            for (name, p) in &self.params {
-                let g = p.grad();
+            for (name, param) in &self.params {
+                let g = param.grad();
                 if !g.defined() {
                     continue;
                 }
-                let g = g.to_kind(Kind::Float);
-                let mut p = p.shallow_clone();
+                let mut g = g.to_kind(Kind::Float);
+                if unscale != 1.0 {
+                    g = g * unscale;
+                }
+                let mut p = self.master.get(name).unwrap_or(param).shallow_clone();
                 if self.cfg.weight_decay != 0.0 && p.dim() > 1 {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.cfg.weight_decay);
                 }
@@ -107,11 +175,24 @@ impl AdamW {
                 let denom = v.sqrt() / bc2.sqrt() + self.cfg.eps;
                 let update = (&*m / denom) * (lr / bc1);
                 let _ = p.g_sub_(&update.to_kind(p.kind()));
+                if self.master.contains_key(name) {
+                    // Round the master into the model (copy_ casts).
+                    let mut param = param.shallow_clone();
+                    param.copy_(&p);
+                }
             }
         });
+        if let Some(s) = &mut self.scaler {
+            s.clean += 1;
+            if s.clean >= GROWTH_INTERVAL {
+                s.scale *= 2.0;
+                s.clean = 0;
+            }
+        }
     }
 
-    /// Moments and step count, for checkpoints.
+    /// Moments, fp32 master weights and the loss scale, for checkpoints (exact resume of a
+    /// half-precision run needs the master copy: the model's weights are its rounding).
     pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
         for (k, t) in &self.m {
@@ -119,6 +200,12 @@ impl AdamW {
         }
         for (k, t) in &self.v {
             out.insert(format!("exp_avg_sq.{k}"), t.shallow_clone());
+        }
+        for (k, t) in &self.master {
+            out.insert(format!("master.{k}"), t.shallow_clone());
+        }
+        if let Some(s) = self.scaler {
+            out.insert("loss_scale".into(), Tensor::from_slice(&[s.scale, s.clean as f64]));
         }
         out
     }
@@ -136,6 +223,19 @@ impl AdamW {
                     let src =
                         tensors.get(&format!("{prefix}.{k}")).with_context(|| format!("{}: missing `{prefix}.{k}`", path.display()))?;
                     t.copy_(src);
+                }
+            }
+            for (k, t) in self.master.iter_mut() {
+                // A checkpoint written before master weights existed: start from the model.
+                match tensors.get(&format!("master.{k}")) {
+                    Some(src) => t.copy_(src),
+                    None => t.copy_(&self.params[k]),
+                }
+            }
+            if let (Some(s), Some(saved)) = (&mut self.scaler, tensors.get("loss_scale")) {
+                let v = Vec::<f64>::try_from(saved.to_kind(Kind::Double))?;
+                if let [scale, clean] = v[..] {
+                    *s = LossScale { scale, clean: clean as u64 };
                 }
             }
             Ok(())

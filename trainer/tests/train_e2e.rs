@@ -152,24 +152,36 @@ fn short_run_writes_everything() {
 
 #[test]
 fn resume_is_bit_identical() {
-    let tmp = tempfile::tempdir().unwrap();
-    setup(tmp.path());
-    let r = recipe(tmp.path(), "");
-    let sets = |name: &str, steps: u32| vec![format!("run.name=\"{name}\""), format!("train.steps={steps}"), "train.eval_every=0".into()];
-    let straight = train::train(Some(&r), None, &sets("straight", 4), opts()).unwrap();
-    let half = train::train(Some(&r), None, &sets("split", 2), opts()).unwrap();
-    assert_eq!(half.steps_done, 2);
-    let resumed = train::train(None, Some(&half.run_dir), &["train.steps=4".into()], opts()).unwrap();
-    assert_eq!(resumed.steps_done, 4);
-    same_weights(&straight.run_dir, &resumed.run_dir, 4, "differs between straight and resumed runs");
-    let oa = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/optimizer.safetensors")).unwrap();
-    let ob = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/optimizer.safetensors")).unwrap();
-    for (k, t) in &oa {
-        assert!(t.equal(&ob[k]), "optimizer state {k} differs");
+    // fp32, and bf16 through its fp32 master weights (which the checkpoint must carry: the
+    // bf16 weights are only their rounding).
+    for dtype in ["f32", "bf16"] {
+        let tmp = tempfile::tempdir().unwrap();
+        setup(tmp.path());
+        let r = recipe(tmp.path(), "");
+        let sets = |name: &str, steps: u32| {
+            vec![
+                format!("run.name=\"{name}\""),
+                format!("train.steps={steps}"),
+                "train.eval_every=0".into(),
+                format!("model.dtype=\"{dtype}\""),
+            ]
+        };
+        let straight = train::train(Some(&r), None, &sets("straight", 4), opts()).unwrap();
+        let half = train::train(Some(&r), None, &sets("split", 2), opts()).unwrap();
+        assert_eq!(half.steps_done, 2);
+        let resumed = train::train(None, Some(&half.run_dir), &["train.steps=4".into()], opts()).unwrap();
+        assert_eq!(resumed.steps_done, 4);
+        same_weights(&straight.run_dir, &resumed.run_dir, 4, &format!("{dtype}: differs between straight and resumed runs"));
+        let oa = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/optimizer.safetensors")).unwrap();
+        let ob = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/optimizer.safetensors")).unwrap();
+        for (k, t) in &oa {
+            assert!(t.equal(&ob[k]), "{dtype}: optimizer state {k} differs");
+        }
+        assert_eq!(oa.keys().any(|k| k.starts_with("master.")), dtype == "bf16", "{dtype}: master weights in the optimizer state");
+        // metrics.jsonl: steps 1..4 once each.
+        let steps: Vec<u64> = metrics(&resumed.run_dir).iter().map(|r| r["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, vec![1, 2, 3, 4]);
     }
-    // metrics.jsonl: steps 1..4 once each.
-    let steps: Vec<u64> = metrics(&resumed.run_dir).iter().map(|r| r["step"].as_u64().unwrap()).collect();
-    assert_eq!(steps, vec![1, 2, 3, 4]);
 }
 
 #[test]

@@ -276,7 +276,7 @@ impl Trainer {
                         finite = false;
                         break;
                     }
-                    loss.backward();
+                    self.opt.backward(&loss);
                     let ntok = f64::try_from(mask.sum(Kind::Double))?;
                     sums.loss += lv;
                     sums.tokens += ntok;
@@ -289,6 +289,11 @@ impl Trainer {
                     st.computed += m.computed;
                 }
                 let gn = if finite { self.opt.grad_norm() } else { f64::NAN };
+                if finite && self.opt.skip_overflow(gn) {
+                    // f16: the scaled gradients overflowed; the scale was halved.
+                    st.skipped += 1;
+                    continue;
+                }
                 if !gn.is_finite() {
                     // Skip: never apply a non-finite update.
                     self.opt.zero_grad();
