@@ -40,17 +40,31 @@ fn load(name: &str) -> Policy {
     Policy::load(&fixture(name), Kind::Float, Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// The device of the transformers-parity tests: `PONDER_TEST_DEVICE` (`cuda`, `cuda:N`;
+/// scripts/gpu_check.sh sets it), else the CPU. An unavailable device is an error, never a
+/// silent fall back to the CPU.
+fn parity_device() -> Device {
+    match std::env::var("PONDER_TEST_DEVICE") {
+        Ok(d) => parse_device(&d).unwrap_or_else(|e| panic!("PONDER_TEST_DEVICE={d}: {e}")),
+        Err(_) => Device::Cpu,
+    }
+}
+
+fn load_parity(name: &str, kind: Kind) -> Policy {
+    Policy::load(&fixture(name), kind, parity_device()).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    f64::try_from((a - b).abs().max()).unwrap()
+    f64::try_from((a.to_device(Device::Cpu) - b.to_device(Device::Cpu)).abs().max()).unwrap()
 }
 
 #[test]
 fn logits_match_transformers_fp32() {
     for name in MODELS {
-        let p = load(name);
+        let p = load_parity(name, Kind::Float);
         let r = reference(name);
         for (ids, want) in r.prompts.iter().zip(&r.logits) {
-            let input = Tensor::from_slice(ids).unsqueeze(0);
+            let input = Tensor::from_slice(ids).unsqueeze(0).to_device(parity_device());
             let mask = Tensor::ones_like(&input);
             let got = tch::no_grad(|| p.model.forward(&input, &mask)).squeeze_dim(0);
             let want = Tensor::from_slice2(want);
@@ -64,7 +78,7 @@ fn logits_match_transformers_fp32() {
 #[test]
 fn left_padded_batch_forward_matches_reference() {
     for name in MODELS {
-        let p = load(name);
+        let p = load_parity(name, Kind::Float);
         let r = reference(name);
         let t = r.prompts.iter().map(Vec::len).max().unwrap();
         let mut ids = vec![];
@@ -74,8 +88,8 @@ fn left_padded_batch_forward_matches_reference() {
             mask.extend(std::iter::repeat(0i64).take(t - pr.len()).chain(std::iter::repeat(1).take(pr.len())));
         }
         let n = r.prompts.len() as i64;
-        let input = Tensor::from_slice(&ids).view([n, t as i64]);
-        let mask = Tensor::from_slice(&mask).view([n, t as i64]);
+        let input = Tensor::from_slice(&ids).view([n, t as i64]).to_device(parity_device());
+        let mask = Tensor::from_slice(&mask).view([n, t as i64]).to_device(parity_device());
         let logits = tch::no_grad(|| p.model.forward(&input, &mask));
         for (i, (pr, want)) in r.prompts.iter().zip(&r.logits).enumerate() {
             let got = logits.get(i as i64).narrow(0, (t - pr.len()) as i64, pr.len() as i64);
@@ -104,7 +118,7 @@ fn assert_greedy_matches(p: &Policy, r: &Reference, what: &str) {
 #[test]
 fn greedy_generation_matches_transformers() {
     for name in MODELS {
-        assert_greedy_matches(&load(name), &reference(name), name);
+        assert_greedy_matches(&load_parity(name, Kind::Float), &reference(name), name);
     }
 }
 
@@ -226,8 +240,8 @@ fn stop_strings_and_eos() {
 fn bf16_and_f16_run_and_stay_close() {
     let r = reference("qwen2-untied");
     for kind in [Kind::BFloat16, Kind::Half] {
-        let p = Policy::load(&fixture("qwen2-untied"), kind, Device::Cpu).unwrap();
-        let input = Tensor::from_slice(&r.prompts[1]).unsqueeze(0);
+        let p = load_parity("qwen2-untied", kind);
+        let input = Tensor::from_slice(&r.prompts[1]).unsqueeze(0).to_device(parity_device());
         let got = tch::no_grad(|| p.model.forward(&input, &Tensor::ones_like(&input))).squeeze_dim(0).to_kind(Kind::Float);
         let want = Tensor::from_slice2(&r.logits[1]);
         let scale = f64::try_from(want.abs().max()).unwrap();

@@ -184,6 +184,10 @@ pub struct InitModelArgs {
     pub vocab: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
+    /// Rows of the embedding and LM head (`vocab_size` in config.json), padded above the
+    /// tokenizer's size: e.g. 151936 for a model of Qwen2.5's shape (benchmarks).
+    #[arg(long)]
+    pub vocab_size: Option<i64>,
 }
 
 pub fn init_model(a: InitModelArgs) -> Result<()> {
@@ -199,7 +203,7 @@ pub fn init_model(a: InitModelArgs) -> Result<()> {
         bail!("--hidden must be a multiple of --heads, and --heads a multiple of --kv-heads");
     }
     let corpus = tiny::default_corpus(a.seed as u64, 4000);
-    tiny::create_random_model(&a.out, shape, &corpus, a.seed)?;
+    tiny::create_random_model_padded(&a.out, shape, &corpus, a.seed, a.vocab_size)?;
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }
@@ -223,6 +227,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             intermediate: tiny::BENCH.intermediate,
             vocab: tiny::BENCH.vocab,
             seed: 0,
+            vocab_size: None,
         })?;
     }
     eprintln!("sampling 2 prompts x 3 samples (an untrained model writes noise: training comes next)");

@@ -103,11 +103,18 @@ pub fn qwen2_config(shape: TinyShape, vocab_size: i64, eos_id: i64, max_position
 
 /// Creates a random tiny Qwen2 model folder (tokenizer trained on `corpus`).
 pub fn create_random_model(out: &Path, shape: TinyShape, corpus: &[String], seed: i64) -> Result<()> {
+    create_random_model_padded(out, shape, corpus, seed, None)
+}
+
+/// [`create_random_model`] whose embedding and LM head have `vocab_rows` rows (at least the
+/// tokenizer's size), as real models pad theirs (Qwen2.5: 151,936 rows for 151,665 tokens):
+/// a model of a real model's shape for benchmarks, with a tokenizer trained here.
+pub fn create_random_model_padded(out: &Path, shape: TinyShape, corpus: &[String], seed: i64, vocab_rows: Option<i64>) -> Result<()> {
     train_tokenizer(corpus, shape.vocab, out)?;
     let tk = rollout::tokenizer::Tokenizer::from_dir(out)?;
     let eos = tk.token_to_id(EOS).context("tokenizer lost its EOS token")?;
-    // Exactly the tokenizer's size: padded ids would only be noise for a tiny model.
-    let vocab = tk.vocab_size() as i64;
+    // By default exactly the tokenizer's size: padded ids would only be noise for a tiny model.
+    let vocab = (tk.vocab_size() as i64).max(vocab_rows.unwrap_or(0));
     let raw = qwen2_config(shape, vocab, eos, 4096);
     let cfg = ModelConfig::from_value(raw, &out.join("config.json"))?;
     let policy = Policy::random(&cfg, Kind::Float, Device::Cpu, seed)?;
