@@ -106,11 +106,18 @@ impl RolloutPool {
             workers.push(Worker { tx: Some(tx), thread: Some(thread), device });
         }
         drop(ready_tx);
+        // Every worker reports before anything is propagated, so a failed load cannot skip
+        // restoring the caller's thread count.
+        let mut loaded = Ok(());
         for _ in 0..devices.len() {
-            let (_, r) = ready_rx.recv().map_err(|_| RolloutError::Generation("a rollout worker died while loading".into()))?;
-            eos_ids = r?;
+            match ready_rx.recv() {
+                Ok((_, Ok(ids))) => eos_ids = ids,
+                Ok((_, Err(e))) => loaded = loaded.and(Err(e)),
+                Err(_) => loaded = loaded.and(Err(RolloutError::Generation("a rollout worker died while loading".into()))),
+            }
         }
         tch::set_num_threads(caller_threads);
+        loaded?;
         Ok(RolloutPool { workers, tokenizer, eos_ids, max_batch: 256 })
     }
 

@@ -18,7 +18,8 @@ fn fresh_thread_count() -> i32 {
 fn worker_thread_count_does_not_leak_to_the_caller_or_later_threads() {
     let default = fresh_thread_count();
     let worker = default + 1; // differs from the default on any machine
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-tied");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-tied");
+    let dir = fixture.clone();
     // The caller has run no parallel op before building the pool, as in a resumed pipeline.
     let caller = std::thread::spawn(move || {
         let tk = Arc::new(Tokenizer::from_dir(&dir).unwrap());
@@ -31,4 +32,19 @@ fn worker_thread_count_does_not_leak_to_the_caller_or_later_threads() {
     .unwrap();
     assert_eq!(caller, default, "the caller adopted a worker's thread count");
     assert_eq!(fresh_thread_count(), default, "a later thread adopted a worker's thread count");
+
+    // A pool whose worker fails to load (no weights) is an error, and still restores the
+    // caller's count. In this one test: tests of a binary run side by side.
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture.join("config.json"), broken.path().join("config.json")).unwrap();
+    let broken_dir = broken.path().to_path_buf();
+    let after_error = std::thread::spawn(move || {
+        let tk = Arc::new(Tokenizer::from_dir(&fixture).unwrap());
+        let r = RolloutPool::from_dir_threads(&broken_dir, &[Device::Cpu], Kind::Float, tk, Some(worker as usize));
+        assert!(r.is_err(), "a model folder without weights must not load");
+        tch::get_num_threads()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(after_error, default, "a failed pool left the caller with a worker's thread count");
 }
