@@ -1,5 +1,6 @@
-//! Drives the `ponder` binary as a user would: generate on a fixture model, score with a
-//! malformed line, a recipe typo, a missing model folder, Ctrl-C during training.
+//! Drives the `ponder` binary as a user would: generate on a fixture model (from its folder,
+//! and as a Hub id from a loopback mock Hub), score with a malformed line, a recipe typo, a
+//! missing model folder, Ctrl-C during training.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +40,51 @@ fn generate_reports_a_missing_model_folder() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model"), "{err}");
+}
+
+/// `ponder generate --model org/name`: fetched from the Hub (HF_ENDPOINT) into HF_HOME's cache,
+/// sampling what the folder itself samples; then again with HF_HUB_OFFLINE=1 and no server.
+#[test]
+fn generate_from_a_hub_id_through_the_cache() {
+    let hub = ponder_hub::testing::MockHub::start();
+    let src = fixture("qwen2-tied");
+    let files: Vec<(&str, Vec<u8>)> =
+        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+            .into_iter()
+            .map(|f| (f, std::fs::read(src.join(f)).unwrap()))
+            .collect();
+    let commit = hub.commit("ponder-test/qwen2-tied", "main", &files.iter().map(|(f, b)| (*f, b.as_slice())).collect::<Vec<_>>());
+    let home = tempfile::tempdir().unwrap();
+    let generate = |model: &std::ffi::OsStr, offline: bool| {
+        let mut cmd = ponder();
+        cmd.args(["generate", "--model"]).arg(model).args(["--prompt", "Hello", "--max-new-tokens", "4", "--json", "--seed", "3"]);
+        cmd.env("HF_HOME", home.path()).env("HF_ENDPOINT", &hub.url);
+        for v in [
+            "HF_HUB_CACHE",
+            "HUGGINGFACE_HUB_CACHE",
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "HF_TOKEN_PATH",
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+        ] {
+            cmd.env_remove(v);
+        }
+        if offline {
+            cmd.env("HF_HUB_OFFLINE", "1");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let local = generate(src.as_os_str(), false);
+    assert!(hub.requests().is_empty(), "a local folder never asks the Hub");
+    let fetched = generate("ponder-test/qwen2-tied".as_ref(), false);
+    assert_eq!(fetched, local);
+    let snapshot = home.path().join("hub/models--ponder-test--qwen2-tied/snapshots").join(&commit);
+    assert_eq!(std::fs::read(snapshot.join("model.safetensors")).unwrap(), files[2].1);
+    hub.stop();
+    assert_eq!(generate("ponder-test/qwen2-tied".as_ref(), true), local);
 }
 
 #[test]

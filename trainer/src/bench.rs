@@ -18,6 +18,7 @@ pub enum BenchCmd {
 
 #[derive(Args, Debug)]
 pub struct GenBench {
+    /// Model folder or Hub id `org/name[@revision]`.
     #[arg(long)]
     pub model: PathBuf,
     /// Sequences per batch.
@@ -96,7 +97,7 @@ fn bench_generate(a: GenBench) -> Result<()> {
         tch::set_num_threads(a.threads);
     }
     let device = parse_device(&a.device)?;
-    let mut policy = Policy::load(&a.model, parse_kind(&a.dtype)?, device)?;
+    let mut policy = Policy::load(&crate::model_path::resolve(&a.model)?, parse_kind(&a.dtype)?, device)?;
     policy.fuse_for_inference();
     let cfg = &policy.model.cfg;
     let mut eos = policy.eos_token_ids();
@@ -173,7 +174,7 @@ fn bench_generate(a: GenBench) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct TrainBench {
-    /// Model folder (e.g. one made by `ponder init-model`).
+    /// Model folder (e.g. one made by `ponder init-model`) or Hub id `org/name[@revision]`.
     #[arg(long)]
     pub model: PathBuf,
     #[arg(long, default_value_t = 8)]
@@ -245,16 +246,17 @@ pub fn bench_train(a: TrainBench) -> Result<()> {
         tch::set_num_threads(a.threads);
     }
     let tmp = tempfile::tempdir()?;
+    let model = crate::model_path::resolve(&a.model)?;
     let model_dir = if a.stop_rate > 0.0 {
         // The model's own EOS ids may come from config.json: write them all out.
-        let probe = Policy::load(&a.model, Kind::Float, Device::Cpu)?;
+        let probe = Policy::load(&model, Kind::Float, Device::Cpu)?;
         let mut eos = probe.eos_token_ids();
         eos.extend(stop_ids(a.stop_rate, probe.model.cfg.vocab_size, &eos));
         let dir = tmp.path().join("model");
-        with_eos(&a.model, &dir, &eos)?;
+        with_eos(&model, &dir, &eos)?;
         dir
     } else {
-        a.model.canonicalize()?
+        model.canonicalize()?
     };
     let data = tmp.path().join("prompts.jsonl");
     let lines: String = (0..a.prompts.max(1) * 4)

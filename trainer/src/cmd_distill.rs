@@ -37,11 +37,11 @@ pub struct DistillArgs {
     /// `sft`, `kd` or `on_policy`.
     #[arg(long, value_enum)]
     pub method: MethodArg,
-    /// Teacher model folder (needed by `kd` and `on_policy`; with `sft` it only adds KL and
-    /// agreement metrics).
+    /// Teacher model folder or Hub id `org/name[@revision]` (needed by `kd` and `on_policy`;
+    /// with `sft` it only adds KL and agreement metrics).
     #[arg(long)]
     pub teacher: Option<PathBuf>,
-    /// Student model folder to start from.
+    /// Student model folder (or Hub id) to start from.
     #[arg(long, conflicts_with = "student_shape")]
     pub student: Option<PathBuf>,
     /// Or a fresh student with the teacher's tokenizer:

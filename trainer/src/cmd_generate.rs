@@ -18,7 +18,8 @@ With --json, one JSON object per line: prompt_index, sample_index, text, token_i
 (eos | stop | length)."
 )]
 pub struct GenerateArgs {
-    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or a Hub id
+    /// `org/name[@revision]` (fetched into the Hugging Face cache; a local folder wins).
     #[arg(long)]
     pub model: PathBuf,
     /// A prompt; repeat for several.
@@ -108,8 +109,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if conversations.is_empty() {
         bail!("no prompts: give --prompt TEXT (repeatable) or --prompts FILE.jsonl");
     }
-    let tk = Tokenizer::from_dir(&a.model)?;
-    let mut policy = Policy::load(&a.model, kind, device)?;
+    let model = crate::model_path::resolve(&a.model)?;
+    let tk = Tokenizer::from_dir(&model)?;
+    let mut policy = Policy::load(&model, kind, device)?;
     policy.fuse_for_inference();
     let mut prompt_ids = vec![];
     for conv in &conversations {

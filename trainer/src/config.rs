@@ -50,7 +50,8 @@ impl Default for RunCfg {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelCfg {
-    /// Hugging Face model folder (relative paths are relative to the recipe file).
+    /// Hugging Face model folder (relative paths are relative to the recipe file), or a Hub
+    /// id `org/name[@revision]` fetched into the Hugging Face cache (a local folder wins).
     pub path: PathBuf,
     /// f32 | bf16 | f16 (default f32).
     #[serde(default = "default_dtype")]

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod grpo;
 pub mod lm;
 pub mod metrics;
+pub mod model_path;
 pub mod optim;
 pub mod pipeline;
 pub mod plots;

@@ -13,8 +13,10 @@ use trainer::{bench, cmd_generate, train};
     version,
     about = "Train reasoning models with GRPO, the way DeepSeek-R1 was built",
     long_about = "ponder trains reasoning models with GRPO (group-relative policy optimisation) on libtorch.\n\
-Models are Hugging Face folders (config.json, *.safetensors, tokenizer.json); Qwen2 and Llama \
-families are supported, on CPU and CUDA.\n\n\
+Models are Hugging Face folders (config.json, *.safetensors, tokenizer.json) or Hub ids \
+(org/name[@revision], fetched into the Hugging Face cache: HF_HOME, HF_HUB_CACHE, HF_TOKEN, \
+HF_ENDPOINT and HF_HUB_OFFLINE=1 as in Python; a local folder of the same name wins); Qwen2 \
+and Llama families are supported, on CPU and CUDA.\n\n\
 Start with `ponder demo`, then `ponder train --help`."
 )]
 struct Cli {
@@ -196,7 +198,8 @@ sample. `ponder eval --combine A.json B.json --out-dir D` draws the charts of sa
 (e.g. models evaluated at different times)."
 )]
 struct EvalArgs {
-    /// Model folder, or LABEL=FOLDER (repeatable: several models share the charts).
+    /// Model folder or Hub id (`org/name[@revision]`), or LABEL=MODEL (repeatable: several
+    /// models share the charts).
     #[arg(long, required_unless_present = "combine")]
     model: Vec<String>,
     /// JSONL with `prompt` and `answer` (and any fields the rewards read).
@@ -355,7 +358,8 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         None => None,
     };
     let mut results: Vec<(eval::EvalReport, Vec<eval::EvalReport>)> = vec![];
-    for (label, dir) in &models {
+    for (label, model) in &models {
+        let dir = &trainer::model_path::resolve(model)?;
         let pool =
             eval::open_pool(dir, device, kind, a.workers, a.threads).map_err(|e| anyhow::anyhow!("model {}: {e:#}", dir.display()))?;
         let mut runs = vec![eval::evaluate_full(dir, &examples, &spec, Some(&pool), device, kind)?];

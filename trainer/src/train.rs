@@ -52,6 +52,8 @@ pub struct Options {
 pub struct Trainer {
     pub recipe: Recipe,
     pub run_dir: PathBuf,
+    /// The base model's folder: `model.path`, or the Hub cache snapshot it names.
+    model_dir: PathBuf,
     tk: Arc<Tokenizer>,
     policy: Policy,
     reference: Option<Policy>,
@@ -107,10 +109,12 @@ impl Trainer {
         }
         let device = parse_device(&recipe.model.device)?;
         let kind = parse_kind(&recipe.model.dtype)?;
+        // config.toml keeps the id as written; the folder read is its cache snapshot.
+        let model_dir = crate::model_path::resolve(&recipe.model.path)?;
         let (weights_dir, state) = match (&latest, resume) {
             (Some((_, dir)), true) => (dir.clone(), checkpoint::read_state(dir)?),
             _ => (
-                recipe.model.path.clone(),
+                model_dir.clone(),
                 TrainerState {
                     step: 0,
                     cursor: Cursor::start(),
@@ -124,10 +128,10 @@ impl Trainer {
         if resume && latest.is_none() {
             eprintln!("note: {} has no complete checkpoint yet; starting from step 0", run_dir.display());
         }
-        let tk = Arc::new(Tokenizer::from_dir(&weights_dir).or_else(|_| Tokenizer::from_dir(&recipe.model.path))?);
+        let tk = Arc::new(Tokenizer::from_dir(&weights_dir).or_else(|_| Tokenizer::from_dir(&model_dir))?);
         let policy = Policy::load(&weights_dir, kind, device)?;
         let reference = if recipe.grpo.beta > 0.0 {
-            let r = Policy::load(&recipe.model.path, kind, device)?;
+            let r = Policy::load(&model_dir, kind, device)?;
             if state.reference_saved {
                 let saved = rollout::model::weights::load_file(&weights_dir.join(checkpoint::REFERENCE))?;
                 r.copy_from(&saved)?;
@@ -183,6 +187,7 @@ impl Trainer {
         Ok(Trainer {
             recipe,
             run_dir,
+            model_dir,
             tk,
             policy,
             reference,
@@ -562,7 +567,7 @@ impl Trainer {
     /// Writes `checkpoints/step-N/` atomically.
     pub fn save(&mut self) -> Result<PathBuf> {
         let keep = self.recipe.train.keep_last;
-        let src = self.recipe.model.path.clone();
+        let src = self.model_dir.clone();
         let state = self.state.clone();
         let (policy, opt, reference, kind) = (&self.policy, &self.opt, &self.reference, self.kind);
         checkpoint::write(&self.run_dir, &state, keep, |dir| {

@@ -84,14 +84,14 @@ pub struct DistillStage {
     pub name: String,
     pub kind: String,
     pub method: Method,
-    /// Teacher model folder (required for `kd` and `on_policy`; for `sft` optional, then only
+    /// Teacher model folder or Hub id (required for `kd` and `on_policy`; for `sft` optional, then only
     /// used for the KL and agreement metrics).
     #[serde(default)]
     pub teacher: Option<PathBuf>,
     /// The command that produces the teacher, named in the error when it is missing.
     #[serde(default)]
     pub teacher_recipe: Option<String>,
-    /// Student model folder (default: the previous stage's model).
+    /// Student model folder or Hub id (default: the previous stage's model).
     #[serde(default)]
     pub student: Option<PathBuf>,
     /// Or a fresh student of this shape, created with the teacher's tokenizer.
@@ -268,9 +268,10 @@ impl DistillStage {
         }
         self.sampling.validate().map_err(|e| anyhow!("{origin}: sampling: {e}"))?;
         self.train.check(origin)?;
-        // A literal teacher path (no stage reference) must exist before anything runs.
+        // A literal teacher folder (no stage reference, no Hub id: that is fetched when the
+        // stage runs) must exist before anything runs.
         if let Some(t) = &self.teacher {
-            if !t.to_string_lossy().contains('{') {
+            if !t.to_string_lossy().contains('{') && !crate::model_path::is_hub_id(t) {
                 teacher_exists(t, self.teacher_recipe.as_deref(), origin)?;
             }
         }
@@ -366,6 +367,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     // Teacher.
     let (teacher, teacher_tk) = match &st.teacher {
         Some(t) => {
+            let t = &crate::model_path::resolve(t).map_err(|e| anyhow!("{}: teacher: {e}", ctx.origin))?;
             teacher_exists(t, st.teacher_recipe.as_deref(), &ctx.origin)?;
             let mut p = Policy::load(t, tch::Kind::Float, device)?;
             p.vs.freeze();
@@ -433,7 +435,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         v
     } else {
         let prompts = encode_prompts(st.prompts.as_ref().unwrap(), &st.template, st.limit, &tk)?;
-        let t = st.teacher.as_ref().unwrap();
+        let t = &teacher.as_ref().unwrap().dir;
         let seqs =
             teacher_sequences(&ctx.dir.join("teacher_sequences.jsonl"), t, teacher_tk.as_ref().unwrap(), &prompts, &st, device, seed)?;
         setup_flops += 2.0 * n_teacher * seqs.iter().map(|s| s.ids.len() as f64).sum::<f64>();

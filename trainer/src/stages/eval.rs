@@ -21,6 +21,7 @@ use std::path::PathBuf;
 pub struct EvalStage {
     pub name: String,
     pub kind: String,
+    /// Model folder or Hub id (default: the previous stage's output).
     #[serde(default)]
     pub model: Option<PathBuf>,
     /// Held-out JSONL: one file or a list.

@@ -46,14 +46,16 @@ impl Ctx<'_> {
         from_table(self.table.clone(), &self.origin)
     }
 
-    /// `model` if the stage names one, else the previous stage's model.
+    /// The folder of `model` if the stage names one (a folder or a Hub id), else of the
+    /// previous stage's model.
     pub fn model_or_previous(&self, model: &Option<PathBuf>) -> Result<PathBuf> {
-        model.clone().or_else(|| self.previous.clone()).ok_or_else(|| {
+        let m = model.clone().or_else(|| self.previous.clone()).ok_or_else(|| {
             anyhow!(
-                "{}: no model: give `model` (a folder or \"{{stages.<name>.model}}\") or put a model-producing stage before",
+                "{}: no model: give `model` (a folder, a Hub id or \"{{stages.<name>.model}}\") or put a model-producing stage before",
                 self.origin
             )
-        })
+        })?;
+        crate::model_path::resolve(&m).map_err(|e| anyhow!("{}: {e}", self.origin))
     }
 
     /// Sinks of a pretrain / SFT stage: its `metrics.jsonl` (rows after the checkpoint

@@ -98,7 +98,7 @@ pub struct PretrainStage {
     #[serde(default)]
     pub direct_rate: f64,
     pub model: ModelShape,
-    /// A model folder whose tokenizer to use instead of training one (a distillation
+    /// A model folder (or Hub id) whose tokenizer to use instead of training one (a distillation
     /// student must share its teacher's); `model.vocab` is then the tokenizer's size.
     #[serde(default)]
     pub tokenizer: Option<std::path::PathBuf>,
@@ -192,7 +192,10 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     // Resuming mid-stage: keep the tokenizer the checkpoint was trained with.
     if lm::checkpoint_step(&ckpt).is_none() || !model_dir.join("tokenizer.json").exists() {
         match &st.tokenizer {
-            Some(t) => tiny::create_with_tokenizer(&model_dir, st.model.tiny(), rollout::Arch::Qwen2, t, None, seed as i64)?,
+            Some(t) => {
+                let t = crate::model_path::resolve(t).map_err(|e| anyhow!("{}: tokenizer: {e}", ctx.origin))?;
+                tiny::create_with_tokenizer(&model_dir, st.model.tiny(), rollout::Arch::Qwen2, &t, None, seed as i64)?
+            }
             None => tiny::create_random_model(&model_dir, st.model.tiny(), &plain, seed as i64)?,
         }
     }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 pub struct RejectionSampleStage {
     pub name: String,
     pub kind: String,
-    /// The model to sample (default: the previous stage's output).
+    /// The model to sample, a folder or Hub id (default: the previous stage's output).
     #[serde(default)]
     pub model: Option<PathBuf>,
     /// Prompts, JSONL: one file or a list.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 pub struct SftStage {
     pub name: String,
     pub kind: String,
-    /// Model folder to start from (default: the previous stage's output). R1's second SFT
+    /// Model folder or Hub id to start from (default: the previous stage's output). R1's second SFT
     /// starts from the base model again: `model = "{stages.base.model}"`.
     #[serde(default)]
     pub model: Option<PathBuf>,
