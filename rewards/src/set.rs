@@ -237,6 +237,22 @@ impl RewardSet {
         Ok(())
     }
 
+    /// What a dataset row lacks for the rewards that will score it (its task's rewards
+    /// only): one `(reward name, problem)` per failing module; empty when the row is fine.
+    /// The sample's `completion` is ignored. A module that panics is reported, not raised.
+    pub fn check_row(&self, sample: &Sample) -> Vec<(String, String)> {
+        let task = sample_task(sample);
+        let mut out = vec![];
+        for e in self.entries.iter().filter(|e| e.applies(task)) {
+            let r = catch_unwind(AssertUnwindSafe(|| e.module.check_row(sample)))
+                .unwrap_or_else(|_| Err("the module panicked while checking the row".into()));
+            if let Err(m) = r {
+                out.push((e.name.clone(), m));
+            }
+        }
+        out
+    }
+
     /// The tasks each reward is routed to (empty = every sample), in [`names`](Self::names) order.
     pub fn routes(&self) -> Vec<Vec<String>> {
         self.entries.iter().map(|e| e.tasks.clone()).collect()

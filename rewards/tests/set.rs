@@ -199,3 +199,52 @@ fn grader_outcomes_are_counted_by_type() {
     assert_eq!(out.scores[2].judged, vec![true]);
     assert!(out.scores[3].judged.is_empty(), "no answer is not a wrong answer");
 }
+
+fn row(answer: Option<&str>, extra: serde_json::Value) -> Sample {
+    let mut s = Sample::new("q", "", answer);
+    if let serde_json::Value::Object(m) = extra {
+        s.extra = m;
+    }
+    s
+}
+
+#[test]
+fn check_row_reports_what_each_routed_reward_lacks() {
+    let set = RewardSet::from_toml_str(
+        r#"
+        [[rewards]]
+        kind = "accuracy"
+        tasks = ["math"]
+        [[rewards]]
+        kind = "format"
+        [[rewards]]
+        kind = "countdown"
+        tasks = ["countdown"]
+        "#,
+    )
+    .unwrap();
+    let math = json!({"task": "math"});
+    // Good rows: a plain number, a GSM8K solution (value after ####), a MATH solution
+    // (last \boxed{}), a word answer, a choice letter.
+    for a in ["42", "She pays 3 * 6 = 18.\n#### 18", "so $x = \\boxed{\\frac{1}{2}}$.", "odd", "(B)"] {
+        assert!(set.check_row(&row(Some(a), math.clone())).is_empty(), "{a}");
+    }
+    let problems = |a: Option<&str>, extra: serde_json::Value| set.check_row(&row(a, extra));
+    // Missing, empty, empty after ####, unparseable: each named with the reward.
+    let p = problems(None, math.clone());
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0, "accuracy");
+    assert!(p[0].1.contains("no reference"), "{p:?}");
+    assert!(problems(Some("  "), math.clone())[0].1.contains("empty reference"));
+    assert!(problems(Some("The answer is\n#### "), math.clone())[0].1.contains("empty reference answer after extraction"));
+    let p = problems(Some("\\frac{1}{"), math.clone());
+    assert!(p[0].1.contains("cannot parse"), "{p:?}");
+    // Routing: the countdown row is not checked by accuracy (it has no answer) but by
+    // countdown, which needs `numbers` and `target`.
+    assert!(problems(None, json!({"task": "countdown", "numbers": [3, 5, 7], "target": 22})).is_empty());
+    let p = problems(None, json!({"task": "countdown", "numbers": [3, "x"], "target": 22}));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, "countdown");
+    assert!(p[0].1.contains("integers"), "{p:?}");
+    assert!(problems(None, json!({"task": "countdown", "numbers": [3]}))[0].1.contains("target"));
+}

@@ -125,6 +125,11 @@ pub struct DataCfg {
     /// prompt as the user message) or a custom string containing `{prompt}`.
     #[serde(default = "default_template")]
     pub template: String,
+    /// Share of rows allowed to be unusable (malformed JSON, no prompt, a reference answer
+    /// the rewards cannot read) before the run refuses to start (default 0: any bad row
+    /// stops it with a report of the rows; above 0 they are skipped with a warning).
+    #[serde(default)]
+    pub max_bad_fraction: f64,
 }
 
 fn default_prompt_field() -> String {
@@ -503,6 +508,9 @@ impl Recipe {
         let t = &self.data.template;
         if t != "r1_zero" && t != "chat" && !t.contains("{prompt}") {
             bail!("data.template must be `r1_zero`, `chat`, or a string containing {{prompt}}; got {t:?}");
+        }
+        if !(0.0..1.0).contains(&self.data.max_bad_fraction) {
+            bail!("data.max_bad_fraction must be in [0, 1) (the share of unusable rows to skip), got {}", self.data.max_bad_fraction);
         }
         if self.rewards.is_empty() {
             bail!("the recipe has no [[rewards]] tables: GRPO needs at least one reward (e.g. [[rewards]] kind = \"accuracy\")");

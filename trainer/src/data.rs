@@ -1,7 +1,7 @@
 //! Prompt datasets (JSONL), prompt templates and the seeded data-order cursor.
 
 use crate::config::DataCfg;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use rand::{seq::SliceRandom, SeedableRng};
 use rollout::tokenizer::{ChatMessage, Tokenizer};
 use rollout::SeededRng;
@@ -19,43 +19,125 @@ pub struct Example {
     pub answer: Option<String>,
     /// Every other field of the line, passed to the reward modules.
     pub extra: Map<String, Value>,
+    /// Where the row came from, `file:line`, for error reports.
+    pub origin: String,
 }
 
-/// Reads a JSONL dataset. A malformed line is an error naming the file and line.
-pub fn load_jsonl(path: &Path, cfg: &DataCfg) -> Result<Vec<Example>> {
+impl Example {
+    /// The row as a reward sample without a completion (for [`rewards::RewardSet::check_row`]).
+    pub fn as_sample(&self) -> rewards::Sample {
+        rewards::Sample { prompt: self.prompt.clone(), completion: String::new(), answer: self.answer.clone(), extra: self.extra.clone() }
+    }
+}
+
+/// A dataset row that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRow {
+    /// `file:line`.
+    pub origin: String,
+    pub problem: String,
+}
+
+/// Reads a JSONL dataset: the usable rows, and every malformed one (not JSON, not an
+/// object, no string prompt) with its line and what is wrong. Only I/O is an `Err`.
+pub fn read_jsonl(path: &Path, cfg: &DataCfg) -> Result<(Vec<Example>, Vec<BadRow>)> {
     let f = std::fs::File::open(path).with_context(|| format!("opening dataset {}", path.display()))?;
     let mut out = vec![];
+    let mut bad = vec![];
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
         let line = line.with_context(|| format!("{}:{}: cannot read line", path.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        let where_ = || format!("{}:{}", path.display(), i + 1);
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| anyhow!("{}: not valid JSON ({e}); each line must be one JSON object", where_()))?;
-        let Value::Object(mut obj) = v else { bail!("{}: expected a JSON object", where_()) };
-        let prompt = match obj.remove(&cfg.prompt_field) {
-            Some(Value::String(s)) => s,
-            Some(_) => bail!("{}: field `{}` must be a string", where_(), cfg.prompt_field),
-            None => {
-                bail!("{}: missing the prompt field `{}` (set data.prompt_field to the name your data uses)", where_(), cfg.prompt_field)
-            }
-        };
-        let answer = match obj.remove(&cfg.answer_field) {
-            Some(Value::String(s)) => Some(s),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(Value::Null) | None => None,
-            Some(other) => Some(other.to_string()),
-        };
-        out.push(Example { prompt, answer, extra: obj });
+        let origin = format!("{}:{}", path.display(), i + 1);
+        match parse_row(&line, cfg) {
+            Ok((prompt, answer, extra)) => out.push(Example { prompt, answer, extra, origin }),
+            Err(problem) => bad.push(BadRow { origin, problem }),
+        }
     }
+    Ok((out, bad))
+}
+
+fn parse_row(line: &str, cfg: &DataCfg) -> std::result::Result<(String, Option<String>, Map<String, Value>), String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON ({e}); each line must be one JSON object"))?;
+    let Value::Object(mut obj) = v else { return Err("expected a JSON object".into()) };
+    let prompt = match obj.remove(&cfg.prompt_field) {
+        Some(Value::String(s)) if s.trim().is_empty() => return Err(format!("the prompt field `{}` is empty", cfg.prompt_field)),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(format!("field `{}` must be a string", cfg.prompt_field)),
+        None => return Err(format!("missing the prompt field `{}` (set data.prompt_field to the name your data uses)", cfg.prompt_field)),
+    };
+    let answer = match obj.remove(&cfg.answer_field) {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    Ok((prompt, answer, obj))
+}
+
+/// Reads a JSONL dataset; any malformed line is an error listing the bad lines.
+pub fn load_jsonl(path: &Path, cfg: &DataCfg) -> Result<Vec<Example>> {
+    let (out, bad) = read_jsonl(path, cfg)?;
+    let out = screen(out, bad, None, 0.0, &path.display().to_string(), "")?;
     if out.is_empty() {
         bail!("dataset {} has no examples", path.display());
     }
     Ok(out)
 }
 
-/// Reads several JSONL files, rows concatenated in order.
+/// How many bad rows a report lists before "and N more".
+const REPORT_ROWS: usize = 10;
+
+/// Adds the rows that `rewards` cannot score (a missing or unreadable reference answer,
+/// missing countdown numbers, ...) to `bad`, then either drops every bad row with a
+/// warning, when they are at most `max_bad_fraction` of all rows, or fails with a report
+/// of them (`file:line: what`), so a run never starts on data it would silently score 0.
+/// `what` names the data in messages; `key` is the setting that raises the allowance.
+pub fn screen(
+    rows: Vec<Example>,
+    mut bad: Vec<BadRow>,
+    rewards: Option<&rewards::RewardSet>,
+    max_bad_fraction: f64,
+    what: &str,
+    key: &str,
+) -> Result<Vec<Example>> {
+    let mut good = Vec::with_capacity(rows.len());
+    for ex in rows {
+        let problems = rewards.map(|r| r.check_row(&ex.as_sample())).unwrap_or_default();
+        if problems.is_empty() {
+            good.push(ex);
+        } else {
+            let problem = problems.iter().map(|(name, p)| format!("reward `{name}`: {p}")).collect::<Vec<_>>().join("; ");
+            bad.push(BadRow { origin: ex.origin, problem });
+        }
+    }
+    if bad.is_empty() {
+        return Ok(good);
+    }
+    let total = good.len() + bad.len();
+    let mut list = bad.iter().take(REPORT_ROWS).map(|b| format!("\n  {}: {}", b.origin, b.problem)).collect::<String>();
+    if bad.len() > REPORT_ROWS {
+        list.push_str(&format!("\n  ... and {} more", bad.len() - REPORT_ROWS));
+    }
+    let fraction = bad.len() as f64 / total as f64;
+    if fraction <= max_bad_fraction {
+        eprintln!(
+            "warning: {what}: skipping {} of {total} rows ({:.2} %, within {key} = {max_bad_fraction}):{list}",
+            bad.len(),
+            100.0 * fraction
+        );
+        return Ok(good);
+    }
+    let how = if key.is_empty() {
+        "fix or remove these rows".to_string()
+    } else {
+        format!("fix or remove these rows, or set {key} (now {max_bad_fraction}) to at least {fraction:.4} to skip them with a warning")
+    };
+    bail!("{what}: {} of {total} rows cannot be used:{list}\n{how}", bad.len())
+}
+
+/// Reads several JSONL files, rows concatenated in order; any malformed line is an error.
 pub fn load_many(paths: &crate::config::Paths, cfg: &DataCfg) -> Result<Vec<Example>> {
     let mut out = vec![];
     for p in paths.list() {
@@ -64,10 +146,33 @@ pub fn load_many(paths: &crate::config::Paths, cfg: &DataCfg) -> Result<Vec<Exam
     Ok(out)
 }
 
+/// Reads several JSONL files and screens every row against the rewards that will score it
+/// (see [`screen`]), with `cfg.max_bad_fraction` as the allowance for bad rows.
+pub fn load_checked(paths: &crate::config::Paths, cfg: &DataCfg, rewards: &rewards::RewardSet, what: &str) -> Result<Vec<Example>> {
+    let (mut rows, mut bad) = (vec![], vec![]);
+    for p in paths.list() {
+        let (r, b) = read_jsonl(p, cfg)?;
+        rows.extend(r);
+        bad.extend(b);
+    }
+    let out = screen(rows, bad, Some(rewards), cfg.max_bad_fraction, &format!("{what} {paths}"), "data.max_bad_fraction")?;
+    if out.is_empty() {
+        bail!("{what} {paths} has no examples");
+    }
+    Ok(out)
+}
+
 /// A `DataCfg` for reading prompt files outside a GRPO recipe (eval, sampling stages):
 /// the default field names and the given template.
 pub fn plain_cfg(paths: &crate::config::Paths, template: &str) -> DataCfg {
-    DataCfg { train: paths.clone(), eval: None, prompt_field: "prompt".into(), answer_field: "answer".into(), template: template.into() }
+    DataCfg {
+        train: paths.clone(),
+        eval: None,
+        prompt_field: "prompt".into(),
+        answer_field: "answer".into(),
+        template: template.into(),
+        max_bad_fraction: 0.0,
+    }
 }
 
 /// Turns a prompt into model input text; returns (text, add_special_tokens). A chat template

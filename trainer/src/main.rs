@@ -215,12 +215,22 @@ struct EvalArgs {
     /// r1_zero | chat | a string with {prompt}
     #[arg(long, default_value = "r1_zero")]
     template: String,
+    /// Field holding the prompt (GSM8K's is `question`).
+    #[arg(long, default_value = "prompt", value_name = "FIELD")]
+    prompt_field: String,
+    /// Field holding the reference answer (GSM8K's `answer` works as is: the text after `####`).
+    #[arg(long, default_value = "answer", value_name = "FIELD")]
+    answer_field: String,
     /// Samples per prompt (N).
     #[arg(long, default_value_t = 1)]
     samples: usize,
     /// Evaluate the first N prompts only (0 = all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
+    /// Share of rows the rewards cannot score (no answer, an unreadable reference) that is
+    /// skipped with a warning; by default any such row stops the evaluation with a report.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    max_bad_fraction: f64,
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
     #[arg(long, default_value_t = 1.0)]
@@ -305,7 +315,12 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     }
     let data = a.data.clone().expect("clap requires --data");
     let paths = trainer::config::Paths::One(data.clone());
-    let mut examples = trainer::data::load_many(&paths, &trainer::data::plain_cfg(&paths, &a.template))?;
+    let cfg = trainer::config::DataCfg {
+        prompt_field: a.prompt_field.clone(),
+        answer_field: a.answer_field.clone(),
+        ..trainer::data::plain_cfg(&paths, &a.template)
+    };
+    let mut examples = trainer::data::load_many(&paths, &cfg)?;
     if a.limit > 0 {
         examples.truncate(a.limit);
     }
@@ -316,6 +331,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         }
         None => eval::default_rewards(),
     };
+    let examples = trainer::stages::eval::screen_rows(examples, &rewards, a.max_bad_fraction, "ponder eval")?;
     let params = rollout::generate::SamplingParams {
         temperature: a.temperature,
         top_p: a.top_p,

@@ -155,9 +155,9 @@ impl Trainer {
             opt.load(&weights_dir.join(checkpoint::OPTIMIZER), state.optimizer_step)?;
         }
         let rewards = RewardSet::from_specs(recipe.rewards.clone()).map_err(|e| anyhow!("[[rewards]]: {e}"))?;
-        let train_set = data::load_many(&recipe.data.train, &recipe.data)?;
+        let train_set = data::load_checked(&recipe.data.train, &recipe.data, &rewards, "training data")?;
         let eval_set = match &recipe.data.eval {
-            Some(p) => data::load_many(p, &recipe.data)?,
+            Some(p) => data::load_checked(p, &recipe.data, &rewards, "eval data")?,
             None => vec![],
         };
         // Reward routing: every task in the data must be scored by some reward, checked

@@ -240,6 +240,49 @@ fn config_errors_are_clear() {
     assert!(e.contains("bad.jsonl:2"), "{e}");
 }
 
+/// Rows that cannot be used, whether malformed (not JSON, no prompt) or unscorable by the
+/// recipe's rewards (no reference answer, an empty one), are all reported with their line
+/// before any rollout; `data.max_bad_fraction` above their share skips them instead.
+#[test]
+fn bad_rows_are_reported_with_their_lines_or_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let r = recipe(tmp.path(), "[[rewards]]\nkind = \"accuracy\"\nweight = 0.0\n");
+    let good = std::fs::read_to_string(tmp.path().join("train.jsonl")).unwrap();
+    // Lines 41-44 are bad, each in its own way; 40 good rows before them.
+    let bad_lines = [
+        "{\"prompt\": \"What is 1 + 1?\", \"answer\": \"\"}",
+        "{oops",
+        "{\"prompt\": \"What is 2 + 2?\"}",
+        "{\"prompt\": \"\", \"answer\": \"4\"}",
+    ];
+    let data = tmp.path().join("mixed.jsonl");
+    std::fs::write(&data, format!("{good}{}\n", bad_lines.join("\n"))).unwrap();
+    let run = |extra: &[&str]| {
+        let mut sets = vec![format!("data.train=\"{}\"", data.display()), "train.steps=1".to_string(), "train.eval_every=0".to_string()];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        train::train(Some(&r), None, &sets, opts())
+    };
+    let e = format!("{:#}", run(&[]).unwrap_err());
+    assert!(e.contains("4 of 44 rows"), "{e}");
+    for (line, what) in [(41, "empty reference answer"), (42, "not valid JSON"), (43, "no reference `answer`"), (44, "is empty")] {
+        let at = format!("mixed.jsonl:{line}: ");
+        let row = e.lines().find(|l| l.contains(&at)).unwrap_or_else(|| panic!("line {line} not reported: {e}"));
+        assert!(row.contains(what), "line {line} should say {what:?}: {row}");
+    }
+    assert!(!e.contains("mixed.jsonl:40:"), "a good row was reported: {e}");
+    assert!(e.contains("data.max_bad_fraction") && e.contains("0.0909"), "the error must say how to skip them: {e}");
+    // Their share is 4/44 = 0.091: an allowance below it still refuses, one above trains.
+    assert!(run(&["data.max_bad_fraction=0.05"]).is_err());
+    let out = run(&["data.max_bad_fraction=0.1", "run.name=\"skip\""]).unwrap();
+    assert_eq!(metrics(&out.run_dir).iter().filter(|r| r.get("reward").is_some()).count(), 1);
+    // Without the accuracy reward, the rows without an answer are fine; the malformed ones are not.
+    let r2 = recipe(tmp.path(), "");
+    let sets = vec![format!("data.train=\"{}\"", data.display())];
+    let e = format!("{:#}", train::train(Some(&r2), None, &sets, opts()).unwrap_err());
+    assert!(e.contains("2 of 44 rows") && e.contains("mixed.jsonl:42") && e.contains("mixed.jsonl:44"), "{e}");
+}
+
 /// DAPO's dynamic sampling. A reward that is 0 for most samples (the share of `7`s in the
 /// completion) leaves many groups all-zero. The same seed without dynamic sampling shows
 /// the first round's zero-variance groups; with it, the step draws more prompts until it

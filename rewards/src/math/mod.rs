@@ -893,6 +893,29 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
+/// Whether a dataset's reference answer can be graded: `Err` says why not (empty, or a
+/// mathematical-looking value the parser cannot read). Run on every row before training so
+/// a data problem is reported with its line instead of scoring every sample 0.
+pub fn check_reference(reference: &str) -> Result<(), String> {
+    let r = extract_reference(reference);
+    if r.is_empty() {
+        return Err(if reference.trim().is_empty() {
+            "empty reference answer".into()
+        } else {
+            format!("empty reference answer after extraction from `{}`", truncate(reference.trim(), 60))
+        });
+    }
+    let rn = normalize::normalize(r);
+    if choice_letter(&rn).is_some() && rn.trim_start_matches('(').trim_end_matches(')').len() == 1 {
+        return Ok(());
+    }
+    let (rn, node) = read_answer(r, rn);
+    if node.is_none() && !is_word(&rn) && looks_mathy(&rn) {
+        return Err(format!("cannot parse the reference answer `{}`", truncate(r, 80)));
+    }
+    Ok(())
+}
+
 /// Whether a completion's final answer matches the reference (extraction + equivalence).
 pub fn grade(completion: &str, reference: &str, last_number_fallback: bool, o: &EquivOptions) -> Result<Verdict, String> {
     let (ans, _) = extract_answer(completion, last_number_fallback)?;

@@ -119,6 +119,13 @@ impl RewardModule for Accuracy {
         self.outcome(self.judge(s, ctx))
     }
 
+    fn check_row(&self, s: &Sample) -> Result<(), String> {
+        match s.answer.as_deref() {
+            None => Err("no reference `answer`".into()),
+            Some(r) => math::check_reference(r),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         if !(self.p.rel_tol >= 0.0 && self.p.rel_tol < 1.0) {
             return Err("`rel_tol` must be in [0, 1)".into());

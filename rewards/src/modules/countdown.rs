@@ -152,6 +152,17 @@ fn read_inputs(s: &Sample) -> Result<(Vec<i128>, f64), String> {
 }
 
 impl RewardModule for Countdown {
+    fn check_row(&self, s: &Sample) -> Result<(), String> {
+        let (nums, target) = read_inputs(s)?;
+        if nums.is_empty() {
+            return Err("`numbers` is empty".into());
+        }
+        if !target.is_finite() {
+            return Err("`target` is not a finite number".into());
+        }
+        Ok(())
+    }
+
     fn score(&self, s: &Sample, _ctx: &Ctx) -> Outcome {
         let (mut numbers, target) = match read_inputs(s) {
             Ok(x) => x,

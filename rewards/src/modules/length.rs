@@ -86,6 +86,13 @@ impl CosineLength {
 }
 
 impl RewardModule for CosineLength {
+    fn check_row(&self, s: &Sample) -> Result<(), String> {
+        match s.answer.as_deref() {
+            None => Err("no reference `answer` (cosine_length grades the answer)".into()),
+            Some(_) => Ok(()),
+        }
+    }
+
     fn score(&self, s: &Sample, _ctx: &Ctx) -> Outcome {
         let len = match length(s, self.p.unit) {
             Ok(l) => l,

@@ -73,6 +73,12 @@ pub trait RewardModule: Send + Sync {
     fn validate(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Checks that a dataset row carries what the module needs (reference answer, extra
+    /// fields), before any completion exists: `sample.completion` is empty. `Err` says
+    /// what is missing or unreadable; the trainer reports such rows with their line.
+    fn check_row(&self, _sample: &Sample) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 pub(crate) fn extra_u64(s: &Sample, key: &str) -> Option<u64> {

@@ -51,6 +51,10 @@ pub struct EvalStage {
     /// Also write `<run>/eval/<stage>.samples.jsonl` (one line per sample).
     #[serde(default)]
     pub samples_output: bool,
+    /// Share of rows the rewards cannot score that is skipped with a warning (default 0:
+    /// any such row stops the stage with a report).
+    #[serde(default)]
+    pub max_bad_fraction: f64,
 }
 
 fn logprob() -> Vec<String> {
@@ -105,12 +109,22 @@ pub fn load_limited(paths: &Paths, template: &str, limit: usize) -> Result<Vec<d
     Ok(out)
 }
 
+/// Drops or reports (see [`data::screen`]) the rows that `specs` cannot score, before
+/// any sampling: a stage never spends minutes on data it would score 0 for a typo.
+pub fn screen_rows(examples: Vec<data::Example>, specs: &[RewardSpec], max_bad_fraction: f64, origin: &str) -> Result<Vec<data::Example>> {
+    if !(0.0..1.0).contains(&max_bad_fraction) {
+        anyhow::bail!("{origin}: max_bad_fraction must be in [0, 1), got {max_bad_fraction}");
+    }
+    let set = rewards::RewardSet::from_specs(specs.to_vec()).map_err(|e| anyhow::anyhow!("{origin}: rewards: {e}"))?;
+    data::screen(examples, vec![], Some(&set), max_bad_fraction, &format!("{origin}: data"), "max_bad_fraction")
+}
+
 pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let st: EvalStage = ctx.config()?;
     let model = ctx.model_or_previous(&st.model)?;
-    let examples = load_limited(&st.data, &st.template, st.limit)?;
     let rewards =
         [&st.rewards, &ctx.pipeline.eval_rewards].into_iter().find(|r| !r.is_empty()).cloned().unwrap_or_else(eval::default_rewards);
+    let examples = screen_rows(load_limited(&st.data, &st.template, st.limit)?, &rewards, st.max_bad_fraction, &ctx.origin)?;
     let spec = st.spec(rewards, ctx.pipeline.run.seed, st.think.clone());
     spec.check().map_err(|e| anyhow::anyhow!("{}: {e}", ctx.origin))?;
     let (device, kind) = (parse_device("cpu")?, parse_kind("f32")?);

@@ -66,6 +66,10 @@ pub struct RejectionSampleStage {
     pub device: String,
     #[serde(default = "f32s")]
     pub dtype: String,
+    /// Share of rows the rewards cannot score that is skipped with a warning (default 0:
+    /// any such row stops the stage with a report).
+    #[serde(default)]
+    pub max_bad_fraction: f64,
 }
 
 fn eight() -> usize {
@@ -331,7 +335,12 @@ fn sample_shard(
 pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let st: RejectionSampleStage = ctx.config()?;
     let model = ctx.model_or_previous(&st.model)?;
-    let examples = super::eval::load_limited(&st.data, &st.template, st.limit)?;
+    let examples = super::eval::screen_rows(
+        super::eval::load_limited(&st.data, &st.template, st.limit)?,
+        &st.reward_specs(),
+        st.max_bad_fraction,
+        &ctx.origin,
+    )?;
     let set = RewardSet::from_specs(st.reward_specs()).map_err(|e| anyhow!("{}: rewards: {e}", ctx.origin))?;
     set.check_tasks(examples.iter().map(|e| e.extra.get("task").and_then(|v| v.as_str())))
         .map_err(|e| anyhow!("{}: rewards: {e}", ctx.origin))?;
