@@ -320,10 +320,6 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         answer_field: a.answer_field.clone(),
         ..trainer::data::plain_cfg(&paths, &a.template)
     };
-    let mut examples = trainer::data::load_many(&paths, &cfg)?;
-    if a.limit > 0 {
-        examples.truncate(a.limit);
-    }
     let rewards = match &a.rewards {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
@@ -331,7 +327,8 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         }
         None => eval::default_rewards(),
     };
-    let examples = trainer::stages::eval::screen_rows(examples, &rewards, a.max_bad_fraction, "ponder eval")?;
+    let examples =
+        trainer::stages::eval::load_screened(&paths, &cfg, a.limit, &rewards, a.max_bad_fraction, "ponder eval", "--max-bad-fraction")?;
     let params = rollout::generate::SamplingParams {
         temperature: a.temperature,
         top_p: a.top_p,

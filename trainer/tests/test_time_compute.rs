@@ -293,6 +293,41 @@ fn cli_writes_reports_charts_and_sample_lines_and_refuses_bad_settings() {
     assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("samples must be >= 1"));
 }
 
+/// `ponder eval` reads GSM8K rows as they are (`--prompt-field question`, the reference
+/// after `####`), and a row whose reference is unusable stops it with the row's line before
+/// any sampling, or is skipped within `--max-bad-fraction`.
+#[test]
+fn eval_reads_gsm8k_rows_and_reports_bad_ones_by_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, _) = setup(tmp.path());
+    let gsm8k = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/gsm8k/test.jsonl")).unwrap();
+    let mut rows: Vec<&str> = gsm8k.lines().take(3).collect();
+    rows.push(r#"{"question": "How many?", "answer": "We count them.\n#### "}"#);
+    let d = tmp.path().join("gsm8k.jsonl");
+    std::fs::write(&d, rows.join("\n") + "\n").unwrap();
+    let (m, d) = (model.display().to_string(), d.display().to_string());
+    let args = ["eval", "--model", &m, "--data", &d, "--prompt-field", "question", "--template", TEMPLATE, "--max-new-tokens", "4"];
+    let r = ponder(&args);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("gsm8k.jsonl:4: reward `accuracy`: empty reference answer after extraction"), "{err}");
+    assert!(err.contains("1 of 4 rows") && err.contains("set --max-bad-fraction (now 0) to at least 0.2500"), "{err}");
+    assert!(!err.contains("gsm8k.jsonl:3"), "a good row was reported: {err}");
+    // Without --prompt-field the rows have no prompt: all four are reported.
+    let r = ponder(&["eval", "--model", &m, "--data", &d, "--template", TEMPLATE, "--max-new-tokens", "4"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("4 of 4 rows") && err.contains("missing the prompt field `prompt`"), "{err}");
+    // Within the allowance: a warning, and the three good problems are evaluated.
+    let mut skip = args.to_vec();
+    skip.extend(["--max-bad-fraction", "0.3"]);
+    let r = ponder(&skip);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("skipping 1 of 4 rows"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["num_prompts"], 3);
+}
+
 #[test]
 fn grpo_periodic_eval_logs_pass_and_maj_at_k() {
     let tmp = tempfile::tempdir().unwrap();

@@ -109,14 +109,37 @@ pub fn load_limited(paths: &Paths, template: &str, limit: usize) -> Result<Vec<d
     Ok(out)
 }
 
-/// Drops or reports (see [`data::screen`]) the rows that `specs` cannot score, before
-/// any sampling: a stage never spends minutes on data it would score 0 for a typo.
-pub fn screen_rows(examples: Vec<data::Example>, specs: &[RewardSpec], max_bad_fraction: f64, origin: &str) -> Result<Vec<data::Example>> {
+/// Rows of every file in `paths` that `specs` can score, at most `limit` (> 0) from each.
+/// Each file's unusable rows (malformed, no prompt, a reference the rewards cannot read)
+/// are reported with their lines before any sampling (see [`data::screen`]), or skipped
+/// with a warning while they are at most `max_bad_fraction` of the file: a stage never
+/// spends minutes on data it would score 0 for a typo. `key` names that allowance.
+pub fn load_screened(
+    paths: &Paths,
+    cfg: &crate::config::DataCfg,
+    limit: usize,
+    specs: &[RewardSpec],
+    max_bad_fraction: f64,
+    origin: &str,
+    key: &str,
+) -> Result<Vec<data::Example>> {
     if !(0.0..1.0).contains(&max_bad_fraction) {
-        anyhow::bail!("{origin}: max_bad_fraction must be in [0, 1), got {max_bad_fraction}");
+        anyhow::bail!("{origin}: {key} must be in [0, 1) (the share of unusable rows to skip), got {max_bad_fraction}");
     }
     let set = rewards::RewardSet::from_specs(specs.to_vec()).map_err(|e| anyhow::anyhow!("{origin}: rewards: {e}"))?;
-    data::screen(examples, vec![], Some(&set), max_bad_fraction, &format!("{origin}: data"), "max_bad_fraction")
+    let mut out = vec![];
+    for p in paths.list() {
+        let (rows, bad) = data::read_jsonl(p, cfg)?;
+        let mut ok = data::screen(rows, bad, Some(&set), max_bad_fraction, &format!("{origin}: {}", p.display()), key)?;
+        if ok.is_empty() {
+            anyhow::bail!("{origin}: dataset {} has no examples", p.display());
+        }
+        if limit > 0 {
+            ok.truncate(limit);
+        }
+        out.extend(ok);
+    }
+    Ok(out)
 }
 
 pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
@@ -124,7 +147,8 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let model = ctx.model_or_previous(&st.model)?;
     let rewards =
         [&st.rewards, &ctx.pipeline.eval_rewards].into_iter().find(|r| !r.is_empty()).cloned().unwrap_or_else(eval::default_rewards);
-    let examples = screen_rows(load_limited(&st.data, &st.template, st.limit)?, &rewards, st.max_bad_fraction, &ctx.origin)?;
+    let cfg = data::plain_cfg(&st.data, &st.template);
+    let examples = load_screened(&st.data, &cfg, st.limit, &rewards, st.max_bad_fraction, &ctx.origin, "max_bad_fraction")?;
     let spec = st.spec(rewards, ctx.pipeline.run.seed, st.think.clone());
     spec.check().map_err(|e| anyhow::anyhow!("{}: {e}", ctx.origin))?;
     let (device, kind) = (parse_device("cpu")?, parse_kind("f32")?);

@@ -335,12 +335,9 @@ fn sample_shard(
 pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let st: RejectionSampleStage = ctx.config()?;
     let model = ctx.model_or_previous(&st.model)?;
-    let examples = super::eval::screen_rows(
-        super::eval::load_limited(&st.data, &st.template, st.limit)?,
-        &st.reward_specs(),
-        st.max_bad_fraction,
-        &ctx.origin,
-    )?;
+    let cfg = crate::data::plain_cfg(&st.data, &st.template);
+    let examples =
+        super::eval::load_screened(&st.data, &cfg, st.limit, &st.reward_specs(), st.max_bad_fraction, &ctx.origin, "max_bad_fraction")?;
     let set = RewardSet::from_specs(st.reward_specs()).map_err(|e| anyhow!("{}: rewards: {e}", ctx.origin))?;
     set.check_tasks(examples.iter().map(|e| e.extra.get("task").and_then(|v| v.as_str())))
         .map_err(|e| anyhow!("{}: rewards: {e}", ctx.origin))?;
