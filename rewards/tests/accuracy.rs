@@ -248,25 +248,28 @@ fn judgements_reach_the_batch_counts() {
     assert_eq!(out.counts.timeouts, 0);
 }
 
-/// Every reference of the GSM8K test split (vendored in `data/gsm8k/`, unchanged) passes
-/// the row check and grades: the value after its last `####`, read here independently
-/// (commas dropped, parsed as a number), is correct and that value plus one is wrong.
+/// Every reference of GSM8K (both splits, vendored in `data/gsm8k/`, unchanged) passes the
+/// row check and grades: the value after its last `####`, read here independently (commas
+/// dropped, parsed as a number), is correct and that value plus one is wrong.
 #[test]
-fn every_gsm8k_test_reference_parses_and_grades() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/gsm8k/test.jsonl");
-    let text = std::fs::read_to_string(path).unwrap();
+fn every_gsm8k_reference_parses_and_grades() {
     let o = EquivOptions::default();
-    let mut n = 0;
-    for (i, line) in text.lines().enumerate() {
-        let row: serde_json::Value = serde_json::from_str(line).unwrap();
-        let reference = row["answer"].as_str().unwrap();
-        rewards::math::check_reference(reference).unwrap_or_else(|e| panic!("test.jsonl:{}: {e}", i + 1));
-        let tail = reference.rsplit("####").next().unwrap().trim().replace(',', "");
-        let value: f64 = tail.parse().unwrap_or_else(|_| panic!("test.jsonl:{}: `{tail}` is not a number", i + 1));
-        let g = |v: f64| rewards::math::grade(&format!("<answer>{v}</answer>"), reference, false, &o).unwrap();
-        assert_eq!(g(value), Verdict::Correct, "test.jsonl:{}: {value}", i + 1);
-        assert_eq!(g(value + 1.0), Verdict::Wrong, "test.jsonl:{}: {value} + 1", i + 1);
-        n += 1;
+    for (file, rows) in [("test.jsonl", 1319), ("train.jsonl", 7473)] {
+        let path = format!("{}/../data/gsm8k/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut n = 0;
+        for (i, line) in text.lines().enumerate() {
+            let at = format!("{file}:{}", i + 1);
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let reference = row["answer"].as_str().unwrap();
+            rewards::math::check_reference(reference).unwrap_or_else(|e| panic!("{at}: {e}"));
+            let tail = reference.rsplit("####").next().unwrap().trim().replace(',', "");
+            let value: f64 = tail.parse().unwrap_or_else(|_| panic!("{at}: `{tail}` is not a number"));
+            let g = |v: f64| rewards::math::grade(&format!("<answer>{v}</answer>"), reference, false, &o).unwrap();
+            assert_eq!(g(value), Verdict::Correct, "{at}: {value}");
+            assert_eq!(g(value + 1.0), Verdict::Wrong, "{at}: {value} + 1");
+            n += 1;
+        }
+        assert_eq!(n, rows, "{file}");
     }
-    assert_eq!(n, 1319);
 }
