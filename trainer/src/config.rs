@@ -130,6 +130,11 @@ pub struct DataCfg {
     /// stops it with a report of the rows; above 0 they are skipped with a warning).
     #[serde(default)]
     pub max_bad_fraction: f64,
+    /// Text appended, as is, to every row's prompt before the template renders it (e.g.
+    /// veRL's GSM8K " Let's think step by step and output the final answer after \"####\".");
+    /// with `template = "chat"` it lands inside the user message of any model's template.
+    #[serde(default)]
+    pub instruction: String,
 }
 
 fn default_prompt_field() -> String {

@@ -67,6 +67,7 @@ fn parse_row(line: &str, cfg: &DataCfg) -> std::result::Result<(String, Option<S
         Some(_) => return Err(format!("field `{}` must be a string", cfg.prompt_field)),
         None => return Err(format!("missing the prompt field `{}` (set data.prompt_field to the name your data uses)", cfg.prompt_field)),
     };
+    let prompt = if cfg.instruction.is_empty() { prompt } else { prompt + &cfg.instruction };
     let answer = match obj.remove(&cfg.answer_field) {
         Some(Value::String(s)) => Some(s),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -172,6 +173,7 @@ pub fn plain_cfg(paths: &crate::config::Paths, template: &str) -> DataCfg {
         answer_field: "answer".into(),
         template: template.into(),
         max_bad_fraction: 0.0,
+        instruction: String::new(),
     }
 }
 
@@ -218,5 +220,26 @@ impl Cursor {
             self.pos += 1;
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_instruction_is_appended_to_every_prompt_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("d.jsonl");
+        std::fs::write(&f, "{\"question\": \"What is 2 + 2?\", \"answer\": \"#### 4\", \"id\": 7}\n").unwrap();
+        let paths = crate::config::Paths::One(f.clone());
+        let mut cfg = DataCfg { prompt_field: "question".into(), ..plain_cfg(&paths, "chat") };
+        let plain = load_jsonl(&f, &cfg).unwrap();
+        assert_eq!(plain[0].prompt, "What is 2 + 2?");
+        cfg.instruction = " Answer after ####.".into();
+        let with = load_jsonl(&f, &cfg).unwrap();
+        assert_eq!(with[0].prompt, "What is 2 + 2? Answer after ####.");
+        assert_eq!(with[0].answer.as_deref(), Some("#### 4"));
+        assert_eq!(with[0].extra, plain[0].extra);
     }
 }

@@ -221,6 +221,9 @@ struct EvalArgs {
     /// Field holding the reference answer (GSM8K's `answer` works as is: the text after `####`).
     #[arg(long, default_value = "answer", value_name = "FIELD")]
     answer_field: String,
+    /// Text appended to every prompt before the template (a recipe's `data.instruction`).
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    instruction: String,
     /// Samples per prompt (N).
     #[arg(long, default_value_t = 1)]
     samples: usize,
@@ -318,6 +321,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     let cfg = trainer::config::DataCfg {
         prompt_field: a.prompt_field.clone(),
         answer_field: a.answer_field.clone(),
+        instruction: a.instruction.clone(),
         ..trainer::data::plain_cfg(&paths, &a.template)
     };
     let rewards = match &a.rewards {
