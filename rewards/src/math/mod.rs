@@ -832,17 +832,35 @@ fn reread_decimal_comma(text: &str, node: &mut Option<parse::Node>, other: &Opti
     }
 }
 
-/// Compares a predicted answer string with a reference answer string (both already
-/// extracted).
-pub fn equivalent(pred: &str, reference: &str, o: &EquivOptions) -> Verdict {
+/// An extracted reference answer as the grader reads it.
+enum Reference {
+    /// A lone multiple-choice letter (`B`, `(B)`, `Option B`).
+    Choice(char),
+    /// Its normalised text and parse (`None`: it did not parse).
+    Value(String, Option<parse::Node>),
+}
+
+fn read_reference(reference: &str) -> Reference {
     let rn = normalize::normalize(reference);
     if let Some(letter) = choice_letter(&rn) {
         if rn.trim_start_matches('(').trim_end_matches(')').len() == 1 {
+            return Reference::Choice(letter);
+        }
+    }
+    let (rn, node) = read_answer(reference, rn);
+    Reference::Value(rn, node)
+}
+
+/// Compares a predicted answer string with a reference answer string (both already
+/// extracted).
+pub fn equivalent(pred: &str, reference: &str, o: &EquivOptions) -> Verdict {
+    let (rn, mut rnode) = match read_reference(reference) {
+        Reference::Choice(letter) => {
             let pn = normalize::normalize(pred);
             return if choice_letter(&pn) == Some(letter) { Verdict::Correct } else { Verdict::Wrong };
         }
-    }
-    let (rn, mut rnode) = read_answer(reference, rn);
+        Reference::Value(rn, node) => (rn, node),
+    };
     let (pn, mut pnode) = read_answer(pred, normalize::normalize(pred));
     // one-word answers: case does not matter, letters are not reordered (`yes` != `sey`)
     if is_word(&pn) && is_word(&rn) {
@@ -905,15 +923,12 @@ pub fn check_reference(reference: &str) -> Result<(), String> {
             format!("empty reference answer after extraction from `{}`", truncate(reference.trim(), 60))
         });
     }
-    let rn = normalize::normalize(r);
-    if choice_letter(&rn).is_some() && rn.trim_start_matches('(').trim_end_matches(')').len() == 1 {
-        return Ok(());
+    // The same reading `equivalent` grades with: an unparsed value that looks mathematical
+    // would make it return `UnparseableReference` for every completion.
+    match read_reference(r) {
+        Reference::Value(rn, None) if looks_mathy(&rn) => Err(format!("cannot parse the reference answer `{}`", truncate(r, 80))),
+        _ => Ok(()),
     }
-    let (rn, node) = read_answer(r, rn);
-    if node.is_none() && !is_word(&rn) && looks_mathy(&rn) {
-        return Err(format!("cannot parse the reference answer `{}`", truncate(r, 80)));
-    }
-    Ok(())
 }
 
 /// Whether a completion's final answer matches the reference (extraction + equivalence).
