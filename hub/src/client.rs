@@ -12,6 +12,7 @@
 
 use crate::cache::RepoCache;
 use crate::config::HubConfig;
+use crate::dataset::{available_splits, DatasetSpec, PARQUET_CONVERSION};
 use crate::error::HubError;
 use crate::error::HubError::{Access, FileNotFound, Http, RepoNotFound, RevisionNotFound};
 use crate::id::{is_commit_hash, ModelId};
@@ -156,15 +157,102 @@ impl Hub {
         Ok(dir)
     }
 
+    /// The data files (repository path, local file) of a dataset split or file, fetched into
+    /// the cache unless there already (see [`crate::dataset`] for how files are matched).
+    /// Offline, or when the Hub cannot be reached, the cache answers for the revision it last
+    /// resolved to.
+    pub fn dataset(&self, spec: &DatasetSpec) -> Result<Vec<(String, PathBuf)>, HubError> {
+        let id = &spec.id;
+        let cache = RepoCache::new(&self.cfg.cache_dir, id);
+        let from_cache = || -> Result<Vec<(String, PathBuf)>, String> {
+            let mut revisions = vec![id.revision.as_str()];
+            if spec.may_use_conversion() {
+                revisions.push(PARQUET_CONVERSION);
+            }
+            let mut tried = vec![];
+            for rev in revisions {
+                let Some(commit) = cache.commit_of(rev) else {
+                    tried.push(format!("no refs/{rev}"));
+                    continue;
+                };
+                let dir = cache.snapshot(&commit);
+                let files = files_under(&dir);
+                let picked = spec.pick(&files);
+                if !picked.is_empty() {
+                    return Ok(picked.into_iter().map(|f| (f.clone(), dir.join(&f))).collect());
+                }
+                tried.push(format!("no matching files in {}", dir.display()));
+            }
+            Err(format!("{} for {}", tried.join("; "), spec.describe()))
+        };
+        if self.cfg.offline {
+            let files = from_cache().map_err(|what| HubError::NotCached {
+                id: id.to_string(),
+                repo: format!("{} --repo-type dataset", id.repo),
+                cache: self.cfg.cache_dir.clone(),
+                what,
+            })?;
+            self.say(&format!("{id}: offline, {} from the cache", spec.describe()));
+            return Ok(files);
+        }
+        let mut seen = BTreeSet::new();
+        let mut attempts = vec![id.clone()];
+        if spec.may_use_conversion() {
+            attempts.push(id.at(PARQUET_CONVERSION));
+        }
+        for (i, at) in attempts.iter().enumerate() {
+            let (commit, files) = match self.revision_info(at) {
+                Ok(info) => info,
+                // No conversion branch: the dataset simply has not got one.
+                Err(Fail::Hub(HubError::RevisionNotFound { .. })) if i > 0 => continue,
+                Err(Fail::Hub(e)) => return Err(e),
+                Err(Fail::Down(cause)) => {
+                    return match from_cache() {
+                        Ok(files) => {
+                            eprintln!("note: cannot reach {} ({cause}); using {id} from the cache", self.cfg.endpoint);
+                            Ok(files)
+                        }
+                        Err(_) => Err(HubError::Unreachable {
+                            id: id.to_string(),
+                            endpoint: self.cfg.endpoint.clone(),
+                            cause,
+                            cache: self.cfg.cache_dir.clone(),
+                        }),
+                    };
+                }
+            };
+            cache.write_ref(&at.revision, &commit)?;
+            let picked = spec.pick(&files);
+            if picked.is_empty() {
+                seen.extend(files);
+                continue;
+            }
+            let mut out = vec![];
+            for f in picked {
+                let path = self.fetch(at, &cache, &commit, &f)?;
+                out.push((f, path));
+            }
+            self.say(&format!("{at}: {} at commit {commit}: {} file(s)", spec.describe(), out.len()));
+            return Ok(out);
+        }
+        let looked = if spec.may_use_conversion() {
+            format!("at {} and in the Hub's Parquet conversion {PARQUET_CONVERSION}", id.revision)
+        } else {
+            format!("at {}", id.revision)
+        };
+        Err(HubError::NoData { id: id.to_string(), what: spec.describe(), looked, available: available_splits(&seen) })
+    }
+
     fn say(&self, line: &str) {
         if self.cfg.progress {
             eprintln!("{line}");
         }
     }
 
-    /// `GET /api/models/{repo}/revision/{revision}`: the commit and the repository's files.
+    /// `GET /api/models/{repo}/revision/{revision}` (`/api/datasets/...`): the commit and the
+    /// repository's files.
     fn revision_info(&self, id: &ModelId) -> Result<(String, BTreeSet<String>), Fail> {
-        let url = format!("{}/api/models/{}/revision/{}", self.cfg.endpoint, id.repo, encode(&id.revision, false));
+        let url = format!("{}/api/{}/{}/revision/{}", self.cfg.endpoint, id.kind_plural(), id.repo, encode(&id.revision, false));
         let mut resp = self.call("GET", &url, None).map_err(Fail::Down)?;
         let status = resp.status().as_u16();
         if status >= 500 {
@@ -194,7 +282,7 @@ impl Hub {
         if pointer.is_file() {
             return Ok(pointer);
         }
-        let url = format!("{}/{}/resolve/{commit}/{}", self.cfg.endpoint, id.repo, encode(file, true));
+        let url = format!("{}/{}/resolve/{commit}/{}", self.cfg.endpoint, id.url_path(), encode(file, true));
         let meta = self.head(id, &url, file, commit)?;
         let blob = cache.blob(&meta.etag);
         let _lock = cache.lock(&meta.etag)?;
@@ -395,12 +483,12 @@ impl Hub {
         let token_sent = self.cfg.token.is_some();
         match (status, code, file) {
             (_, Some("RepoNotFound"), _) | (404, None, None) => RepoNotFound { id: id.to_string(), endpoint, token_sent },
-            (_, Some("RevisionNotFound"), _) => RevisionNotFound { repo: id.repo.clone(), revision: id.revision.clone(), endpoint },
+            (_, Some("RevisionNotFound"), _) => RevisionNotFound { repo: id.url_path(), revision: id.revision.clone(), endpoint },
             (_, Some("EntryNotFound"), Some((f, c))) | (404, _, Some((f, c))) => {
                 FileNotFound { id: id.to_string(), file: f.into(), endpoint, commit: c.into(), hint: None }
             }
             (401 | 403, _, _) | (_, Some("GatedRepo"), _) => {
-                Access { id: id.to_string(), repo: id.repo.clone(), endpoint, status, gated: code == Some("GatedRepo"), token_sent, server }
+                Access { id: id.to_string(), repo: id.url_path(), endpoint, status, gated: code == Some("GatedRepo"), token_sent, server }
             }
             _ => Http { id: id.to_string(), url: url.into(), status, server },
         }
@@ -428,6 +516,27 @@ pub fn cached_snapshot(cache: &RepoCache, revision: &str) -> Result<PathBuf, Str
     } else {
         Err(format!("snapshot {} lacks {}", dir.display(), missing.join(", ")))
     }
+}
+
+/// Every file below `dir`, as repository paths (`a/b.parquet`).
+fn files_under(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            // A snapshot's files are symlinks into blobs/: follow them (a dangling one is skipped).
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                if let Ok(rel) = p.strip_prefix(dir) {
+                    out.insert(rel.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The shard files a `model.safetensors.index.json` lists, each once.

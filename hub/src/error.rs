@@ -10,9 +10,11 @@ pub enum HubError {
     InvalidId(String),
 
     #[error(
-        "{id}: no such model on {endpoint}, or it is private and {}. Check the id (`org/name` as on the model page), or give a local folder{}",
+        "{id}: no such {} on {endpoint}, or it is private and {}. Check the id (`org/name` as on the Hub's page), or give a local {}{}",
+        if id.starts_with("datasets/") { "dataset" } else { "model" },
         if *.token_sent { "the token sent (HF_TOKEN or the token file) has no access to it" } else { "no token was sent: set HF_TOKEN to a token with read access" },
-        if *.token_sent { "; for a private model use a token of an account that can read it" } else { "" }
+        if id.starts_with("datasets/") { "file" } else { "folder" },
+        if *.token_sent { "; for a private repository use a token of an account that can read it" } else { "" }
     )]
     RepoNotFound { id: String, endpoint: String, token_sent: bool },
 
@@ -25,6 +27,7 @@ pub enum HubError {
     Access { id: String, repo: String, endpoint: String, status: u16, gated: bool, token_sent: bool, server: Option<String> },
 
     #[error("{repo}: no revision `{revision}` on {endpoint}: give a branch, tag or commit hash that exists (see {endpoint}/{repo}/tree/main), or drop `@{revision}` for main")]
+    // `repo` is the URL path: `org/name`, or `datasets/org/name`.
     RevisionNotFound { repo: String, revision: String, endpoint: String },
 
     #[error("{id}: file `{file}` not found on {endpoint} at commit {commit}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
@@ -42,16 +45,29 @@ pub enum HubError {
     NoTokenizer { id: String },
 
     #[error(
-        "cannot reach the Hugging Face Hub at {endpoint} to fetch {id} ({cause}), and it is not in the local cache {}. Check the network (and HTTPS_PROXY if you need a proxy), set HF_ENDPOINT to use a mirror, or download the model where there is a network and point HF_HUB_CACHE at a copy of that cache",
+        "cannot reach the Hugging Face Hub at {endpoint} to fetch {id} ({cause}), and it is not in the local cache {}. Check the network (and HTTPS_PROXY if you need a proxy), set HF_ENDPOINT to use a mirror, or download it where there is a network and point HF_HUB_CACHE at a copy of that cache",
         cache.display()
     )]
     Unreachable { id: String, endpoint: String, cause: String, cache: PathBuf },
 
     #[error(
-        "{id}: HF_HUB_OFFLINE is set and the model is not in the cache {} ({what}). Unset HF_HUB_OFFLINE to download it, or download it where there is a network (`hf download {repo}`) and point HF_HUB_CACHE at that cache",
+        "{id}: HF_HUB_OFFLINE is set and it is not in the cache {} ({what}). Unset HF_HUB_OFFLINE to download it, or download it where there is a network (`hf download {repo}`) and point HF_HUB_CACHE at that cache",
         cache.display()
     )]
     NotCached { id: String, repo: String, cache: PathBuf, what: String },
+
+    #[error("{0}")]
+    BadDatasetSpec(String),
+
+    #[error(
+        "{id}: no Parquet or JSONL files for {what} ({looked}){}",
+        if available.is_empty() {
+            "; the repository has no Parquet or JSONL files at all (a dataset built by a loading script: load it with `datasets`, write it out with `to_json(..., lines=True)` or `to_parquet`, and give that file)".to_string()
+        } else {
+            format!("; it has: {}. Give one of those as hf://{}/CONFIG/SPLIT", available.join(", "), id.split('@').next().unwrap_or(id))
+        }
+    )]
+    NoData { id: String, what: String, looked: String, available: Vec<String> },
 
     #[error("{id}: {url} answered HTTP {status}{}; try again later, or check HF_ENDPOINT", server.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Http { id: String, url: String, status: u16, server: Option<String> },

@@ -1,8 +1,15 @@
-//! `org/name` or `org/name@revision`: a model on the Hub.
+//! `org/name` or `org/name@revision`: a model (or a dataset) on the Hub.
 
 use std::fmt;
 
 pub const DEFAULT_REVISION: &str = "main";
+
+/// Models and datasets live under different URL prefixes and cache folder names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoKind {
+    Model,
+    Dataset,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelId {
@@ -10,6 +17,7 @@ pub struct ModelId {
     pub repo: String,
     /// A branch, tag or commit hash [main].
     pub revision: String,
+    pub kind: RepoKind,
 }
 
 impl ModelId {
@@ -24,17 +32,47 @@ impl ModelId {
         if !(valid_part(org) && valid_part(name) && repo.len() <= 96 && valid_revision(revision)) {
             return None;
         }
-        Some(ModelId { repo: repo.to_string(), revision: revision.to_string() })
+        Some(ModelId { repo: repo.to_string(), revision: revision.to_string(), kind: RepoKind::Model })
     }
 
-    /// The cache folder name: `models--org--name`.
+    /// A dataset repository, `org/name[@revision]` (or `None`, as [`ModelId::parse`]).
+    pub fn parse_dataset(s: &str) -> Option<ModelId> {
+        ModelId::parse(s).map(|m| ModelId { kind: RepoKind::Dataset, ..m })
+    }
+
+    /// The same repository at another revision.
+    pub fn at(&self, revision: &str) -> ModelId {
+        ModelId { revision: revision.to_string(), ..self.clone() }
+    }
+
+    /// The cache folder name: `models--org--name` (`datasets--org--name`).
     pub fn folder_name(&self) -> String {
-        format!("models--{}", self.repo.replace('/', "--"))
+        format!("{}--{}", self.kind_plural(), self.repo.replace('/', "--"))
+    }
+
+    /// `models` or `datasets`: the API's path part and the cache folder's prefix.
+    pub fn kind_plural(&self) -> &'static str {
+        match self.kind {
+            RepoKind::Model => "models",
+            RepoKind::Dataset => "datasets",
+        }
+    }
+
+    /// The repository's page and file URLs below the endpoint: `org/name` for a model,
+    /// `datasets/org/name` for a dataset.
+    pub fn url_path(&self) -> String {
+        match self.kind {
+            RepoKind::Model => self.repo.clone(),
+            RepoKind::Dataset => format!("datasets/{}", self.repo),
+        }
     }
 }
 
 impl fmt::Display for ModelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind == RepoKind::Dataset {
+            f.write_str("datasets/")?;
+        }
         if self.revision == DEFAULT_REVISION {
             f.write_str(&self.repo)
         } else {
@@ -96,6 +134,12 @@ mod tests {
         ] {
             assert_eq!(ModelId::parse(bad), None, "{bad}");
         }
+        let d = ModelId::parse_dataset("openai/gsm8k").unwrap();
+        assert_eq!(
+            (d.folder_name(), d.url_path(), d.to_string()),
+            ("datasets--openai--gsm8k".into(), "datasets/openai/gsm8k".into(), "datasets/openai/gsm8k".into())
+        );
+        assert_eq!(d.at("refs/convert/parquet").to_string(), "datasets/openai/gsm8k@refs/convert/parquet");
         assert!(is_commit_hash("0123456789abcdef0123456789abcdef01234567"));
         assert!(!is_commit_hash("main"));
     }

@@ -1,5 +1,6 @@
 //! Hugging Face Hub model ids for ponder: `org/name[@revision]` wherever a model folder is
-//! accepted. The files ponder reads (config.json, tokenizer files, safetensors weights) are
+//! accepted, and dataset splits, `hf://datasets/org/name[@revision]/config/split` wherever a
+//! dataset file is (see [`dataset`]). The files ponder reads (config.json, tokenizer files, safetensors weights) are
 //! fetched into and read from the cache Python's `huggingface_hub` uses (`HF_HUB_CACHE`,
 //! `HF_HOME`; default `~/.cache/huggingface/hub`), in its layout, so a model downloaded by
 //! either is reused by the other. `HF_ENDPOINT`, `HF_TOKEN` (or the token file of
@@ -8,6 +9,7 @@
 mod cache;
 mod client;
 mod config;
+pub mod dataset;
 mod error;
 mod id;
 pub mod testing;
@@ -15,8 +17,9 @@ pub mod testing;
 pub use cache::RepoCache;
 pub use client::{cached_snapshot, Hub, OPTIONAL_FILES, SINGLE_WEIGHTS, WEIGHTS_INDEX};
 pub use config::{HubConfig, DEFAULT_ENDPOINT};
+pub use dataset::DatasetSpec;
 pub use error::HubError;
-pub use id::{is_commit_hash, ModelId, DEFAULT_REVISION};
+pub use id::{is_commit_hash, ModelId, RepoKind, DEFAULT_REVISION};
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +32,13 @@ pub fn resolve_model(spec: &Path, cfg: &HubConfig) -> Result<PathBuf, HubError> 
         Some(id) => Hub::new(cfg.clone()).model(&id),
         None => Ok(spec.to_path_buf()),
     }
+}
+
+/// The data files of `hf://datasets/...` (`spec` is what follows `hf://`): (repository path,
+/// local file) in order, fetched into the shared cache unless there already.
+pub fn resolve_dataset(spec: &str, cfg: &HubConfig) -> Result<Vec<(String, PathBuf)>, HubError> {
+    let spec = DatasetSpec::parse(spec).map_err(HubError::BadDatasetSpec)?;
+    Hub::new(cfg.clone()).dataset(&spec)
 }
 
 /// The Hub id `spec` names, if it is one and no local path of that name exists.

@@ -78,8 +78,8 @@ impl MockHub {
         MockHub { url, addr, state, stopped }
     }
 
-    /// Adds a commit holding `files` to `repo` and points branch or tag `revision` at it;
-    /// returns the commit hash.
+    /// Adds a commit holding `files` to `repo` (`org/name` for a model, `datasets/org/name`
+    /// for a dataset) and points branch or tag `revision` at it; returns the commit hash.
     pub fn commit(&self, repo: &str, revision: &str, files: &[(&str, &[u8])]) -> String {
         let mut st = self.state.lock().unwrap();
         st.commits_made += 1;
@@ -138,9 +138,10 @@ impl Drop for MockHub {
     }
 }
 
-/// Which files the mock serves as LFS (redirect + X-Linked-Etag), as the Hub does weights.
+/// Which files the mock serves as LFS (redirect + X-Linked-Etag), as the Hub does weights
+/// and Parquet files.
 pub fn is_lfs(file: &str) -> bool {
-    file.ends_with(".safetensors")
+    file.ends_with(".safetensors") || file.ends_with(".parquet")
 }
 
 /// The blob name of an LFS file: its sha256.
@@ -242,6 +243,10 @@ fn route(st: &mut State, req: &Request, base: &str) -> Answer {
     }
     let (repo_id, rest) = match segs.as_slice() {
         ["api", "models", org, name, "revision", rev] => (format!("{org}/{name}"), Err(decode(rev))),
+        ["api", "datasets", org, name, "revision", rev] => (format!("datasets/{org}/{name}"), Err(decode(rev))),
+        ["datasets", org, name, "resolve", rev, file @ ..] if !file.is_empty() => {
+            (format!("datasets/{org}/{name}"), Ok((decode(rev), decode(&file.join("/")))))
+        }
         [org, name, "resolve", rev, file @ ..] if !file.is_empty() => (format!("{org}/{name}"), Ok((decode(rev), decode(&file.join("/"))))),
         _ => return Answer::new(404),
     };

@@ -317,3 +317,104 @@ fn an_existing_local_folder_is_used_as_it_is() {
     std::fs::remove_dir(&spec).unwrap();
     assert!(matches!(resolve_model(&spec, &cfg), Err(HubError::RepoNotFound { .. })));
 }
+
+fn dataset(cfg: &HubConfig, spec: &str) -> Result<Vec<(String, PathBuf)>, HubError> {
+    ponder_hub::resolve_dataset(spec, cfg)
+}
+
+/// openai/gsm8k as the Hub lays it out at main (configs `main` and `socratic`), Parquet as LFS.
+fn publish_gsm8k(hub: &MockHub) -> String {
+    hub.commit(
+        "datasets/openai/gsm8k",
+        "main",
+        &[
+            ("README.md", b"---\nconfigs: ...\n---"),
+            ("main/train-00000-of-00002.parquet", &weights(3000, 1)),
+            ("main/train-00001-of-00002.parquet", &weights(2000, 2)),
+            ("main/test-00000-of-00001.parquet", &weights(1000, 3)),
+            ("socratic/train-00000-of-00001.parquet", &weights(900, 4)),
+        ],
+    )
+}
+
+#[test]
+fn dataset_split_files_land_in_the_python_cache_layout() {
+    let hub = MockHub::start();
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = config(&hub.url, cache.path());
+    let commit = publish_gsm8k(&hub);
+    let files = dataset(&cfg, "datasets/openai/gsm8k/main/train").unwrap();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["main/train-00000-of-00002.parquet", "main/train-00001-of-00002.parquet"], "both shards, in order");
+    let repo = cache.path().join("datasets--openai--gsm8k");
+    assert_eq!(files[0].1, repo.join("snapshots").join(&commit).join("main/train-00000-of-00002.parquet"));
+    assert_eq!(std::fs::read(&files[1].1).unwrap(), weights(2000, 2));
+    // Python's layout: the blob is named by its sha256 (LFS), the pointer a relative link to it.
+    let link = std::fs::read_link(&files[0].1).unwrap();
+    assert_eq!(link, PathBuf::from("../../../blobs").join(lfs_etag(&weights(3000, 1))));
+    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), commit);
+    // Only the split asked for was downloaded: nothing of test / socratic.
+    let got: Vec<String> =
+        hub.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/resolve/")).map(|r| r.path.clone()).collect();
+    assert!(got.iter().all(|p| p.contains("/main/train-")), "{got:?}");
+    assert!(hub.requests()[0].path.starts_with("/api/datasets/openai/gsm8k/revision/main"), "{:?}", hub.requests()[0].path);
+
+    // A second read is served from the cache, even with the Hub gone, and offline.
+    hub.stop();
+    let again = dataset(&cfg, "datasets/openai/gsm8k/main/train").unwrap();
+    assert_eq!(again, files);
+    let offline = HubConfig { offline: true, ..cfg.clone() };
+    assert_eq!(dataset(&offline, "datasets/openai/gsm8k/main/train").unwrap(), files);
+    let err = dataset(&offline, "datasets/openai/gsm8k/main/test").unwrap_err().to_string();
+    assert!(err.contains("HF_HUB_OFFLINE") && err.contains("--repo-type dataset"), "{err}");
+}
+
+#[test]
+fn a_missing_split_names_the_splits_there_are_and_the_conversion_branch_stands_in() {
+    let hub = MockHub::start();
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = config(&hub.url, cache.path());
+    publish_gsm8k(&hub);
+    let err = dataset(&cfg, "datasets/openai/gsm8k/main/trian").unwrap_err().to_string();
+    assert!(err.contains("split `trian`") && err.contains("main/test, main/train, socratic/train"), "{err}");
+    assert!(err.contains("hf://datasets/openai/gsm8k/CONFIG/SPLIT"), "{err}");
+
+    // A dataset kept as a loading script: only the Hub's Parquet conversion has files.
+    hub.commit("datasets/org/scripted", "main", &[("scripted.py", b"class Builder: ..."), ("README.md", b"card")]);
+    let conv = hub.commit("datasets/org/scripted", "refs/convert/parquet", &[("default/test/0000.parquet", &weights(500, 9))]);
+    let files = dataset(&cfg, "datasets/org/scripted/test").unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].0, "default/test/0000.parquet");
+    assert_eq!(std::fs::read(&files[0].1).unwrap(), weights(500, 9));
+    // Recorded as Python records it: refs/refs/convert/parquet.
+    let refs = cache.path().join("datasets--org--scripted/refs/refs/convert/parquet");
+    assert_eq!(std::fs::read_to_string(refs).unwrap(), conv);
+    let err = dataset(&cfg, "datasets/org/scripted/validation").unwrap_err().to_string();
+    assert!(err.contains("refs/convert/parquet") && err.contains("default/test"), "{err}");
+
+    // No data files anywhere, no conversion: the message says what to do.
+    hub.commit("datasets/org/empty", "main", &[("loader.py", b"...")]);
+    let err = dataset(&cfg, "datasets/org/empty/train").unwrap_err().to_string();
+    assert!(err.contains("no Parquet or JSONL files at all") && err.contains("to_json"), "{err}");
+
+    // A single file by its path, a missing dataset, a malformed spec.
+    let one = dataset(&cfg, "datasets/openai/gsm8k/main/test-00000-of-00001.parquet").unwrap();
+    assert_eq!(std::fs::read(&one[0].1).unwrap(), weights(1000, 3));
+    let err = dataset(&cfg, "datasets/org/nope/train").unwrap_err().to_string();
+    assert!(err.contains("datasets/org/nope") && err.contains("no such dataset"), "{err}");
+    let err = dataset(&cfg, "openai/gsm8k/main/train").unwrap_err().to_string();
+    assert!(err.contains("only datasets"), "{err}");
+}
+
+#[test]
+fn a_gated_dataset_asks_for_a_token_at_the_dataset_page() {
+    let hub = MockHub::start();
+    let cache = tempfile::tempdir().unwrap();
+    hub.commit("datasets/org/gated", "main", &[("data/train-00000-of-00001.parquet", &weights(700, 5))]);
+    hub.gate("datasets/org/gated", "hf_good");
+    let err = dataset(&config(&hub.url, cache.path()), "datasets/org/gated/train").unwrap_err().to_string();
+    assert!(err.contains("gated") && err.contains(&format!("{}/datasets/org/gated", hub.url)) && err.contains("HF_TOKEN"), "{err}");
+    let cfg = HubConfig { token: Some("hf_good".into()), ..config(&hub.url, cache.path()) };
+    let files = dataset(&cfg, "datasets/org/gated/train").unwrap();
+    assert_eq!(files[0].0, "data/train-00000-of-00001.parquet");
+}
