@@ -108,10 +108,12 @@ impl std::fmt::Display for Paths {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataCfg {
-    /// Training prompts, JSONL: one file or a list (rows concatenated; mix tasks this way,
-    /// each row's `task` field routing its rewards).
+    /// Training prompts: one dataset or a list (rows concatenated; mix tasks this way, each
+    /// row's `task` field routing its rewards). A dataset is a JSONL file, a `.parquet` file, or
+    /// a Hub dataset split `hf://datasets/org/name[@revision]/config/split` (fetched into the
+    /// shared Hugging Face cache).
     pub train: Paths,
-    /// Held-out prompts, JSONL, one file or a list (optional; used by `train.eval_every`).
+    /// Held-out prompts, one dataset or a list, as `train` (optional; used by `train.eval_every`).
     #[serde(default)]
     pub eval: Option<Paths>,
     /// Field holding the prompt text (default "prompt").
@@ -135,6 +137,16 @@ pub struct DataCfg {
     /// with `template = "chat"` it lands inside the user message of any model's template.
     #[serde(default)]
     pub instruction: String,
+    /// The prompt built from the row's fields instead of read from `prompt_field`: `{name}`
+    /// becomes the field's value (text as it is; numbers, and lists as `[3, 8, 1]`, as Python
+    /// prints them), `{{` and `}}` literal braces; e.g. TinyZero's Countdown
+    /// "Using the numbers {nums}, create an equation that equals {target}. ...".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_format: Option<String>,
+    /// Fields renamed in every row before anything reads it (`{ nums = "numbers" }` gives
+    /// TinyZero's Countdown rows the `numbers` field the countdown reward reads).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rename: std::collections::BTreeMap<String, String>,
 }
 
 fn default_prompt_field() -> String {
@@ -432,8 +444,16 @@ impl Recipe {
     }
 
     pub fn resolve_paths(&mut self, base: &Path) {
+        // A data path may end in a row range (`file.jsonl[0:100]`): the file decides.
+        let file = |p: &Path| -> PathBuf {
+            let t = p.to_string_lossy();
+            match t.strip_suffix(']').and_then(|x| x.rfind('[')) {
+                Some(i) if !p.exists() => PathBuf::from(&t[..i]),
+                _ => p.to_path_buf(),
+            }
+        };
         let fix = |p: &mut PathBuf| {
-            if p.is_relative() && !p.exists() && base.join(&*p).exists() {
+            if p.is_relative() && !file(p).exists() && base.join(file(p)).exists() {
                 *p = base.join(&*p);
             }
         };
@@ -513,6 +533,9 @@ impl Recipe {
         let t = &self.data.template;
         if t != "r1_zero" && t != "chat" && !t.contains("{prompt}") {
             bail!("data.template must be `r1_zero`, `chat`, or a string containing {{prompt}}; got {t:?}");
+        }
+        if let Some(f) = &self.data.prompt_format {
+            crate::data::format_fields(f, &serde_json::Map::new(), true).map_err(|e| anyhow::anyhow!("data.prompt_format: {e}"))?;
         }
         if !(0.0..1.0).contains(&self.data.max_bad_fraction) {
             bail!("data.max_bad_fraction must be in [0, 1) (the share of unusable rows to skip), got {}", self.data.max_bad_fraction);

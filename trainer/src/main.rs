@@ -202,7 +202,10 @@ struct EvalArgs {
     /// models share the charts).
     #[arg(long, required_unless_present = "combine")]
     model: Vec<String>,
-    /// JSONL with `prompt` and `answer` (and any fields the rewards read).
+    /// The problems: JSONL, Parquet, or a Hub dataset split
+    /// `hf://datasets/org/name[@revision]/config/split`, each optionally with a row range
+    /// `[start:end]` (e.g. `hf://datasets/openai/gsm8k/main/test[:500]`); rows with `prompt`
+    /// and `answer` fields (see --prompt-field, --answer-field) and any the rewards read.
     #[arg(long, required_unless_present = "combine")]
     data: Option<PathBuf>,
     /// Evaluate nothing: draw the charts of saved reports (LABEL.json as --out-dir writes
@@ -224,6 +227,14 @@ struct EvalArgs {
     /// Text appended to every prompt before the template (a recipe's `data.instruction`).
     #[arg(long, default_value = "", value_name = "TEXT")]
     instruction: String,
+    /// Build each prompt from the row's fields instead of --prompt-field: `{name}` becomes
+    /// the field's value, as Python's str() prints it (a recipe's `data.prompt_format`).
+    #[arg(long, value_name = "FORMAT")]
+    prompt_format: Option<String>,
+    /// Rename a field of every row before anything reads it, FROM=TO (repeatable; a recipe's
+    /// `data.rename`), e.g. `nums=numbers` for TinyZero's Countdown rows.
+    #[arg(long, value_name = "FROM=TO")]
+    rename: Vec<String>,
     /// Samples per prompt (N).
     #[arg(long, default_value_t = 1)]
     samples: usize,
@@ -322,8 +333,22 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         prompt_field: a.prompt_field.clone(),
         answer_field: a.answer_field.clone(),
         instruction: a.instruction.clone(),
+        prompt_format: a.prompt_format.clone(),
+        rename: a
+            .rename
+            .iter()
+            .map(|r| {
+                r.split_once('=')
+                    .filter(|(f, t)| !f.is_empty() && !t.is_empty())
+                    .map(|(f, t)| (f.to_string(), t.to_string()))
+                    .ok_or_else(|| anyhow::anyhow!("--rename {r}: expected FROM=TO, e.g. --rename nums=numbers"))
+            })
+            .collect::<Result<_>>()?,
         ..trainer::data::plain_cfg(&paths, &a.template)
     };
+    if let Some(f) = &cfg.prompt_format {
+        trainer::data::format_fields(f, &Default::default(), true).map_err(|e| anyhow::anyhow!("--prompt-format: {e}"))?;
+    }
     let rewards = match &a.rewards {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;

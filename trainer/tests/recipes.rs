@@ -26,15 +26,30 @@ fn every_shipped_recipe_loads_and_validates() {
             }
         } else {
             let (recipe, _) = trainer::config::Recipe::load(&p, &[]).unwrap_or_else(|e| panic!("{origin}: {e:#}"));
-            // A single run's data paths resolve against the recipe's folder, and the files exist.
+            // A single run's data paths resolve against the recipe's folder, and the files exist;
+            // a Hub dataset split is well formed (it is fetched only when a run starts).
             for f in recipe.data.train.list().into_iter().chain(recipe.data.eval.iter().flat_map(|e| e.list())) {
-                assert!(f.exists(), "{origin}: data file {} is missing", f.display());
+                let text = f.to_string_lossy();
+                match text.strip_prefix("hf://") {
+                    Some(spec) => {
+                        let spec = spec.split('[').next().unwrap();
+                        ponder_hub::DatasetSpec::parse(spec).unwrap_or_else(|e| panic!("{origin}: {e}"));
+                    }
+                    None => assert!(f.exists(), "{origin}: data file {} is missing", f.display()),
+                }
             }
         }
         names.push(p.file_name().unwrap().to_string_lossy().into_owned());
     }
     names.sort();
-    for want in ["tiny-r1-zero.toml", "tiny-r1.toml", "tiny-r1-distill.toml", "qwen2.5-0.5b-gsm8k.toml"] {
+    for want in [
+        "tiny-r1-zero.toml",
+        "tiny-r1.toml",
+        "tiny-r1-distill.toml",
+        "qwen2.5-0.5b-gsm8k.toml",
+        "qwen2.5-3b-countdown.toml",
+        "qwen2.5-math-1.5b-math.toml",
+    ] {
         assert!(names.iter().any(|n| n == want), "{want} not found in {names:?}");
     }
 }

@@ -328,6 +328,57 @@ fn eval_reads_gsm8k_rows_and_reports_bad_ones_by_line() {
     assert_eq!(v["num_prompts"], 3);
 }
 
+/// `ponder eval --data` on a Parquet file and on a Hub dataset split (`hf://datasets/...`,
+/// served by a loopback mock Hub into a fresh HF_HOME) evaluates exactly what the same rows
+/// as JSONL give: same prompts, same samples, same scores.
+#[test]
+fn eval_reads_parquet_and_hub_dataset_splits_as_it_reads_jsonl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, _) = setup(tmp.path());
+    let parquet = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parquet/gsm8k-snappy.parquet");
+    let gsm8k = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/gsm8k/test.jsonl")).unwrap();
+    let jsonl = tmp.path().join("gsm8k.jsonl");
+    std::fs::write(&jsonl, gsm8k.lines().take(23).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let hub = ponder_hub::testing::MockHub::start();
+    hub.commit(
+        "datasets/openai/gsm8k",
+        "main",
+        &[("main/test-00000-of-00001.parquet", &std::fs::read(&parquet).unwrap()), ("README.md", b"card")],
+    );
+    let home = tmp.path().join("hf");
+    let m = model.display().to_string();
+    let eval = |data: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ponder"));
+        cmd.args(["eval", "--model", &m, "--data", data, "--prompt-field", "question", "--template", TEMPLATE]);
+        cmd.args(["--max-new-tokens", "4", "--samples", "2", "--seed", "5"]);
+        cmd.env("HF_HOME", &home).env("HF_ENDPOINT", &hub.url);
+        for v in ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"] {
+            cmd.env_remove(v);
+        }
+        let r = cmd.output().unwrap();
+        assert!(r.status.success(), "{data}: {}", String::from_utf8_lossy(&r.stderr));
+        let mut v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        // Everything but where the data came from and how long it took.
+        v.as_object_mut().unwrap().retain(|k, _| k != "data" && !k.contains("second"));
+        assert!(v["mean_prompt_tokens"].as_f64().unwrap() > 20.0, "the prompts are GSM8K questions");
+        v
+    };
+    let from_jsonl = eval(&jsonl.display().to_string());
+    assert_eq!(from_jsonl["num_prompts"], 23);
+    assert_eq!(eval(&parquet.display().to_string()), from_jsonl);
+    assert_eq!(eval("hf://datasets/openai/gsm8k/main/test"), from_jsonl);
+    assert!(home.join("hub/datasets--openai--gsm8k/refs/main").is_file());
+    // A split the dataset lacks: the error names the ones it has.
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(["eval", "--model", &m, "--data", "hf://datasets/openai/gsm8k/main/train", "--prompt-field", "question"])
+        .env("HF_HOME", &home)
+        .env("HF_ENDPOINT", &hub.url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("split `train`") && err.contains("it has: main/test"), "{err}");
+}
+
 #[test]
 fn grpo_periodic_eval_logs_pass_and_maj_at_k() {
     let tmp = tempfile::tempdir().unwrap();

@@ -100,7 +100,7 @@ pub fn load_limited(paths: &Paths, template: &str, limit: usize) -> Result<Vec<d
     let cfg = data::plain_cfg(paths, template);
     let mut out = vec![];
     for p in paths.list() {
-        let mut ex = data::load_jsonl(p, &cfg)?;
+        let mut ex = data::load_rows(p, &cfg)?;
         if limit > 0 {
             ex.truncate(limit);
         }
@@ -129,7 +129,7 @@ pub fn load_screened(
     let set = rewards::RewardSet::from_specs(specs.to_vec()).map_err(|e| anyhow::anyhow!("{origin}: rewards: {e}"))?;
     let mut out = vec![];
     for p in paths.list() {
-        let (rows, bad) = data::read_jsonl(p, cfg)?;
+        let (rows, bad) = data::read_rows(p, cfg)?;
         let mut ok = data::screen(rows, bad, Some(&set), max_bad_fraction, &format!("{origin}: {}", p.display()), key)?;
         if ok.is_empty() {
             anyhow::bail!("{origin}: dataset {} has no examples", p.display());
