@@ -103,12 +103,7 @@ impl Hub {
                         eprintln!("note: cannot reach {} ({cause}); using {id} from the cache: {}", self.cfg.endpoint, dir.display());
                         Ok(dir)
                     }
-                    Err(_) => Err(HubError::Unreachable {
-                        id: id.to_string(),
-                        endpoint: self.cfg.endpoint.clone(),
-                        cause,
-                        cache: self.cfg.cache_dir.clone(),
-                    }),
+                    Err(_) => Err(self.unreachable(id, cause)),
                 };
             }
         };
@@ -212,12 +207,7 @@ impl Hub {
                             eprintln!("note: cannot reach {} ({cause}); using {id} from the cache", self.cfg.endpoint);
                             Ok(files)
                         }
-                        Err(_) => Err(HubError::Unreachable {
-                            id: id.to_string(),
-                            endpoint: self.cfg.endpoint.clone(),
-                            cause,
-                            cache: self.cfg.cache_dir.clone(),
-                        }),
+                        Err(_) => Err(self.unreachable(id, cause)),
                     };
                 }
             };
@@ -241,6 +231,10 @@ impl Hub {
             format!("at {}", id.revision)
         };
         Err(HubError::NoData { id: id.to_string(), what: spec.describe(), looked, available: available_splits(&seen) })
+    }
+
+    fn unreachable(&self, id: &ModelId, cause: String) -> HubError {
+        HubError::Unreachable { id: id.to_string(), endpoint: self.cfg.endpoint.clone(), cause, cache: self.cfg.cache_dir.clone() }
     }
 
     fn say(&self, line: &str) {
@@ -297,12 +291,7 @@ impl Hub {
     /// HEAD of a `resolve` URL, following relative redirects (a renamed repository) but not
     /// the LFS redirect to the CDN, whose first hop carries X-Linked-Etag / X-Linked-Size.
     fn head(&self, id: &ModelId, url: &str, file: &str, commit: &str) -> Result<FileMeta, HubError> {
-        let unreachable = |cause: String| HubError::Unreachable {
-            id: id.to_string(),
-            endpoint: self.cfg.endpoint.clone(),
-            cause,
-            cache: self.cfg.cache_dir.clone(),
-        };
+        let unreachable = |cause: String| self.unreachable(id, cause);
         let mut url = url.to_string();
         for _ in 0..10 {
             let resp = self.call("HEAD", &url, None).map_err(unreachable)?;

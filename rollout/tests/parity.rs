@@ -526,3 +526,57 @@ fn shared_prefix_forward_matches_the_plain_forward_with_gradients() {
         }
     }
 }
+
+/// Opt-in, a real pretrained model: SmolLM2-135M-Instruct (30 Llama layers, GQA 9/3, tied
+/// embeddings, 49,152 tokens) prepared from a PyPI package by `scripts/prepare_smollm2.py`,
+/// against transformers' own outputs written beside it: the chat template's text and token
+/// ids, the last prompt position's logits, and 32 greedy tokens with their log-probs. Runs
+/// when `PONDER_REAL_MODEL` names that folder (it is 540 MB and made by a script, so the
+/// default test run does not have it):
+///     PONDER_REAL_MODEL=runs/smollm2-135m-instruct cargo test --release -p rollout --test parity real_model -- --nocapture
+#[test]
+fn real_model_matches_transformers() {
+    let Ok(dir) = std::env::var("PONDER_REAL_MODEL") else {
+        eprintln!("real_model_matches_transformers: skipped (set PONDER_REAL_MODEL to the folder scripts/prepare_smollm2.py writes)");
+        return;
+    };
+    // cargo runs tests in the crate's folder: a relative path is taken from the workspace's.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+    let text = std::fs::read_to_string(dir.join("reference.json"))
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/prepare_smollm2.py first", dir.join("reference.json").display()));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let tk = Tokenizer::from_dir(&dir).unwrap();
+    let p = Policy::load(&dir, Kind::Float, parity_device()).unwrap();
+    let eos = p.eos_token_ids();
+    let (mut worst_logit, mut worst_lp) = (0f64, 0f64);
+    for (i, c) in v["chats"].as_array().unwrap().iter().enumerate() {
+        let messages: Vec<rollout::tokenizer::ChatMessage> = c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| rollout::tokenizer::ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let text = tk.apply_chat_template(&messages, true).unwrap();
+        assert_eq!(text, c["text"].as_str().unwrap(), "chat {i}: template text");
+        let ids = tk.encode(&text, false).unwrap();
+        let want_ids: Vec<i64> = serde_json::from_value(c["ids"].clone()).unwrap();
+        assert_eq!(ids, want_ids, "chat {i}: token ids");
+        let input = Tensor::from_slice(&ids).unsqueeze(0).to_device(parity_device());
+        let logits = tch::no_grad(|| p.model.forward(&input, &Tensor::ones_like(&input))).squeeze_dim(0);
+        let last = logits.get(ids.len() as i64 - 1);
+        let want: Vec<f32> = serde_json::from_value(c["last_logits"].clone()).unwrap();
+        let d = max_abs_diff(&last, &Tensor::from_slice(&want));
+        worst_logit = worst_logit.max(d);
+        assert!(d < 2e-3, "chat {i}: last-position logits differ from transformers by {d}");
+        let greedy: Vec<i64> = serde_json::from_value(c["greedy"].clone()).unwrap();
+        let out = generate(&p.model, None, &[ids.clone()], &[0], &eos, &greedy_params(greedy.len())).unwrap();
+        assert_eq!(out[0].token_ids, greedy, "chat {i}: greedy tokens differ from transformers'");
+        let lps: Vec<f32> = serde_json::from_value(c["greedy_logprobs"].clone()).unwrap();
+        for (a, b) in out[0].logprobs.iter().zip(&lps) {
+            worst_lp = worst_lp.max((a - b).abs() as f64);
+        }
+        assert!(worst_lp < 1e-3, "chat {i}: greedy log-probs differ from transformers' by {worst_lp}");
+        eprintln!("chat {i}: {:?}", tk.decode(&out[0].token_ids, true).unwrap());
+    }
+    eprintln!("real model parity: max |logit diff| {worst_logit:.2e}, max |log-prob diff| {worst_lp:.2e}");
+}

@@ -110,14 +110,18 @@ pub fn load_into(vars: &HashMap<String, Tensor>, dir: &Path) -> Result<Vec<Strin
     Ok(unused)
 }
 
-/// A contiguous CPU copy of a tensor, as raw little-endian bytes for safetensors.
-struct Bytes {
+/// A tensor made ready for safetensors (on the CPU, contiguous, in the file's dtype). Its
+/// bytes are copied out only when the writer asks for them, one tensor at a time, so writing
+/// a file holds one tensor's bytes beside the model instead of the whole file's (4 GB for a
+/// 0.5B model's AdamW moments).
+struct Prepared {
     dtype: Dtype,
     shape: Vec<usize>,
-    data: Vec<u8>,
+    t: Tensor,
+    len: usize,
 }
 
-impl safetensors::View for &Bytes {
+impl safetensors::View for &Prepared {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
@@ -125,20 +129,20 @@ impl safetensors::View for &Bytes {
         &self.shape
     }
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.data)
+        let mut data = vec![0u8; self.len];
+        self.t.copy_data_u8(&mut data, self.t.numel());
+        std::borrow::Cow::Owned(data)
     }
     fn data_len(&self) -> usize {
-        self.data.len()
+        self.len
     }
 }
 
-fn to_bytes(t: &Tensor, kind: Kind) -> Result<Bytes> {
+fn prepare(t: &Tensor, kind: Kind) -> Result<Prepared> {
     let t = t.detach().to_device(tch::Device::Cpu).to_kind(kind).contiguous();
     let dtype = dtype_of(kind).ok_or_else(|| RolloutError::Dtype(format!("{kind:?}")))?;
-    let numel = t.numel();
-    let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
-    t.copy_data_u8(&mut data, numel);
-    Ok(Bytes { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), data })
+    let len = t.numel() * kind.elt_size_in_bytes();
+    Ok(Prepared { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), t, len })
 }
 
 /// Writes tensors in Hugging Face layout: `model.safetensors`, or shards of at most
@@ -146,19 +150,19 @@ fn to_bytes(t: &Tensor, kind: Kind) -> Result<Bytes> {
 /// is what transformers expects.
 pub fn save(tensors: &BTreeMap<String, Tensor>, dir: &Path, kind: Kind, max_shard_bytes: Option<usize>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| RolloutError::io(dir, e))?;
-    let mut shards: Vec<Vec<(String, Bytes)>> = vec![vec![]];
+    let mut shards: Vec<Vec<(String, Prepared)>> = vec![vec![]];
     let mut size = 0usize;
     let mut total = 0usize;
     for (name, t) in tensors {
-        let b = to_bytes(t, if t.is_floating_point() { kind } else { t.kind() })?;
+        let b = prepare(t, if t.is_floating_point() { kind } else { t.kind() })?;
         if let Some(max) = max_shard_bytes {
-            if size > 0 && size + b.data.len() > max {
+            if size > 0 && size + b.len > max {
                 shards.push(vec![]);
                 size = 0;
             }
         }
-        size += b.data.len();
-        total += b.data.len();
+        size += b.len;
+        total += b.len;
         shards.last_mut().unwrap().push((name.clone(), b));
     }
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
@@ -167,7 +171,7 @@ pub fn save(tensors: &BTreeMap<String, Tensor>, dir: &Path, kind: Kind, max_shar
     for (i, shard) in shards.iter().enumerate() {
         let fname = if n == 1 { SINGLE.to_string() } else { format!("model-{:05}-of-{:05}.safetensors", i + 1, n) };
         let path = dir.join(&fname);
-        let views: Vec<(&str, &Bytes)> = shard.iter().map(|(k, b)| (k.as_str(), b)).collect();
+        let views: Vec<(&str, &Prepared)> = shard.iter().map(|(k, b)| (k.as_str(), b)).collect();
         safetensors::serialize_to_file(views, Some(meta.clone()), &path).map_err(|e| st_err(&path, e))?;
         for (k, _) in shard {
             weight_map.insert(k.clone(), serde_json::Value::String(fname.clone()));
@@ -183,8 +187,8 @@ pub fn save(tensors: &BTreeMap<String, Tensor>, dir: &Path, kind: Kind, max_shar
 
 /// Writes one safetensors file of named tensors in their own dtypes (optimizer state etc.).
 pub fn save_file(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let bytes: Vec<(String, Bytes)> = tensors.iter().map(|(k, t)| Ok((k.clone(), to_bytes(t, t.kind())?))).collect::<Result<_>>()?;
-    let views: Vec<(&str, &Bytes)> = bytes.iter().map(|(k, b)| (k.as_str(), b)).collect();
+    let ready: Vec<(String, Prepared)> = tensors.iter().map(|(k, t)| Ok((k.clone(), prepare(t, t.kind())?))).collect::<Result<_>>()?;
+    let views: Vec<(&str, &Prepared)> = ready.iter().map(|(k, b)| (k.as_str(), b)).collect();
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| st_err(path, e))
 }
