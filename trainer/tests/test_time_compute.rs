@@ -330,7 +330,7 @@ fn eval_reads_gsm8k_rows_and_reports_bad_ones_by_line() {
 
 /// `ponder eval --data` on a Parquet file and on a Hub dataset split (`hf://datasets/...`,
 /// served by a loopback mock Hub into a fresh HF_HOME) evaluates exactly what the same rows
-/// as JSONL give: same prompts, same samples, same scores.
+/// as JSONL give: same prompts, same samples, same scores (also with `--max-batch 3`).
 #[test]
 fn eval_reads_parquet_and_hub_dataset_splits_as_it_reads_jsonl() {
     let tmp = tempfile::tempdir().unwrap();
@@ -347,9 +347,10 @@ fn eval_reads_parquet_and_hub_dataset_splits_as_it_reads_jsonl() {
     );
     let home = tmp.path().join("hf");
     let m = model.display().to_string();
-    let eval = |data: &str| {
+    let eval = |data: &str, extra: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ponder"));
         cmd.args(["eval", "--model", &m, "--data", data, "--prompt-field", "question", "--template", TEMPLATE]);
+        cmd.args(extra);
         cmd.args(["--max-new-tokens", "4", "--samples", "2", "--seed", "5"]);
         cmd.env("HF_HOME", &home).env("HF_ENDPOINT", &hub.url);
         for v in ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"] {
@@ -363,10 +364,17 @@ fn eval_reads_parquet_and_hub_dataset_splits_as_it_reads_jsonl() {
         assert!(v["mean_prompt_tokens"].as_f64().unwrap() > 20.0, "the prompts are GSM8K questions");
         v
     };
-    let from_jsonl = eval(&jsonl.display().to_string());
+    let from_jsonl = eval(&jsonl.display().to_string(), &[]);
     assert_eq!(from_jsonl["num_prompts"], 23);
-    assert_eq!(eval(&parquet.display().to_string()), from_jsonl);
-    assert_eq!(eval("hf://datasets/openai/gsm8k/main/test"), from_jsonl);
+    assert_eq!(eval(&parquet.display().to_string(), &[]), from_jsonl);
+    assert_eq!(eval("hf://datasets/openai/gsm8k/main/test", &[]), from_jsonl);
+    // Smaller decode batches (less KV-cache memory) sample exactly the same (what they cost
+    // differs: a prompt split over two batches is prefilled twice).
+    let small = eval(&parquet.display().to_string(), &["--max-batch", "3"]);
+    for k in ["accuracy", "rewards", "mean_completion_tokens", "truncated_fraction", "majority_accuracy", "pass_at_k", "mean_prompt_tokens"]
+    {
+        assert_eq!(small[k], from_jsonl[k], "{k}");
+    }
     assert!(home.join("hub/datasets--openai--gsm8k/refs/main").is_file());
     // A split the dataset lacks: the error names the ones it has.
     let r = std::process::Command::new(env!("CARGO_BIN_EXE_ponder"))
