@@ -149,6 +149,57 @@ pub struct DataCfg {
     pub rename: std::collections::BTreeMap<String, String>,
 }
 
+/// How the rows of a stage's prompt files become prompts and answers (`[stages.fields]` of
+/// `eval` and `rejection_sample` stages): the same keys, defaults and meaning as in `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsCfg {
+    #[serde(default = "default_prompt_field")]
+    pub prompt_field: String,
+    #[serde(default = "default_answer_field")]
+    pub answer_field: String,
+    #[serde(default)]
+    pub instruction: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_format: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rename: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for FieldsCfg {
+    fn default() -> Self {
+        FieldsCfg {
+            prompt_field: default_prompt_field(),
+            answer_field: default_answer_field(),
+            instruction: String::new(),
+            prompt_format: None,
+            rename: Default::default(),
+        }
+    }
+}
+
+impl FieldsCfg {
+    /// A `DataCfg` reading `paths` with these fields and `template`.
+    pub fn data_cfg(&self, paths: &Paths, template: &str) -> DataCfg {
+        DataCfg {
+            prompt_field: self.prompt_field.clone(),
+            answer_field: self.answer_field.clone(),
+            instruction: self.instruction.clone(),
+            prompt_format: self.prompt_format.clone(),
+            rename: self.rename.clone(),
+            ..crate::data::plain_cfg(paths, template)
+        }
+    }
+
+    /// The prompt format's syntax (rows are checked when read).
+    pub fn check(&self, origin: &str) -> Result<()> {
+        if let Some(f) = &self.prompt_format {
+            crate::data::format_fields(f, &serde_json::Map::new(), true).map_err(|e| anyhow!("{origin}: fields.prompt_format: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 fn default_prompt_field() -> String {
     "prompt".into()
 }

@@ -525,3 +525,64 @@ max_new_tokens = 10
         assert!(dir.join("plots/ttc").join(f).exists(), "{f} missing");
     }
 }
+
+/// An `eval` stage reads a Parquet file (or any dataset `[data]` takes) with its own field
+/// mapping (`[stages.fields]`), a row range included; a bad prompt format is refused before
+/// anything runs, naming the stage.
+#[test]
+fn eval_stage_maps_fields_of_any_dataset() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use trainer::pipeline::{self, Pipeline};
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, _) = setup(tmp.path());
+    let parquet = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parquet/gsm8k-snappy.parquet");
+    let recipe = |format: &str| {
+        format!(
+            r#"
+[run]
+name = "f"
+output_dir = "{out}"
+[[stages]]
+name = "gsm"
+kind = "eval"
+model = "{model}"
+data = "{data}[3:8]"
+template = "{template}"
+samples = 2
+[stages.fields]
+prompt_field = "question"
+instruction = " Answer after ####."
+{format}
+[stages.sampling]
+max_new_tokens = 4
+"#,
+            out = tmp.path().display(),
+            model = model.display(),
+            data = parquet.display(),
+            template = TEMPLATE
+        )
+    };
+    let run = |text: String| -> anyhow::Result<()> {
+        let table: toml::Table = text.parse().unwrap();
+        let p: Pipeline = trainer::config::from_table(table.clone(), "test")?;
+        pipeline::run(p, &table, false, true, Arc::new(AtomicBool::new(false)))
+    };
+    let e = format!("{:#}", run(recipe("prompt_format = \"{question\"")).unwrap_err());
+    assert!(e.contains("gsm") && e.contains("fields.prompt_format"), "{e}");
+    run(recipe("")).unwrap();
+    let rep: eval::EvalReport = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("f/eval/gsm.json")).unwrap()).unwrap();
+    assert_eq!(rep.num_prompts, 5);
+    // Rows 3..8 of GSM8K's test split with the instruction: longer than the bare questions.
+    let questions = trainer::data::parquet_rows(&parquet, "fixture").unwrap();
+    let tk = rollout::tokenizer::Tokenizer::from_dir(&model).unwrap();
+    let want: f64 = questions[3..8]
+        .iter()
+        .map(|q| {
+            let text = TEMPLATE.replace("{prompt}", &format!("{} Answer after ####.", q["question"].as_str().unwrap()));
+            tk.encode(&text, true).unwrap().len() as f64
+        })
+        .sum::<f64>()
+        / 5.0;
+    assert!((rep.mean_prompt_tokens - want).abs() < 1e-9, "{} vs {want}", rep.mean_prompt_tokens);
+}

@@ -24,10 +24,15 @@ pub struct EvalStage {
     /// Model folder or Hub id (default: the previous stage's output).
     #[serde(default)]
     pub model: Option<PathBuf>,
-    /// Held-out JSONL: one file or a list.
+    /// Held-out prompts: one dataset or a list (JSONL, Parquet, `hf://datasets/...`, each
+    /// with an optional `[start:end]` row range).
     pub data: Paths,
     #[serde(default = "r1")]
     pub template: String,
+    /// `[stages.fields]`: `prompt_field`, `answer_field`, `instruction`, `prompt_format`,
+    /// `rename`, as in `[data]`.
+    #[serde(default)]
+    pub fields: crate::config::FieldsCfg,
     #[serde(default = "one_usize")]
     pub samples: usize,
     #[serde(default)]
@@ -67,6 +72,7 @@ impl EvalStage {
             bail!("{origin}: `samples` must be >= 1");
         }
         self.sampling.validate().map_err(|e| anyhow::anyhow!("{origin}: sampling: {e}"))?;
+        self.fields.check(origin)?;
         if !self.rewards.is_empty() {
             rewards::RewardSet::from_specs(self.rewards.clone()).map_err(|e| anyhow::anyhow!("{origin}: rewards: {e}"))?;
         }
@@ -147,7 +153,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let model = ctx.model_or_previous(&st.model)?;
     let rewards =
         [&st.rewards, &ctx.pipeline.eval_rewards].into_iter().find(|r| !r.is_empty()).cloned().unwrap_or_else(eval::default_rewards);
-    let cfg = data::plain_cfg(&st.data, &st.template);
+    let cfg = st.fields.data_cfg(&st.data, &st.template);
     let examples = load_screened(&st.data, &cfg, st.limit, &rewards, st.max_bad_fraction, &ctx.origin, "max_bad_fraction")?;
     let spec = st.spec(rewards, ctx.pipeline.run.seed, st.think.clone());
     spec.check().map_err(|e| anyhow::anyhow!("{}: {e}", ctx.origin))?;

@@ -42,10 +42,15 @@ pub struct RejectionSampleStage {
     /// The model to sample, a folder or Hub id (default: the previous stage's output).
     #[serde(default)]
     pub model: Option<PathBuf>,
-    /// Prompts, JSONL: one file or a list.
+    /// Prompts: one dataset or a list (JSONL, Parquet, `hf://datasets/...`, each with an
+    /// optional `[start:end]` row range).
     pub data: Paths,
     #[serde(default = "r1")]
     pub template: String,
+    /// `[stages.fields]`: `prompt_field`, `answer_field`, `instruction`, `prompt_format`,
+    /// `rename`, as in `[data]`.
+    #[serde(default)]
+    pub fields: crate::config::FieldsCfg,
     /// Completions sampled per prompt (k).
     #[serde(default = "eight")]
     pub samples: usize,
@@ -123,6 +128,7 @@ impl RejectionSampleStage {
             bail!("{origin}: `samples` and `shard_size` must be >= 1");
         }
         self.sampling.validate().map_err(|e| anyhow!("{origin}: sampling: {e}"))?;
+        self.fields.check(origin)?;
         let set = RewardSet::from_specs(self.reward_specs()).map_err(|e| anyhow!("{origin}: rewards: {e}"))?;
         let names = set.names();
         for k in self.filters.min_scores.keys() {
@@ -335,7 +341,7 @@ fn sample_shard(
 pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let st: RejectionSampleStage = ctx.config()?;
     let model = ctx.model_or_previous(&st.model)?;
-    let cfg = crate::data::plain_cfg(&st.data, &st.template);
+    let cfg = st.fields.data_cfg(&st.data, &st.template);
     let examples =
         super::eval::load_screened(&st.data, &cfg, st.limit, &st.reward_specs(), st.max_bad_fraction, &ctx.origin, "max_bad_fraction")?;
     let set = RewardSet::from_specs(st.reward_specs()).map_err(|e| anyhow!("{}: rewards: {e}", ctx.origin))?;
