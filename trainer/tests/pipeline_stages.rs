@@ -150,3 +150,43 @@ fn lm_training_resumes_mid_stage_bit_identically() {
         assert!(t.equal(&again.named_tensors()[k]), "{k} differs after resuming from the out-of-memory checkpoint");
     }
 }
+
+/// SFT rows come from any dataset with their own column names: the same rows as
+/// `question` / `solution` with `[stages.fields]` and
+/// `completion_field`, and as `prompt` / `completion`, give the same token sequences; a row
+/// without its completion is reported with its line.
+#[test]
+fn sft_rows_map_fields_like_every_dataset() {
+    use trainer::config::FieldsCfg;
+    use trainer::tiny::{self, TinyShape};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    let shape = TinyShape { hidden: 32, layers: 1, heads: 2, kv_heads: 1, intermediate: 64, vocab: 320 };
+    tiny::create_random_model(&model, shape, &tiny::default_corpus(2, 200), 3).unwrap();
+    let tk = rollout::tokenizer::Tokenizer::from_dir(&model).unwrap();
+    let plain = tmp.path().join("plain.jsonl");
+    let named = tmp.path().join("named.jsonl");
+    let rows = [("What is 2 + 3?", "<think> 2 + 3 = 5 </think> <answer> 5 </answer>"), ("Which is larger, 4 or 7?", "7")];
+    let line = |k1: &str, k2: &str, (p, c): &(&str, &str)| serde_json::json!({ k1: p, k2: c, "task": "x" }).to_string();
+    std::fs::write(&plain, rows.iter().map(|r| line("prompt", "completion", r) + "\n").collect::<String>()).unwrap();
+    std::fs::write(&named, rows.iter().map(|r| line("question", "solution", r) + "\n").collect::<String>()).unwrap();
+    let tmpl = "User: {prompt} Assistant:";
+    let want = trainer::stages::sft::sft_examples(&plain, tmpl, &FieldsCfg::default(), "completion", &tk, Some(1)).unwrap();
+    let fields = FieldsCfg { prompt_field: "question".into(), ..Default::default() };
+    let got = trainer::stages::sft::sft_examples(&named, tmpl, &fields, "solution", &tk, Some(1)).unwrap();
+    assert_eq!(
+        got.iter().map(|e| (&e.ids, e.loss_from)).collect::<Vec<_>>(),
+        want.iter().map(|e| (&e.ids, e.loss_from)).collect::<Vec<_>>()
+    );
+    // Hand check of the first: the prompt's tokens, then the completion's and EOS, loss from there.
+    let p = tk.encode(&tmpl.replace("{prompt}", rows[0].0), true).unwrap();
+    assert_eq!(want[0].loss_from, p.len());
+    assert_eq!(want[0].ids[..p.len()], p[..]);
+    assert_eq!(*want[0].ids.last().unwrap(), 1);
+    // The completion under the answer field's name works too; a missing one is named.
+    let as_answer = FieldsCfg { prompt_field: "question".into(), answer_field: "solution".into(), ..Default::default() };
+    let again = trainer::stages::sft::sft_examples(&named, tmpl, &as_answer, "solution", &tk, Some(1)).unwrap();
+    assert_eq!(again.len(), 2);
+    let e = format!("{:#}", trainer::stages::sft::sft_examples(&named, tmpl, &fields, "completion", &tk, Some(1)).unwrap_err());
+    assert!(e.contains("named.jsonl:1: needs a string completion field `completion`") && e.contains("2 row(s)"), "{e}");
+}

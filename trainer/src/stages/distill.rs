@@ -427,7 +427,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     } else if let Some(paths) = &st.sequences {
         let mut v = vec![];
         for p in paths.list() {
-            v.extend(super::sft::sft_examples(p, &st.template, &tk, eos)?);
+            v.extend(super::sft::sft_examples(p, &st.template, &Default::default(), "completion", &tk, eos)?);
         }
         if v.is_empty() {
             bail!("{}: no sequences in {paths}", ctx.origin);

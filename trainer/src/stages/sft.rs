@@ -6,7 +6,7 @@ use super::{r1, Ctx, Output, StageOutcome};
 use crate::config::Paths;
 use crate::data;
 use crate::lm::{self, LmCfg, LmExample};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use rollout::folder::Policy;
 use rollout::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -21,8 +21,16 @@ pub struct SftStage {
     /// starts from the base model again: `model = "{stages.base.model}"`.
     #[serde(default)]
     pub model: Option<PathBuf>,
-    /// JSONL with `prompt` and `completion`: one file or a list.
+    /// Prompt / completion rows: one dataset or a list (JSONL, Parquet, `hf://datasets/...`,
+    /// each with an optional `[start:end]` row range).
     pub data: Paths,
+    /// `[stages.fields]`: how rows become prompts (`prompt_field`, `instruction`,
+    /// `prompt_format`, `rename`), as in `[data]`.
+    #[serde(default)]
+    pub fields: crate::config::FieldsCfg,
+    /// The field holding the completion to learn [completion].
+    #[serde(default = "completion")]
+    pub completion_field: String,
     /// Prompt template (`r1_zero`, `chat`, or a string with `{prompt}`).
     #[serde(default = "r1")]
     pub template: String,
@@ -41,8 +49,13 @@ impl SftStage {
                 bail!("{origin}: `epochs` must be a positive number, got {e}");
             }
         }
+        self.fields.check(origin)?;
         self.train.check(origin)
     }
+}
+
+fn completion() -> String {
+    "completion".into()
 }
 
 pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
@@ -54,7 +67,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let eos = policy.eos_token_ids().first().copied();
     let mut examples = vec![];
     for p in st.data.list() {
-        examples.extend(sft_examples(p, &st.template, &tk, eos)?);
+        examples.extend(sft_examples(p, &st.template, &st.fields, &st.completion_field, &tk, eos)?);
     }
     if examples.is_empty() {
         bail!("{}: no SFT rows in {}", ctx.origin, st.data);
@@ -75,22 +88,45 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     Ok(StageOutcome::Done(Output { model: Some(model_dir), data: None }))
 }
 
-/// SFT sequences: template(prompt) + completion + EOS, loss on the completion.
-pub fn sft_examples(path: &Path, template: &str, tk: &Tokenizer, eos: Option<i64>) -> Result<Vec<LmExample>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow!("{}:{}: not valid JSON ({e})", path.display(), i + 1))?;
-        let (Some(p), Some(c)) = (v.get("prompt").and_then(|x| x.as_str()), v.get("completion").and_then(|x| x.as_str())) else {
-            bail!("{}:{}: needs string fields `prompt` and `completion`", path.display(), i + 1);
+/// SFT sequences: template(prompt) + completion + EOS, loss on the completion. Rows are read
+/// as every dataset is (see [`data::read_rows`]); a row without a prompt or without a string
+/// `completion_field` stops the stage with the first rows that lack one.
+pub fn sft_examples(
+    path: &Path,
+    template: &str,
+    fields: &crate::config::FieldsCfg,
+    completion_field: &str,
+    tk: &Tokenizer,
+    eos: Option<i64>,
+) -> Result<Vec<LmExample>> {
+    let cfg = fields.data_cfg(&crate::config::Paths::One(path.to_path_buf()), template);
+    let (rows, mut bad) = data::read_rows(path, &cfg)?;
+    let mut pairs = Vec::with_capacity(rows.len());
+    for ex in rows {
+        // The answer field is taken out of `extra` when rows are read.
+        let c = if completion_field == cfg.answer_field {
+            ex.answer.clone()
+        } else {
+            ex.extra.get(completion_field).and_then(|x| x.as_str()).map(String::from)
         };
-        let (ptext, special) = data::render_prompt(template, p, tk)?;
+        match c {
+            Some(c) => pairs.push((ex.prompt, c)),
+            None => bad.push(data::BadRow {
+                origin: ex.origin,
+                problem: format!("needs a string completion field `{completion_field}` (set completion_field to the name your data uses)"),
+            }),
+        }
+    }
+    if !bad.is_empty() {
+        let list: String = bad.iter().take(10).map(|b| format!("\n  {}: {}", b.origin, b.problem)).collect();
+        bail!("{}: {} row(s) cannot be used for SFT:{list}", path.display(), bad.len());
+    }
+    let mut out = vec![];
+    for (p, c) in pairs {
+        let (ptext, special) = data::render_prompt(template, &p, tk)?;
         let mut ids = tk.encode(&ptext, special)?;
         let loss_from = ids.len();
-        ids.extend(tk.encode(c, false)?);
+        ids.extend(tk.encode(&c, false)?);
         ids.extend(eos);
         out.push(LmExample { ids, loss_from });
     }
