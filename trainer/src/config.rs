@@ -496,15 +496,9 @@ impl Recipe {
 
     pub fn resolve_paths(&mut self, base: &Path) {
         // A data path may end in a row range (`file.jsonl[0:100]`): the file decides.
-        let file = |p: &Path| -> PathBuf {
-            let t = p.to_string_lossy();
-            match t.strip_suffix(']').and_then(|x| x.rfind('[')) {
-                Some(i) if !p.exists() => PathBuf::from(&t[..i]),
-                _ => p.to_path_buf(),
-            }
-        };
         let fix = |p: &mut PathBuf| {
-            if p.is_relative() && !file(p).exists() && base.join(file(p)).exists() {
+            let file = crate::data::dataset_source(p);
+            if p.is_relative() && !file.exists() && base.join(&file).exists() {
                 *p = base.join(&*p);
             }
         };

@@ -9,7 +9,7 @@ use rollout::SeededRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// DeepSeek-R1-Zero's template (DeepSeek-R1 paper, table 1).
 pub const R1_ZERO_TEMPLATE: &str = "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The assistant first thinks about the reasoning process in the mind and then provides the user with the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. User: {prompt}. Assistant:";
@@ -114,10 +114,25 @@ impl RowRange {
     }
 }
 
+/// Where a row range starts in a dataset path (`data.jsonl[10:20]` -> 10, the `[`): none
+/// when the path exists as written or does not end in `]`.
+fn range_start(text: &str, exists: bool) -> Option<usize> {
+    text.strip_suffix(']').and_then(|t| t.rfind('[')).filter(|_| !exists)
+}
+
+/// A dataset path without its row range: the file (or Hub split) it reads.
+pub fn dataset_source(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    match range_start(&text, path.exists()) {
+        Some(open) => PathBuf::from(&text[..open]),
+        None => path.to_path_buf(),
+    }
+}
+
 /// `data.jsonl[10:20]` -> (`data.jsonl`, the range). A path that exists as written, or does
 /// not end in `]`, has no range.
 fn split_range(text: &str, exists: bool) -> std::result::Result<(&str, Option<RowRange>), String> {
-    let Some(open) = text.strip_suffix(']').and_then(|t| t.rfind('[')).filter(|_| !exists) else {
+    let Some(open) = range_start(text, exists) else {
         return Ok((text, None));
     };
     let inner = &text[open + 1..text.len() - 1];

@@ -334,7 +334,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     }
     let data = a.data.clone().expect("clap requires --data");
     let paths = trainer::config::Paths::One(data.clone());
-    let cfg = trainer::config::DataCfg {
+    let fields = trainer::config::FieldsCfg {
         prompt_field: a.prompt_field.clone(),
         answer_field: a.answer_field.clone(),
         instruction: a.instruction.clone(),
@@ -349,11 +349,11 @@ fn run_eval(a: EvalArgs) -> Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--rename {r}: expected FROM=TO, e.g. --rename nums=numbers"))
             })
             .collect::<Result<_>>()?,
-        ..trainer::data::plain_cfg(&paths, &a.template)
     };
-    if let Some(f) = &cfg.prompt_format {
+    if let Some(f) = &fields.prompt_format {
         trainer::data::format_fields(f, &Default::default(), true).map_err(|e| anyhow::anyhow!("--prompt-format: {e}"))?;
     }
+    let cfg = fields.data_cfg(&paths, &a.template);
     let rewards = match &a.rewards {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
