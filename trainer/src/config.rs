@@ -2,7 +2,7 @@
 //! suggest the closest valid key; every field has a default documented here and in the
 //! README; `--set a.b=c` overrides; the resolved recipe is saved in the run folder.
 
-use crate::grpo::{LossType, ScaleRewards};
+use crate::grpo::{EngineIs, LossType, ScaleRewards};
 use anyhow::{anyhow, bail, Context, Result};
 use rewards::RewardSpec;
 use serde::{Deserialize, Serialize};
@@ -233,6 +233,30 @@ pub struct RolloutCfg {
     pub devices: Vec<String>,
     /// Rows per generation forward pass on one worker.
     pub max_batch: usize,
+    /// Who samples: `local` (the in-process worker pool) or an inference server already
+    /// running at `urls`: `sglang` or `vllm` (README: "Rollouts on an inference engine").
+    pub engine: Engine,
+    /// Base URLs of the servers (`engine` other than `local`); samples are spread over them.
+    pub urls: Vec<String>,
+    /// Seconds one engine call may take (a generation request, or one step of the weight
+    /// reload cycle) before it is an error naming the server (default 600).
+    pub engine_timeout_s: u64,
+    /// Requests in flight per server at once (default 64).
+    pub engine_max_in_flight: usize,
+    /// Where new weights are published for the servers, one folder per version; it must be
+    /// readable by the servers at the same path (a shared filesystem across nodes). Default:
+    /// `<run dir>/engine-weights`.
+    pub engine_weights_dir: Option<PathBuf>,
+}
+
+/// `[rollout] engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    #[default]
+    Local,
+    Sglang,
+    Vllm,
 }
 
 impl RolloutCfg {
@@ -265,6 +289,11 @@ impl Default for RolloutCfg {
             workers: 1,
             devices: vec![],
             max_batch: 256,
+            engine: Engine::Local,
+            urls: vec![],
+            engine_timeout_s: 600,
+            engine_max_in_flight: 64,
+            engine_weights_dir: None,
         }
     }
 }
@@ -310,6 +339,14 @@ pub struct GrpoCfg {
     pub max_tokens_per_micro_batch: usize,
     /// Abort (after saving a checkpoint) after this many consecutive non-finite steps.
     pub max_bad_steps: usize,
+    /// With an inference engine sampling, its log-probs differ from the learner's (other
+    /// kernels, precision): each token's loss is weighted by w = pi_learner / pi_engine at
+    /// the rollout's weights, `truncate`d at `engine_is_cap` (TRL, veRL's TIS) or `mask`ed
+    /// out above it; `off` trusts the engine. Unused with the local pool (its log-probs are
+    /// the learner's). Default truncate.
+    pub engine_is: EngineIs,
+    /// The cap of `engine_is` (default 2.0, as TRL).
+    pub engine_is_cap: f64,
 }
 
 impl GrpoCfg {
@@ -337,6 +374,8 @@ impl Default for GrpoCfg {
             logprob_chunk: 256,
             max_tokens_per_micro_batch: 4096,
             max_bad_steps: 3,
+            engine_is: EngineIs::Truncate,
+            engine_is_cap: 2.0,
         }
     }
 }
@@ -534,7 +573,37 @@ impl Recipe {
             bail!("rollout.max_batch must be >= 1 (rows per generation pass)");
         }
         r.sampling().validate().map_err(|e| anyhow!("[rollout]: {e}"))?;
+        if r.engine == Engine::Local && !r.urls.is_empty() {
+            bail!("rollout.urls is set but rollout.engine is \"local\": set rollout.engine = \"sglang\" or \"vllm\" to sample on those servers, or remove urls");
+        }
+        if r.engine != Engine::Local {
+            if r.urls.is_empty() {
+                bail!(
+                    "rollout.engine = {:?} needs rollout.urls, the servers' base URLs, e.g. urls = [\"http://127.0.0.1:30000\"]",
+                    r.engine
+                );
+            }
+            if let Some(u) = r.urls.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+                bail!("rollout.urls: {u:?} is not an http:// or https:// URL");
+            }
+            // The learner's ratios and the engine correction assume the full distribution.
+            if r.top_p != 1.0 || r.top_k != 0 || r.min_p != 0.0 {
+                bail!(
+                    "rollout.top_p / top_k / min_p must be 1 / 0 / 0 when an engine samples for training (got {} / {} / {}): \
+                     the engine's log-probs are of the unfiltered distribution, so a filtered sample's ratio is wrong",
+                    r.top_p,
+                    r.top_k,
+                    r.min_p
+                );
+            }
+            if r.engine_timeout_s == 0 || r.engine_max_in_flight == 0 {
+                bail!("rollout.engine_timeout_s and rollout.engine_max_in_flight must be >= 1");
+            }
+        }
         let g = &self.grpo;
+        if !(g.engine_is_cap >= 1.0 && g.engine_is_cap.is_finite()) {
+            bail!("grpo.engine_is_cap must be a number >= 1 (the largest importance weight kept), got {}", g.engine_is_cap);
+        }
         if g.epsilon < 0.0 || g.epsilon_high.is_some_and(|e| e < 0.0) {
             bail!("grpo.epsilon and grpo.epsilon_high must be >= 0");
         }

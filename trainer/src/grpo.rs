@@ -36,6 +36,34 @@ pub enum LossType {
     DrGrpo,
 }
 
+/// How the learner corrects for an inference engine's log-probs (`[grpo] engine_is`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineIs {
+    /// w = min(pi_learner / pi_engine, cap) (TRL's default, veRL's TIS).
+    Truncate,
+    /// w = 1 where pi_learner / pi_engine <= cap, else 0 (the token is dropped).
+    Mask,
+    /// w = 1.
+    Off,
+}
+
+/// The engine correction of each token, from the learner's log-probs at the rollout's
+/// weights and the engine's: (weight w, mismatch r - ln r - 1 with r = pi_learner /
+/// pi_engine (0 when they agree, the KL estimator peers log), whether r exceeded the cap).
+pub fn engine_is_weights(learner: &Tensor, engine: &Tensor, mode: EngineIs, cap: f64) -> (Tensor, Tensor, Tensor) {
+    let log_r = learner - engine;
+    let r = log_r.exp();
+    let mismatch = &r - &log_r - 1.0;
+    let capped = r.gt(cap);
+    let w = match mode {
+        EngineIs::Truncate => r.clamp_max(cap),
+        EngineIs::Mask => capped.logical_not().to_kind(r.kind()),
+        EngineIs::Off => r.ones_like(),
+    };
+    (w, mismatch, capped)
+}
+
 /// Unbiased (N - 1) standard deviation, as torch.std; 0 for fewer than two values.
 pub fn std_unbiased(x: &[f64]) -> f64 {
     if x.len() < 2 {
@@ -195,4 +223,28 @@ pub fn chunked_logprobs(
     let lp = Tensor::cat(&lps, 1);
     let ent = with_entropy.then(|| Tensor::cat(&ents, 1));
     (lp, ent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_correction_by_hand() {
+        // ratios pi_learner / pi_engine of 0.5, 1, 2.5 and 4
+        let r = [0.5f64, 1.0, 2.5, 4.0];
+        let engine = Tensor::from_slice(&[-1.0f32, -2.0, -0.5, -3.0]);
+        let learner = &engine + Tensor::from_slice(&r.map(|x| x.ln() as f32));
+        let v = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap();
+        let close = |a: Vec<f64>, b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        let (w, mm, capped) = engine_is_weights(&learner, &engine, EngineIs::Truncate, 2.0);
+        assert!(close(v(&w), &[0.5, 1.0, 2.0, 2.0]), "{:?}", v(&w));
+        // r - ln r - 1: 0.5 + 0.693147 - 1, 0, 2.5 - 0.916291 - 1, 4 - 1.386294 - 1
+        assert!(close(v(&mm), &[0.193147, 0.0, 0.583709, 1.613706]), "{:?}", v(&mm));
+        assert_eq!(v(&capped), [0.0, 0.0, 1.0, 1.0]);
+        let (w, _, _) = engine_is_weights(&learner, &engine, EngineIs::Mask, 3.0);
+        assert!(close(v(&w), &[1.0, 1.0, 1.0, 0.0]), "{:?}", v(&w));
+        let (w, _, _) = engine_is_weights(&learner, &engine, EngineIs::Off, 2.0);
+        assert!(close(v(&w), &[1.0; 4]));
+    }
 }

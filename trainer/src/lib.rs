@@ -16,6 +16,7 @@ pub mod model_path;
 pub mod optim;
 pub mod pipeline;
 pub mod plots;
+pub mod rollouts;
 pub mod stages;
 pub mod tasks;
 pub mod tiny;

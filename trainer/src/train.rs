@@ -8,6 +8,7 @@ use crate::data::{self, Cursor, Example};
 use crate::grpo;
 use crate::metrics::{ConsoleSink, JsonlSink, Row, Sink};
 use crate::optim::{lr_at, AdamW};
+use crate::rollouts::Rollouts;
 use crate::wandb_sink::WandbSink;
 use anyhow::{anyhow, bail, Context, Result};
 use rewards::{RewardSet, Sample};
@@ -57,7 +58,8 @@ pub struct Trainer {
     tk: Arc<Tokenizer>,
     policy: Policy,
     reference: Option<Policy>,
-    pool: RolloutPool,
+    /// The in-process worker pool, or inference servers.
+    rollouts: Rollouts,
     opt: AdamW,
     rewards: RewardSet,
     train_set: Vec<Example>,
@@ -148,8 +150,17 @@ impl Trainer {
             let ds = recipe.rollout.devices.iter().map(|d| parse_device(d)).collect::<Result<Vec<_>, _>>()?;
             (0..recipe.rollout.workers).map(|i| ds[i % ds.len()]).collect()
         };
-        let mut pool = RolloutPool::from_dir(&weights_dir, &devices, kind, tk.clone())?;
-        pool.max_batch = recipe.rollout.max_batch;
+        let rollouts = if recipe.rollout.engine == crate::config::Engine::Local {
+            let mut pool = RolloutPool::from_dir(&weights_dir, &devices, kind, tk.clone())?;
+            pool.max_batch = recipe.rollout.max_batch;
+            Rollouts::Local(pool)
+        } else {
+            // The servers start from whatever they were launched with: publish the learner's
+            // weights (the base model, or the resumed checkpoint's) before the first rollout.
+            let r = Rollouts::connect(&recipe, &run_dir, &model_dir, &policy, tk.clone(), kind)?;
+            r.sync(&policy, state.step)?;
+            r
+        };
         let mut opt = AdamW::new(policy.named_tensors(), &recipe.optim);
         if state.optimizer_step > 0 {
             opt.load(&weights_dir.join(checkpoint::OPTIMIZER), state.optimizer_step)?;
@@ -191,7 +202,7 @@ impl Trainer {
             tk,
             policy,
             reference,
-            pool,
+            rollouts,
             opt,
             rewards,
             train_set,
@@ -337,7 +348,7 @@ impl Trainer {
             let ps: Vec<Vec<i64>> = ex.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
             // Round 0 keeps the seed a run without refill has always used.
             let round_seed = if rounds == 0 { mix_seed(seed, step + 1) } else { mix_seed(mix_seed(seed, step + 1), rounds as u64) };
-            let gr = self.pool.generate_groups(&ps, g, &params, round_seed)?;
+            let gr = self.rollouts.generate_groups(&ps, g, &params, round_seed)?;
             let samples: Vec<Sample> =
                 ex.iter().zip(&gr).flat_map(|(e, grp)| grp.iter().map(move |c| (e, c))).map(|(e, c)| self.reward_sample(e, c)).collect();
             let sc = self.rewards.score_batch(&samples);
@@ -392,7 +403,7 @@ impl Trainer {
         if !kept_groups.is_empty() {
             let batch = self.build_batch(&kept_groups, &prompts, &comps, &adv)?;
             learn = self.learn(&batch)?;
-            self.pool.sync_weights(&self.policy.named_tensors())?;
+            self.rollouts.sync(&self.policy, step + 1)?;
         }
         if cfg.grpo.ref_sync_every > 0 && (step + 1) % cfg.grpo.ref_sync_every as u64 == 0 {
             if let Some(r) = &self.reference {
@@ -413,6 +424,10 @@ impl Trainer {
         row.insert("learning_rate".into(), json!(lr));
         row.insert("skipped_updates".into(), json!(learn.skipped));
         row.insert("micro_batches".into(), json!(learn.micro_batches));
+        if let (Some(mm), Some(capped)) = (learn.engine_mismatch, learn.engine_capped) {
+            row.insert("engine/mismatch_kl".into(), json!(mm));
+            row.insert("engine/is_capped_fraction".into(), json!(capped));
+        }
         row.insert("learner/rollout_logprob_diff_max".into(), json!(learn.lp_diff_max));
         row.insert("learner/rollout_logprob_diff_mean".into(), json!(learn.lp_diff_sum / learn.lp_diff_n.max(1.0)));
         // Share of the learner's computed positions that were padding (0 = none wasted).
@@ -595,7 +610,7 @@ impl Trainer {
         let prompts: Vec<Vec<i64>> = set.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
         let n_samples = self.recipe.train.eval_samples.max(1);
         let seed = mix_seed(self.recipe.run.seed, u64::MAX);
-        let groups = self.pool.generate_groups(&prompts, n_samples, &sampling(&self.recipe), seed)?;
+        let groups = self.rollouts.generate_groups(&prompts, n_samples, &sampling(&self.recipe), seed)?;
         let samples: Vec<Sample> =
             set.iter().zip(&groups).flat_map(|(e, g)| g.iter().map(move |c| (e, c))).map(|(e, c)| self.reward_sample(e, c)).collect();
         let scores = self.rewards.score_batch(&samples);

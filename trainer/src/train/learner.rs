@@ -190,6 +190,9 @@ struct Sums {
     entropy: f64,
     clip_low: f64,
     clip_high: f64,
+    engine_mismatch: f64,
+    engine_capped: f64,
+    engine_tokens: f64,
 }
 
 impl Trainer {
@@ -237,6 +240,18 @@ impl Trainer {
                 minibatches.iter().map(|mb| mb.passes.iter().map(|m| self.logprobs(&r.model, b, m, false).logp).collect()).collect()
             })
         });
+        // With an engine sampling, the learner's own log-probs at the rollout's weights, once
+        // per batch before any update: the PPO ratio's old policy, and (against the engine's)
+        // the correction weights. In process, the rollout's log-probs are the learner's.
+        let engine = self.rollouts.is_engine();
+        let learner_old: Option<Vec<Vec<Tensor>>> = engine.then(|| {
+            tch::no_grad(|| {
+                minibatches
+                    .iter()
+                    .map(|mb| mb.passes.iter().map(|m| self.logprobs(&self.policy.model, b, m, false).logp).collect())
+                    .collect()
+            })
+        });
         let mut st = LearnStats::default();
         let mut sums = Sums::default();
         let mut norms = vec![];
@@ -266,11 +281,30 @@ impl Trainer {
                         st.lp_diff_n += f64::try_from(valid.sum(Kind::Double))?;
                     }
                     // mu = 1: old = current (ratio 1, no extra forward pass); else the
-                    // rollout's log-probs.
-                    let old = if cfg.num_iterations == 1 { logp.detach() } else { m.select(&b.old) };
+                    // rollout's log-probs (the learner's own with an engine).
+                    let old = match &learner_old {
+                        Some(lo) => lo[mi][pi].shallow_clone(),
+                        None if cfg.num_iterations == 1 => logp.detach(),
+                        None => m.select(&b.old),
+                    };
                     let rl = ref_logp.as_ref().map(|r| &r[mi][pi]);
                     let tl = grpo::token_loss(&logp, &old, rl, &b.adv.index_select(0, &m.rows), cfg.epsilon, eps_high, cfg.beta);
-                    let loss = grpo::aggregate(&tl.per_token, &mask, cfg.loss_type, &norm);
+                    let per_token = match &learner_old {
+                        Some(lo) => {
+                            let (w, mismatch, capped) =
+                                grpo::engine_is_weights(&lo[mi][pi], &m.select(&b.old), cfg.engine_is, cfg.engine_is_cap);
+                            if it == 0 {
+                                let valid = m.select(&b.valid).to_kind(Kind::Float);
+                                let n = f64::try_from(valid.sum(Kind::Double))?;
+                                sums.engine_mismatch += grpo::masked_mean(&mismatch, &valid) * n;
+                                sums.engine_capped += grpo::masked_mean(&capped, &valid) * n;
+                                sums.engine_tokens += n;
+                            }
+                            &tl.per_token * w
+                        }
+                        None => tl.per_token.shallow_clone(),
+                    };
+                    let loss = grpo::aggregate(&per_token, &mask, cfg.loss_type, &norm);
                     let lv = f64::try_from(&loss)?;
                     if !lv.is_finite() {
                         finite = false;
@@ -321,6 +355,10 @@ impl Trainer {
         st.entropy = sums.entropy / t;
         st.clip_low = sums.clip_low / t;
         st.clip_high = sums.clip_high / t;
+        if engine {
+            st.engine_mismatch = Some(sums.engine_mismatch / sums.engine_tokens.max(1.0));
+            st.engine_capped = Some(sums.engine_capped / sums.engine_tokens.max(1.0));
+        }
         // Each pass's loss is normalised by its minibatch's totals, so the passes of one
         // minibatch sum to that minibatch's loss: the mean over minibatches and iterations.
         st.loss = sums.loss / (cfg.num_iterations * minibatches.len()).max(1) as f64;
@@ -351,6 +389,10 @@ pub(super) struct LearnStats {
     pub(super) lp_diff_n: f64,
     /// Forward/backward passes per optimizer step (after accumulation and the token cap).
     pub(super) micro_batches: usize,
+    /// With an engine: mean r - ln r - 1 (r = pi_learner / pi_engine at the rollout's
+    /// weights) and the share of tokens whose r exceeded `grpo.engine_is_cap`.
+    pub(super) engine_mismatch: Option<f64>,
+    pub(super) engine_capped: Option<f64>,
 }
 
 #[cfg(test)]
