@@ -71,7 +71,11 @@ fn a_damaged_checkpoint_is_skipped_and_from_picks_one() {
     // It went on from step 2: steps 3..6 again, each logged once, and the same weights as a
     // run that was never damaged.
     assert_eq!(steps_logged(&run), (1..=6).collect::<Vec<_>>());
-    same_files(&straight.join("checkpoints/step-6"), &run.join("checkpoints/step-6"), &["model.safetensors", "optimizer.safetensors"]);
+    same_files(
+        &straight.join("checkpoints/step-6"),
+        &run.join("checkpoints/step-6"),
+        &["model.safetensors", "train-state/optimizer.safetensors"],
+    );
 
     // --from step-2 on the finished straight run redoes steps 3..6 to the same bits.
     let before = std::fs::read(straight.join("checkpoints/step-6/model.safetensors")).unwrap();
@@ -186,7 +190,7 @@ fn kill_9_at_random_moments_then_resume_is_bit_identical() {
     same_files(
         &out.join("straight/checkpoints/step-10"),
         &run.join("checkpoints/step-10"),
-        &["model.safetensors", "optimizer.safetensors"],
+        &["model.safetensors", "train-state/optimizer.safetensors"],
     );
 
     // A pipeline: pretraining then SFT, checkpoints every 5 steps.

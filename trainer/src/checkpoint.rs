@@ -1,5 +1,6 @@
 //! Checkpoints: `checkpoints/step-N/` holds the policy in Hugging Face layout (loadable by
-//! transformers as is, tokenizer included), `optimizer.safetensors` (AdamW moments) and
+//! transformers, SGLang or vLLM as is, tokenizer included), `train-state/optimizer.safetensors`
+//! (AdamW moments; in a subfolder, where no loader that globs `*.safetensors` looks) and
 //! `trainer_state.json` (step, data cursor, optimizer step). Written to a temporary folder
 //! and renamed, so a crash mid-write never damages an existing checkpoint.
 
@@ -9,8 +10,29 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const STATE: &str = "trainer_state.json";
-pub const OPTIMIZER: &str = "optimizer.safetensors";
-pub const REFERENCE: &str = "reference.safetensors";
+/// Trainer-only tensors live in a subfolder: a weight loader that takes every top-level
+/// `*.safetensors` of a model folder (SGLang's and vLLM's do) must not read them as weights.
+pub const OPTIMIZER: &str = "train-state/optimizer.safetensors";
+pub const REFERENCE: &str = "train-state/reference.safetensors";
+
+/// Where `name` (e.g. [`OPTIMIZER`]) is in checkpoint `dir`: its place, or, in a checkpoint
+/// written before the subfolder existed, the top level.
+pub fn find(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    match Path::new(name).file_name() {
+        Some(f) if !p.exists() && dir.join(f).exists() => dir.join(f),
+        _ => p,
+    }
+}
+
+/// `dir/name`, its folder created, for writing.
+pub fn place(dir: &Path, name: &str) -> Result<PathBuf> {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    Ok(p)
+}
 /// Files copied from the source model folder so a checkpoint stands alone.
 pub const MODEL_SIDE_FILES: [&str; 6] =
     ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json", "special_tokens_map.json", "vocab.json"];
@@ -77,11 +99,20 @@ pub fn write_step_dir(
     if !tmp.join(state_file).exists() {
         bail!("checkpoint writer: {} was not written", tmp.join(state_file).display());
     }
-    // fsync the files so a power cut after the rename cannot leave empty files behind.
+    // fsync the files (and those of subfolders) so a power cut after the rename cannot leave
+    // empty files behind.
     for e in std::fs::read_dir(&tmp)? {
         let p = e?.path();
         if p.is_file() {
             std::fs::File::open(&p)?.sync_all()?;
+        } else if p.is_dir() {
+            for f in std::fs::read_dir(&p)? {
+                let f = f?.path();
+                if f.is_file() {
+                    std::fs::File::open(&f)?.sync_all()?;
+                }
+            }
+            sync_dir(&p);
         }
     }
     sync_dir(&tmp);
@@ -151,11 +182,17 @@ pub fn validate(dir: &Path, state_file: &str) -> Result<()> {
             .with_context(|| format!("{}: not valid JSON", cfg.display()))?;
     }
     let mut tensors = 0;
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        if p.extension().is_some_and(|x| x == "safetensors") {
-            check_safetensors(&p)?;
-            tensors += 1;
+    let state_dir = dir.join(Path::new(OPTIMIZER).parent().unwrap());
+    for folder in [dir, state_dir.as_path()] {
+        if !folder.is_dir() {
+            continue;
+        }
+        for e in std::fs::read_dir(folder)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "safetensors") {
+                check_safetensors(&p)?;
+                tensors += 1;
+            }
         }
     }
     if tensors == 0 {

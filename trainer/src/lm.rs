@@ -170,7 +170,7 @@ pub fn checkpoint_step(dir: &Path) -> Option<usize> {
 fn save_checkpoint(dir: &Path, policy: &Policy, opt: &AdamW, st: LmState) -> Result<()> {
     crate::checkpoint::write_step_dir(dir, st.step as u64, STATE, 2, |tmp| {
         rollout::model::weights::save_file(&policy.named_tensors(), &tmp.join("model.safetensors"))?;
-        opt.save(&tmp.join("optimizer.safetensors"))?;
+        opt.save(&crate::checkpoint::place(tmp, crate::checkpoint::OPTIMIZER)?)?;
         std::fs::write(tmp.join(STATE), serde_json::to_string(&st)?)?;
         Ok(())
     })?;
@@ -216,7 +216,7 @@ pub fn train(
             .with_context(|| format!("reading checkpoint {}", dir.display()))?;
         let dir = dir.as_path();
         policy.copy_from(&w)?;
-        opt.load(&dir.join("optimizer.safetensors"), st.optimizer_step)?;
+        opt.load(&crate::checkpoint::find(dir, crate::checkpoint::OPTIMIZER), st.optimizer_step)?;
         // Replay the data order up to the checkpoint (shuffles only, no training).
         for _ in 0..st.step {
             if batches.is_empty() {

@@ -135,7 +135,7 @@ impl Trainer {
         let reference = if recipe.grpo.beta > 0.0 {
             let r = Policy::load(&model_dir, kind, device)?;
             if state.reference_saved {
-                let saved = rollout::model::weights::load_file(&weights_dir.join(checkpoint::REFERENCE))?;
+                let saved = rollout::model::weights::load_file(&checkpoint::find(&weights_dir, checkpoint::REFERENCE))?;
                 r.copy_from(&saved)?;
             }
             let mut r = r;
@@ -163,7 +163,7 @@ impl Trainer {
         };
         let mut opt = AdamW::new(policy.named_tensors(), &recipe.optim);
         if state.optimizer_step > 0 {
-            opt.load(&weights_dir.join(checkpoint::OPTIMIZER), state.optimizer_step)?;
+            opt.load(&checkpoint::find(&weights_dir, checkpoint::OPTIMIZER), state.optimizer_step)?;
         }
         let rewards = RewardSet::from_specs(recipe.rewards.clone()).map_err(|e| anyhow!("[[rewards]]: {e}"))?;
         let train_set = data::load_checked(&recipe.data.train, &recipe.data, &rewards, "training data")?;
@@ -588,10 +588,10 @@ impl Trainer {
         checkpoint::write(&self.run_dir, &state, keep, |dir| {
             policy.save_weights(dir, kind, None)?;
             checkpoint::copy_side_files(&src, dir)?;
-            opt.save(&dir.join(checkpoint::OPTIMIZER))?;
+            opt.save(&checkpoint::place(dir, checkpoint::OPTIMIZER)?)?;
             if state.reference_saved {
                 if let Some(r) = reference {
-                    rollout::model::weights::save_file(&r.named_tensors(), &dir.join(checkpoint::REFERENCE))?;
+                    rollout::model::weights::save_file(&r.named_tensors(), &checkpoint::place(dir, checkpoint::REFERENCE)?)?;
                 }
             }
             Ok(())

@@ -136,10 +136,24 @@ fn short_run_writes_everything() {
     ckpts.sort();
     assert_eq!(ckpts, vec!["step-4", "step-5"]);
     let ck = run.join("checkpoints/step-5");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "optimizer.safetensors", "trainer_state.json"]
-    {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+        "train-state/optimizer.safetensors",
+        "trainer_state.json",
+    ] {
         assert!(ck.join(f).exists(), "{f} missing from checkpoint");
     }
+    // The only top-level tensors are the weights: a server that loads every *.safetensors of
+    // the folder (SGLang, vLLM) reads nothing else.
+    let top: Vec<String> = std::fs::read_dir(&ck)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".safetensors"))
+        .collect();
+    assert_eq!(top, ["model.safetensors"]);
     // The checkpoint is a model folder ponder (and transformers) loads as is, and it moved.
     let p = rollout::folder::Policy::load(&ck, tch::Kind::Float, tch::Device::Cpu).unwrap();
     let p0 = rollout::folder::Policy::load(&tmp.path().join("model"), tch::Kind::Float, tch::Device::Cpu).unwrap();
@@ -169,11 +183,19 @@ fn resume_is_bit_identical() {
         let straight = train::train(Some(&r), None, &sets("straight", 4), opts()).unwrap();
         let half = train::train(Some(&r), None, &sets("split", 2), opts()).unwrap();
         assert_eq!(half.steps_done, 2);
+        if dtype == "bf16" {
+            // A checkpoint written before the optimizer state moved into train-state/ (it sat
+            // beside the weights) still resumes exactly.
+            let ck = half.run_dir.join("checkpoints/step-2");
+            std::fs::rename(ck.join("train-state/optimizer.safetensors"), ck.join("optimizer.safetensors")).unwrap();
+            std::fs::remove_dir(ck.join("train-state")).unwrap();
+        }
         let resumed = train::train(None, Some(&half.run_dir), &["train.steps=4".into()], opts()).unwrap();
         assert_eq!(resumed.steps_done, 4);
         same_weights(&straight.run_dir, &resumed.run_dir, 4, &format!("{dtype}: differs between straight and resumed runs"));
-        let oa = rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/optimizer.safetensors")).unwrap();
-        let ob = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/optimizer.safetensors")).unwrap();
+        let oa =
+            rollout::model::weights::load_file(&straight.run_dir.join("checkpoints/step-4/train-state/optimizer.safetensors")).unwrap();
+        let ob = rollout::model::weights::load_file(&resumed.run_dir.join("checkpoints/step-4/train-state/optimizer.safetensors")).unwrap();
         for (k, t) in &oa {
             assert!(t.equal(&ob[k]), "{dtype}: optimizer state {k} differs");
         }

@@ -307,7 +307,7 @@ fn save(ck: &Checkpoints, student: &Policy, opt: &AdamW, step: usize, counters: 
     crate::checkpoint::write(&ck.dir, &state, ck.keep_last, |tmp| {
         student.save_weights(tmp, Kind::Float, None)?;
         crate::checkpoint::copy_side_files(&ck.side_files, tmp)?;
-        opt.save(&tmp.join(crate::checkpoint::OPTIMIZER))?;
+        opt.save(&crate::checkpoint::place(tmp, crate::checkpoint::OPTIMIZER)?)?;
         std::fs::write(tmp.join(COUNTERS), serde_json::to_string(&counters)?)?;
         Ok(())
     })
@@ -346,7 +346,7 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
         let w = rollout::model::weights::load_file(&dir.join("model.safetensors"))
             .with_context(|| format!("reading checkpoint {}", dir.display()))?;
         job.student.copy_from(&w)?;
-        opt.load(&dir.join(crate::checkpoint::OPTIMIZER), st.optimizer_step)?;
+        opt.load(&crate::checkpoint::find(&dir, crate::checkpoint::OPTIMIZER), st.optimizer_step)?;
         counters = serde_json::from_str(&std::fs::read_to_string(dir.join(COUNTERS))?)
             .with_context(|| format!("{}: corrupt {COUNTERS}", dir.display()))?;
         start = st.step as usize;
