@@ -95,8 +95,77 @@ impl LmCfg {
     }
 }
 
-/// Mean next-token loss of a right-padded batch (and the number of loss tokens).
+/// A batch whose rows all start with the same tokens computes them once when the shared
+/// part is at least this long (SFT rows share their template's instructions).
+const SHARE_MIN: usize = 16;
+
+/// Mean next-token loss of a batch (and the number of loss tokens). When every row starts
+/// with the same `SHARE_MIN` or more tokens (SFT rows under one template), that prefix goes
+/// through the model once and every row attends to it: the same loss and gradients as
+/// [`batch_loss_padded`] (float rounding aside), for a fraction of the compute.
 pub fn batch_loss(policy: &Policy, batch: &[&LmExample], max_len: usize) -> (Tensor, f64) {
+    let rows: Vec<&[i64]> = batch.iter().map(|e| &e.ids[..e.ids.len().min(max_len)]).collect();
+    let shortest = rows.iter().map(|r| r.len()).min().unwrap_or(0);
+    let common = match rows.split_first() {
+        Some((first, rest)) => (0..shortest).take_while(|&j| rest.iter().all(|r| r[j] == first[j])).count(),
+        None => 0,
+    };
+    // Every row keeps at least one token of its own.
+    let p = common.min(shortest.saturating_sub(1));
+    if batch.len() < 2 || p < SHARE_MIN {
+        return batch_loss_padded(policy, batch, max_len);
+    }
+    shared_prefix_loss(policy, batch, &rows, p)
+}
+
+/// [`batch_loss`] with the prefix `rows[0][..p]` computed once.
+fn shared_prefix_loss(policy: &Policy, batch: &[&LmExample], rows: &[&[i64]], p: usize) -> (Tensor, f64) {
+    let device = policy.model.device();
+    let n = rows.len();
+    let tc = rows.iter().map(|r| r.len() - p).max().unwrap_or(1);
+    let prefix = Tensor::from_slice(&rows[0][..p]).view([1, p as i64]).to_device(device);
+    let prefix_valid = Tensor::ones([1, p as i64], (Kind::Bool, device));
+    let (mut ids, mut valid, mut mask) = (vec![0i64; n * tc], vec![false; n * tc], vec![0f32; n * tc]);
+    // Prefix target t (predicted at t - 1) counts once per row whose loss covers it.
+    let mut weight = vec![0f32; p - 1];
+    for (r, (row, e)) in rows.iter().zip(batch).enumerate() {
+        for (t, w) in weight.iter_mut().enumerate() {
+            if t + 1 >= e.loss_from {
+                *w += 1.0;
+            }
+        }
+        for (k, &id) in row[p..].iter().enumerate() {
+            ids[r * tc + k] = id;
+            valid[r * tc + k] = true;
+            mask[r * tc + k] = if p + k >= e.loss_from { 1.0 } else { 0.0 };
+        }
+    }
+    let ids = Tensor::from_slice(&ids).view([n as i64, tc as i64]).to_device(device);
+    let valid = Tensor::from_slice(&valid).view([n as i64, tc as i64]).to_device(device);
+    let mask = Tensor::from_slice(&mask).view([n as i64, tc as i64]).to_device(device);
+    let row_prefix = Tensor::zeros([n as i64], (Kind::Int64, device));
+    let (hp, hs) = policy.model.forward_prefixed(&prefix, &prefix_valid, &row_prefix, &ids, &valid);
+    let lm_head = &policy.model.lm_head;
+    // Each row's first own token is predicted from the prefix's last position, token k from k - 1.
+    let first = hp.narrow(1, p as i64 - 1, 1).expand([n as i64, 1, -1], false);
+    let h = Tensor::cat(&[first, hs.narrow(1, 0, tc as i64 - 1)], 1);
+    let (logp, _) = grpo::chunked_logprobs(&h, lm_head, &ids, 1.0, 256, false);
+    let mut total = (logp * &mask).sum(Kind::Float);
+    let mut ntok = f64::try_from(mask.sum(Kind::Double)).unwrap_or(0.0);
+    let wsum: f32 = weight.iter().sum();
+    if wsum > 0.0 {
+        let (lp_prefix, _) =
+            grpo::chunked_logprobs(&hp.narrow(1, 0, p as i64 - 1), lm_head, &prefix.narrow(1, 1, p as i64 - 1), 1.0, 256, false);
+        let w = Tensor::from_slice(&weight).view([1, p as i64 - 1]).to_device(device);
+        total = total + (lp_prefix * w).sum(Kind::Float);
+        ntok += wsum as f64;
+    }
+    (-total / ntok.max(1.0), ntok)
+}
+
+/// Mean next-token loss of a right-padded batch (and the number of loss tokens), every row
+/// computed in full.
+pub fn batch_loss_padded(policy: &Policy, batch: &[&LmExample], max_len: usize) -> (Tensor, f64) {
     let device = policy.model.device();
     let t = batch.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(1).max(2) as i64;
     let n = batch.len() as i64;
@@ -315,4 +384,65 @@ pub fn train(
         s.finish(0)?;
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiny::{self, TinyShape};
+
+    fn grads(policy: &Policy, loss: &Tensor) -> Vec<(String, Tensor)> {
+        for (_, t) in policy.named_tensors() {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        loss.backward();
+        policy.named_tensors().into_iter().map(|(k, t)| (k, t.grad().copy())).collect()
+    }
+
+    #[test]
+    fn a_shared_prefix_gives_the_padded_loss_and_gradients() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shape = TinyShape { hidden: 32, layers: 2, heads: 4, kv_heads: 2, intermediate: 64, vocab: 300 };
+        tiny::create_random_model(&tmp.path().join("m"), shape, &tiny::default_corpus(1, 200), 3).unwrap();
+        let policy = Policy::load(&tmp.path().join("m"), Kind::Float, tch::Device::Cpu).unwrap();
+        let prefix: Vec<i64> = (0..20).map(|t| (t * 13) % 250 + 1).collect();
+        // Rows continue the prefix with tails of 1..12 tokens; the loss starts at 0 (a
+        // pretraining document), inside the prefix, at its end, inside the tail, and one row
+        // is cut by max_len.
+        let tails = [(1, 0), (4, 7), (12, 20), (6, 23), (9, 21), (30, 5)];
+        let rows: Vec<LmExample> = tails
+            .iter()
+            .enumerate()
+            .map(|(r, &(n, loss_from))| {
+                let mut ids = prefix.clone();
+                ids.extend((0..n as i64).map(|k| (k * 31 + r as i64 * 7) % 250 + 1));
+                LmExample { ids, loss_from }
+            })
+            .collect();
+        let batch: Vec<&LmExample> = rows.iter().collect();
+        let max_len = 40;
+        let (shared, n_shared) =
+            shared_prefix_loss(&policy, &batch, &batch.iter().map(|e| &e.ids[..e.ids.len().min(max_len)]).collect::<Vec<_>>(), 20);
+        let (padded, n_padded) = batch_loss_padded(&policy, &batch, max_len);
+        assert_eq!(n_shared, n_padded);
+        let (a, b) = (f64::try_from(&shared).unwrap(), f64::try_from(&padded).unwrap());
+        assert!((a - b).abs() < 1e-5 * b.abs(), "{a} vs {b}");
+        // batch_loss takes the shared path here (20 common tokens >= SHARE_MIN).
+        let (auto, _) = batch_loss(&policy, &batch, max_len);
+        assert!(auto.equal(&shared));
+        let (ga, gb) = (grads(&policy, &shared), grads(&policy, &padded));
+        for ((k, x), (_, y)) in ga.iter().zip(&gb) {
+            let d = f64::try_from((x - y).abs().max()).unwrap();
+            let m = f64::try_from(y.abs().max()).unwrap();
+            assert!(d <= 1e-5 * m.max(1e-3), "{k}: gradients differ by {d} (largest {m})");
+        }
+        // Too short a common prefix: the padded path.
+        let short: Vec<LmExample> =
+            rows.iter().enumerate().map(|(r, e)| LmExample { ids: [&e.ids[..10], &[r as i64 + 1]].concat(), loss_from: 0 }).collect();
+        let sb: Vec<&LmExample> = short.iter().collect();
+        assert!(batch_loss(&policy, &sb, 64).0.equal(&batch_loss_padded(&policy, &sb, 64).0));
+    }
 }
