@@ -196,6 +196,10 @@ fn bad_recipe_values_are_clear_errors() {
         ("rollout.min_new_tokens=999", "min_new_tokens"),
         ("rollout.max_batch=0", "rollout.max_batch"),
         ("rollout.temperature=0.0", "rollout.temperature"),
+        ("rollout.threads=0", "rollout.threads"),
+        ("rollout.engine=\"sglang\"", "rollout.urls"),
+        ("rollout.engine=\"tgi\"", "rollout.engine"),
+        ("grpo.engine_is_cap=0.5", "grpo.engine_is_cap"),
         ("data.template=\"no placeholder\"", "data.template"),
     ];
     for (set, key) in cases {

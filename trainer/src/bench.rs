@@ -209,6 +209,12 @@ pub struct TrainBench {
     /// is not suppressed. 0 = every completion has exactly --new-tokens.
     #[arg(long, default_value_t = 0.0)]
     pub stop_rate: f64,
+    /// `rollout.workers`: rollout workers, each with its own copy of the policy.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// `rollout.threads`: intra-op threads of each rollout worker (0 = the learner's count).
+    #[arg(long, default_value_t = 0)]
+    pub rollout_threads: usize,
 }
 
 /// The ids `--stop-rate` adds as EOS: the last ceil(rate x vocab) ids of the vocabulary
@@ -281,6 +287,8 @@ prompts_per_step = {p}
 max_new_tokens = {n}
 min_new_tokens = {min_n}
 temperature = 1.0
+workers = {workers}
+{rollout_threads}
 [[rewards]]
 kind = "char_fraction"
 [grpo]
@@ -311,6 +319,8 @@ log_samples_every = 0
         steps = a.steps + 1,
         cap = a.max_tokens_per_micro_batch,
         accum = if a.micro_batch == 0 { 1 } else { (a.prompts * a.group_size).div_ceil(a.micro_batch) },
+        workers = a.workers.max(1),
+        rollout_threads = if a.rollout_threads > 0 { format!("threads = {}", a.rollout_threads) } else { String::new() },
     );
     let table: toml::Table = recipe.parse()?;
     let r: crate::config::Recipe = crate::config::from_table(table.clone(), "bench recipe")?;
@@ -333,7 +343,7 @@ log_samples_every = 0
     let device = parse_device(&a.device)?;
     let peak = matmul_peak_gflops(device);
     println!(
-        "bench train: {} ({:.2}M params), {} prompts x G={} x {} new tokens, learner passes per step {} (token cap {}), beta {}, dapo, dtype {}, device {}, threads {}",
+        "bench train: {} ({:.2}M params), {} prompts x G={} x {} new tokens, learner passes per step {} (token cap {}), beta {}, dapo, dtype {}, device {}, threads {}, rollout workers {} x {} threads",
         a.model.display(),
         params as f64 / 1e6,
         a.prompts,
@@ -344,7 +354,9 @@ log_samples_every = 0
         a.beta,
         a.dtype,
         a.device,
-        tch::get_num_threads()
+        tch::get_num_threads(),
+        a.workers.max(1),
+        if a.rollout_threads > 0 { a.rollout_threads.to_string() } else { "the learner's".into() }
     );
     if a.stop_rate > 0.0 {
         println!(

@@ -229,6 +229,10 @@ pub struct RolloutCfg {
     pub min_new_tokens: usize,
     /// Rollout workers, each with its own copy of the policy on `devices[i % len]`.
     pub workers: usize,
+    /// Intra-op CPU threads of each rollout worker (default: the learner's). A small model
+    /// decodes faster as one-thread workers, one per core, than as one worker whose tiny ops
+    /// are split across threads.
+    pub threads: Option<usize>,
     /// Devices of the workers (default: the learner's device).
     pub devices: Vec<String>,
     /// Rows per generation forward pass on one worker.
@@ -287,6 +291,7 @@ impl Default for RolloutCfg {
             stop: vec![],
             min_new_tokens: 0,
             workers: 1,
+            threads: None,
             devices: vec![],
             max_batch: 256,
             engine: Engine::Local,
@@ -568,6 +573,9 @@ impl Recipe {
         }
         if r.workers == 0 {
             bail!("rollout.workers must be >= 1");
+        }
+        if r.threads == Some(0) {
+            bail!("rollout.threads must be >= 1 (intra-op threads per rollout worker), or left out for the learner's count");
         }
         if r.max_batch == 0 {
             bail!("rollout.max_batch must be >= 1 (rows per generation pass)");

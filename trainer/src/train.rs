@@ -151,7 +151,7 @@ impl Trainer {
             (0..recipe.rollout.workers).map(|i| ds[i % ds.len()]).collect()
         };
         let rollouts = if recipe.rollout.engine == crate::config::Engine::Local {
-            let mut pool = RolloutPool::from_dir(&weights_dir, &devices, kind, tk.clone())?;
+            let mut pool = RolloutPool::from_dir_threads(&weights_dir, &devices, kind, tk.clone(), recipe.rollout.threads)?;
             pool.max_batch = recipe.rollout.max_batch;
             Rollouts::Local(pool)
         } else {
