@@ -1,7 +1,7 @@
 // Shared by the rollout and trainer crates (their Cargo.toml `build` key points here).
 // Bake libtorch's library folders into the rpath of every binary and test of this crate,
 // so nobody has to set LD_LIBRARY_PATH. LIBTORCH comes from .cargo/config.toml.
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let Ok(libtorch) = std::env::var("LIBTORCH") else { return };
     let torch = std::path::Path::new(&libtorch);

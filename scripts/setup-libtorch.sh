@@ -16,6 +16,35 @@ if [ "${PONDER_CUDA:-}" = 1 ] || { command -v nvidia-smi >/dev/null 2>&1 && nvid
   cuda=1
 fi
 want_stamp="$want cuda=$cuda"
+
+# Gloo's headers, which the wheel lacks and ponder-dist's C++ shim over c10d needs (libtorch
+# ships c10d's own headers and Gloo's compiled code): Debian's libgloo-dev, pinned and
+# checked, unpacked into .libtorch/gloo/ without installing anything system-wide. The
+# multi-process tests in dist/tests check every collective against its definition, which is
+# what vouches for these headers against the Gloo compiled into torch 2.13.
+gloo_deb="libgloo-dev=0.0~git20220518.5b14351-3"
+gloo_sha256="80529c9fd8af452faf489e686b94bf87075965c40673803810c4f41634b1e299"
+fetch_gloo() {
+  local dir="$root/.libtorch/gloo"
+  [ -f "$dir/include/gloo/context.h" ] && return 0
+  if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
+    echo "ponder setup: no apt-get / dpkg-deb here, so Gloo's headers were not fetched: ponder-dist builds without Gloo (data-parallel training unavailable; its tests fail)" >&2
+    return 0
+  fi
+  local tmp
+  tmp="$(mktemp -d)"
+  if (cd "$tmp" && apt-get download "$gloo_deb" >/dev/null 2>&1) \
+     && echo "$gloo_sha256  $(ls "$tmp"/libgloo-dev_*.deb)" | sha256sum --check --status \
+     && dpkg-deb -x "$tmp"/libgloo-dev_*.deb "$tmp/x"; then
+    rm -rf "$dir.partial" && mkdir -p "$dir.partial" && cp -r "$tmp/x/usr/include" "$dir.partial/include"
+    rm -rf "$dir" && mv "$dir.partial" "$dir"
+    echo "ponder setup: Gloo headers ($gloo_deb) ready at $dir/include" >&2
+  else
+    echo "ponder setup: could not fetch $gloo_deb with apt-get (or its checksum differs): ponder-dist builds without Gloo" >&2
+  fi
+  rm -rf "$tmp"
+}
+fetch_gloo
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] && [ -f "$dest/torch/lib/libtorch_cpu.so" ]; then
   exit 0
 fi
