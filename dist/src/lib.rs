@@ -212,6 +212,32 @@ impl ProcessGroup {
         self.check("reduce_scatter", rc, err)
     }
 
+    /// Every rank's `bytes` (of any lengths), in rank order.
+    pub fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let cpu = tch::Device::Cpu;
+        let mut lens = Tensor::zeros([self.world as i64], (tch::Kind::Int64, cpu));
+        self.all_gather(&mut lens, &Tensor::from_slice(&[bytes.len() as i64]))?;
+        let lens: Vec<i64> =
+            Vec::try_from(&lens).map_err(|e: tch::TchError| DistError::Shape { op: "all_gather_bytes", what: e.to_string() })?;
+        let width = lens.iter().copied().max().unwrap_or(0).max(1) as usize;
+        let mut mine = vec![0u8; width];
+        mine[..bytes.len()].copy_from_slice(bytes);
+        let mut all = Tensor::zeros([(self.world * width) as i64], (tch::Kind::Uint8, cpu));
+        self.all_gather(&mut all, &Tensor::from_slice(&mine))?;
+        let all: Vec<u8> =
+            Vec::try_from(&all).map_err(|e: tch::TchError| DistError::Shape { op: "all_gather_bytes", what: e.to_string() })?;
+        Ok((0..self.world).map(|r| all[r * width..r * width + lens[r] as usize].to_vec()).collect())
+    }
+
+    /// `xs` = the elementwise sum over ranks (statistics, token counts).
+    pub fn all_reduce_f64(&self, xs: &mut [f64]) -> Result<()> {
+        let mut t = Tensor::from_slice(xs);
+        self.all_reduce_sum(&mut t)?;
+        let v: Vec<f64> = Vec::try_from(&t).map_err(|e: tch::TchError| DistError::Shape { op: "all_reduce", what: e.to_string() })?;
+        xs.copy_from_slice(&v);
+        Ok(())
+    }
+
     /// Returns once every rank has called it.
     pub fn barrier(&self) -> Result<()> {
         let mut err = std::ptr::null_mut();

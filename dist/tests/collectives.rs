@@ -101,6 +101,14 @@ fn collectives_against_their_definitions() {
     let want: Vec<f32> = (0..n).map(|i| (0..w).map(|k| data(k, w * n)[r * n + i]).sum()).collect();
     assert_eq!(vals(&mine), want);
 
+    // Byte strings of different lengths (rank 1's longer), and f64 sums.
+    let mine: Vec<u8> = (0..(3 + 5 * r)).map(|i| (i * 7 + r) as u8).collect();
+    let all = pg.all_gather_bytes(&mine).unwrap();
+    assert_eq!(all, (0..w).map(|k| (0..(3 + 5 * k)).map(|i| (i * 7 + k) as u8).collect::<Vec<u8>>()).collect::<Vec<_>>());
+    let mut xs = [r as f64 + 0.25, 1e-3 * r as f64];
+    pg.all_reduce_f64(&mut xs).unwrap();
+    assert_eq!(xs, [(0..w).map(|k| k as f64 + 0.25).sum::<f64>(), (0..w).map(|k| 1e-3 * k as f64).sum::<f64>()]);
+
     // A wrong shape is an error, not a crash.
     let mut bad = Tensor::zeros([5], (Kind::Float, tch::Device::Cpu));
     assert!(pg.all_gather(&mut bad, &Tensor::from_slice(&data(r, n))).unwrap_err().to_string().contains("world x"));

@@ -159,6 +159,21 @@ impl RolloutPool {
         seed: u64,
         think: Option<&ThinkIds>,
     ) -> Result<(Vec<Vec<Completion>>, GenStats)> {
+        self.generate_groups_from(prompts, 0, group_size, params, seed, think)
+    }
+
+    /// [`generate_groups_with`](Self::generate_groups_with) for prompts that are entries
+    /// `first..first + prompts.len()` of a larger call: each sample gets the seed it has
+    /// there, so a call split into parts (over data-parallel ranks) draws the same samples.
+    pub fn generate_groups_from(
+        &self,
+        prompts: &[Vec<i64>],
+        first: usize,
+        group_size: usize,
+        params: &SamplingParams,
+        seed: u64,
+        think: Option<&ThinkIds>,
+    ) -> Result<(Vec<Vec<Completion>>, GenStats)> {
         let rows: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|i| (0..group_size).map(move |j| (i, j))).collect();
         let n = self.workers.len().max(1);
         let per = rows.len().div_ceil(n).max(1);
@@ -168,7 +183,7 @@ impl RolloutPool {
                 let (reply, rx) = mpsc::channel();
                 let job = Job::Generate {
                     prompts: sub.iter().map(|&(i, _)| prompts[i].clone()).collect(),
-                    seeds: sub.iter().map(|&(i, j)| sample_seed(seed, i, j)).collect(),
+                    seeds: sub.iter().map(|&(i, j)| sample_seed(seed, first + i, j)).collect(),
                     params: params.clone(),
                     think: think.cloned(),
                     reply,

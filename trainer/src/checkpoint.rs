@@ -50,6 +50,13 @@ pub struct TrainerState {
     /// The W&B run id, so a resumed run continues the same W&B run.
     #[serde(default)]
     pub wandb_run_id: Option<String>,
+    /// Data-parallel ranks the run trained with (resume needs the same number).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {

@@ -163,6 +163,12 @@ pub fn validate(p: &Pipeline) -> Result<()> {
 
 pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop: Arc<AtomicBool>) -> Result<()> {
     validate(&p)?;
+    if ponder_dist::Launch::from_env(|k| std::env::var(k).ok())?.is_some() {
+        bail!(
+            "this is a pipeline ([[stages]]) launched on several ranks (torchrun / Slurm): data-parallel training covers GRPO recipes so far; \
+             run the pipeline in one process, or give its GRPO stage as a recipe of its own to torchrun"
+        );
+    }
     let run_dir = p.run.output_dir.join(&p.run.name);
     if !resume && state_path(&run_dir).exists() {
         bail!(

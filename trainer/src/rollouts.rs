@@ -86,9 +86,23 @@ impl Rollouts {
         params: &SamplingParams,
         seed: u64,
     ) -> Result<Vec<Vec<Completion>>> {
+        self.generate_groups_from(prompts, 0, group_size, params, seed)
+    }
+
+    /// [`generate_groups`](Self::generate_groups) for entries `first..` of a larger call,
+    /// each sample seeded as it is there (a call split over data-parallel ranks draws the
+    /// same samples).
+    pub fn generate_groups_from(
+        &self,
+        prompts: &[Vec<i64>],
+        first: usize,
+        group_size: usize,
+        params: &SamplingParams,
+        seed: u64,
+    ) -> Result<Vec<Vec<Completion>>> {
         match self {
-            Rollouts::Local(pool) => Ok(pool.generate_groups(prompts, group_size, params, seed)?),
-            Rollouts::Engine(e) => e.generate_groups(prompts, group_size, params, seed),
+            Rollouts::Local(pool) => Ok(pool.generate_groups_from(prompts, first, group_size, params, seed, None)?.0),
+            Rollouts::Engine(e) => e.generate_groups(prompts, first, group_size, params, seed),
         }
     }
 
@@ -102,10 +116,10 @@ impl Rollouts {
 }
 
 impl EngineRollouts {
-    fn generate_groups(&self, prompts: &[Vec<i64>], g: usize, p: &SamplingParams, seed: u64) -> Result<Vec<Vec<Completion>>> {
+    fn generate_groups(&self, prompts: &[Vec<i64>], first: usize, g: usize, p: &SamplingParams, seed: u64) -> Result<Vec<Vec<Completion>>> {
         let reqs: Vec<Request> = (0..prompts.len())
             .flat_map(|i| (0..g).map(move |j| (i, j)))
-            .map(|(i, j)| Request { prompt: prompts[i].clone(), seed: sample_seed(seed, i, j), key: i })
+            .map(|(i, j)| Request { prompt: prompts[i].clone(), seed: sample_seed(seed, first + i, j), key: i })
             .collect();
         let s = Sampling {
             temperature: p.temperature,

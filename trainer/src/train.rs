@@ -68,8 +68,11 @@ pub struct Trainer {
     device: Device,
     kind: Kind,
     sinks: Vec<Box<dyn Sink>>,
-    /// Held while the trainer lives: a second process on the same run folder is refused.
-    _lock: checkpoint::RunLock,
+    /// Held while the trainer lives: a second process on the same run folder is refused
+    /// (by rank 0 of a data-parallel launch; the other ranks write nothing).
+    _lock: Option<checkpoint::RunLock>,
+    /// The process group of a data-parallel launch (torchrun / Slurm).
+    dist: Option<ponder_dist::ProcessGroup>,
     /// Whether the current step has changed weights or optimizer state yet (after that, a
     /// failure cannot be rolled back to the last completed step).
     updated: bool,
@@ -84,7 +87,22 @@ impl Trainer {
     /// Starts a new run (`resume = false`) or continues one from its newest checkpoint.
     pub fn new(recipe: Recipe, resolved: &toml::Table, resume: bool, opts: &mut Options) -> Result<Trainer> {
         let run_dir = recipe.run_dir();
-        let lock = checkpoint::RunLock::acquire(&run_dir)?;
+        // Under torchrun or Slurm: join the other ranks first. Rank 0 alone writes the run
+        // folder (config, metrics, checkpoints); every rank trains the same weights.
+        let launch = ponder_dist::Launch::from_env(|k| std::env::var(k).ok())?;
+        if launch.is_some() && recipe.rollout.engine != crate::config::Engine::Local {
+            bail!("a data-parallel launch samples with the local rollout workers; rollout.engine = {:?} with several learner ranks is not supported yet", recipe.rollout.engine);
+        }
+        let dist = match &launch {
+            Some(l) => {
+                let secs = std::env::var("PONDER_DIST_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(1800u64);
+                Some(ponder_dist::ProcessGroup::join(l, std::time::Duration::from_secs(secs))?)
+            }
+            None => None,
+        };
+        let rank0 = dist.as_ref().is_none_or(|d| d.rank == 0);
+        let world = dist.as_ref().map_or(1, |d| d.world);
+        let lock = if rank0 { Some(checkpoint::RunLock::acquire(&run_dir)?) } else { None };
         let latest = match (&opts.resume_from, resume) {
             (Some(name), true) => {
                 let dir = checkpoint::checkpoints_dir(&run_dir).join(name);
@@ -97,7 +115,7 @@ impl Trainer {
             (Some(_), false) => bail!("--from needs --resume"),
             (None, _) => checkpoint::latest_valid(&checkpoint::checkpoints_dir(&run_dir), checkpoint::STATE)?,
         };
-        if !resume && run_dir.join("metrics.jsonl").exists() {
+        if rank0 && !resume && run_dir.join("metrics.jsonl").exists() {
             bail!(
                 "run folder {} already holds a run; continue it with `ponder train --resume {}`, or pick another run.name (--set run.name=...)",
                 run_dir.display(),
@@ -105,7 +123,7 @@ impl Trainer {
             );
         }
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        if !resume {
+        if rank0 && !resume {
             let _ = resolved;
             checkpoint::write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&recipe)?.as_bytes())?;
         }
@@ -124,9 +142,20 @@ impl Trainer {
                     bad_steps: 0,
                     reference_saved: false,
                     wandb_run_id: None,
+                    world_size: 1,
                 },
             ),
         };
+        if state.world_size != world && latest.is_some() && resume {
+            bail!(
+                "{} was trained with {} data-parallel rank(s) and is resumed with {world}: resume it with the same number (torchrun --nproc-per-node {}), so the data order and the updates continue exactly",
+                run_dir.display(),
+                state.world_size,
+                state.world_size
+            );
+        }
+        let mut state = state;
+        state.world_size = world;
         if resume && latest.is_none() {
             eprintln!("note: {} has no complete checkpoint yet; starting from step 0", run_dir.display());
         }
@@ -176,14 +205,16 @@ impl Trainer {
         rewards
             .check_tasks(train_set.iter().chain(&eval_set).map(|e| e.extra.get("task").and_then(|v| v.as_str())))
             .map_err(|e| anyhow!("[[rewards]] against data {}: {e}", recipe.data.train))?;
-        let mut sinks: Vec<Box<dyn Sink>> = vec![
-            Box::new(JsonlSink::open(&run_dir, resume.then_some(state.step))?),
-            Box::new(ConsoleSink::new(state.step, recipe.train.steps as u64, opts.quiet)),
-        ];
-        sinks.append(&mut opts.sinks);
-        let mut state = state;
+        let mut sinks: Vec<Box<dyn Sink>> = vec![];
+        if rank0 {
+            sinks.push(Box::new(JsonlSink::open(&run_dir, resume.then_some(state.step))?));
+            sinks.push(Box::new(ConsoleSink::new(state.step, recipe.train.steps as u64, opts.quiet)));
+            sinks.append(&mut opts.sinks);
+        }
         let config = serde_json::to_value(&recipe)?;
-        if let Some(w) = WandbSink::open(
+        if !rank0 {
+            // Only rank 0 reports to W&B.
+        } else if let Some(w) = WandbSink::open(
             recipe.wandb.as_ref(),
             &recipe.run.name,
             &run_dir,
@@ -212,6 +243,7 @@ impl Trainer {
             kind,
             sinks,
             _lock: lock,
+            dist,
             updated: false,
             fail_alloc_at_step: opts.fail_alloc_at_step,
         })
@@ -219,6 +251,29 @@ impl Trainer {
 
     pub fn state(&self) -> &TrainerState {
         &self.state
+    }
+
+    /// Whether this process writes the run folder (always, unless it is a rank > 0).
+    fn is_rank0(&self) -> bool {
+        self.dist.as_ref().is_none_or(|d| d.rank == 0)
+    }
+
+    /// [`Rollouts::generate_groups`]; in a data-parallel launch each rank draws a contiguous
+    /// share of the prompts (each sample seeded as in one process) and the shares are
+    /// gathered, so every rank holds the same groups as a single process would.
+    fn generate_split(&self, prompts: &[Vec<i64>], g: usize, params: &SamplingParams, seed: u64) -> Result<Vec<Vec<Completion>>> {
+        let Some(pg) = &self.dist else {
+            return self.rollouts.generate_groups(prompts, g, params, seed);
+        };
+        let n = prompts.len();
+        let (from, to) = (pg.rank * n / pg.world, (pg.rank + 1) * n / pg.world);
+        let mine = self.rollouts.generate_groups_from(&prompts[from..to], from, g, params, seed)?;
+        let mut all = vec![];
+        for part in pg.all_gather_bytes(&serde_json::to_vec(&mine)?)? {
+            let groups: Vec<Vec<Completion>> = serde_json::from_slice(&part).context("a rank's rollouts")?;
+            all.extend(groups);
+        }
+        Ok(all)
     }
 
     pub fn policy(&self) -> &Policy {
@@ -348,7 +403,7 @@ impl Trainer {
             let ps: Vec<Vec<i64>> = ex.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
             // Round 0 keeps the seed a run without refill has always used.
             let round_seed = if rounds == 0 { mix_seed(seed, step + 1) } else { mix_seed(mix_seed(seed, step + 1), rounds as u64) };
-            let gr = self.rollouts.generate_groups(&ps, g, &params, round_seed)?;
+            let gr = self.generate_split(&ps, g, &params, round_seed)?;
             let samples: Vec<Sample> =
                 ex.iter().zip(&gr).flat_map(|(e, grp)| grp.iter().map(move |c| (e, c))).map(|(e, c)| self.reward_sample(e, c)).collect();
             let sc = self.rewards.score_batch(&samples);
@@ -581,6 +636,10 @@ impl Trainer {
 
     /// Writes `checkpoints/step-N/` atomically.
     pub fn save(&mut self) -> Result<PathBuf> {
+        if !self.is_rank0() {
+            // Rank 0 writes the checkpoint; every rank holds the same weights and state.
+            return Ok(checkpoint::checkpoints_dir(&self.run_dir).join(format!("step-{}", self.state.step)));
+        }
         let keep = self.recipe.train.keep_last;
         let src = self.model_dir.clone();
         let state = self.state.clone();
@@ -602,7 +661,7 @@ impl Trainer {
     /// `train.eval_samples` samples per prompt (reward means over all of them), and with
     /// more than one, `eval/pass@k` and `eval/maj@k` for k = 1, 2, 4, ..., N.
     pub fn evaluate(&self) -> Result<Option<Row>> {
-        if self.eval_set.is_empty() {
+        if self.eval_set.is_empty() || !self.is_rank0() {
             return Ok(None);
         }
         let lim = self.recipe.train.eval_limit;

@@ -303,6 +303,7 @@ fn save(ck: &Checkpoints, student: &Policy, opt: &AdamW, step: usize, counters: 
         bad_steps: 0,
         reference_saved: false,
         wandb_run_id: None,
+        world_size: 1,
     };
     crate::checkpoint::write(&ck.dir, &state, ck.keep_last, |tmp| {
         student.save_weights(tmp, Kind::Float, None)?;

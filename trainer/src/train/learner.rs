@@ -196,6 +196,35 @@ struct Sums {
 }
 
 impl Trainer {
+    /// Gives every parameter a gradient (zeros where none was computed yet), so that each
+    /// rank's flat gradient has the same layout even if it ran no pass.
+    fn define_grads(&self) {
+        let params = self.policy.named_tensors();
+        if params.values().any(|p| !p.grad().defined()) {
+            let zero = params.values().map(|p| p.sum(Kind::Float) * 0.0).fold(Tensor::zeros([], (Kind::Float, self.device)), |a, x| a + x);
+            zero.backward();
+        }
+    }
+
+    /// Sums the gradients over the ranks (one flat fp32 all-reduce).
+    fn all_reduce_grads(&self) -> Result<()> {
+        let Some(pg) = &self.dist else { return Ok(()) };
+        let grads: Vec<Tensor> = self.policy.named_tensors().values().map(|p| p.grad()).collect();
+        let mut flat =
+            Tensor::cat(&grads.iter().map(|g| g.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1)).collect::<Vec<_>>(), 0);
+        pg.all_reduce_sum(&mut flat)?;
+        let mut off = 0;
+        tch::no_grad(|| {
+            for g in &grads {
+                let n = g.numel() as i64;
+                let mut g = g.shallow_clone();
+                g.copy_(&flat.narrow(0, off, n).view_as(&g));
+                off += n;
+            }
+        });
+        Ok(())
+    }
+
     /// Completion-token log-probs (and entropies) of `model` for one pass.
     /// Each distinct prompt goes through the model once; its rows attend to it.
     fn logprobs(&self, model: &rollout::CausalLm, b: &Batch, m: &Pass, entropy: bool) -> TokenScores {
@@ -234,10 +263,28 @@ impl Trainer {
             cfg.max_tokens_per_micro_batch as i64,
             self.device,
         );
-        // Reference log-probs once per batch (no grad), pass by pass: [minibatch][pass].
+        // In a data-parallel launch each rank runs every world-th pass of a minibatch; the
+        // gradients are summed over ranks before the update, so every rank applies the
+        // update of the whole minibatch.
+        let (rank, world) = self.dist.as_ref().map_or((0, 1), |d| (d.rank, d.world));
+        let mine = |pi: usize| pi % world == rank;
+        if self.dist.is_some() {
+            self.define_grads();
+        }
+        // Reference log-probs once per batch (no grad), pass by pass: [minibatch][pass]
+        // (undefined for another rank's passes).
         let ref_logp: Option<Vec<Vec<Tensor>>> = self.reference.as_ref().map(|r| {
             tch::no_grad(|| {
-                minibatches.iter().map(|mb| mb.passes.iter().map(|m| self.logprobs(&r.model, b, m, false).logp).collect()).collect()
+                minibatches
+                    .iter()
+                    .map(|mb| {
+                        mb.passes
+                            .iter()
+                            .enumerate()
+                            .map(|(pi, m)| if mine(pi) { self.logprobs(&r.model, b, m, false).logp } else { Tensor::new() })
+                            .collect()
+                    })
+                    .collect()
             })
         });
         // With an engine sampling, the learner's own log-probs at the rollout's weights, once
@@ -268,6 +315,9 @@ impl Trainer {
                 self.opt.zero_grad();
                 let mut finite = true;
                 for (pi, m) in mb.passes.iter().enumerate() {
+                    if !mine(pi) {
+                        continue;
+                    }
                     let TokenScores { logp, entropy } = self.logprobs(&self.policy.model, b, m, true);
                     let mask = m.select(&b.mask);
                     if it == 0 && mi == 0 {
@@ -322,6 +372,15 @@ impl Trainer {
                     st.tokens_processed += m.tokens;
                     st.computed += m.computed;
                 }
+                if let Some(pg) = &self.dist {
+                    // A non-finite pass on any rank skips the update on all of them.
+                    let mut bad = [if finite { 0.0 } else { 1.0 }];
+                    pg.all_reduce_f64(&mut bad)?;
+                    finite = bad[0] == 0.0;
+                    if finite {
+                        self.all_reduce_grads()?;
+                    }
+                }
                 let gn = if finite { self.opt.grad_norm() } else { f64::NAN };
                 if finite && self.opt.skip_overflow(gn) {
                     // f16: the scaled gradients overflowed; the scale was halved.
@@ -350,6 +409,29 @@ impl Trainer {
             }
         }
         self.state.optimizer_step = self.opt.step;
+        if let Some(pg) = &self.dist {
+            // The statistics of every rank's passes.
+            let mut v = [
+                sums.loss,
+                sums.tokens,
+                sums.kl,
+                sums.entropy,
+                sums.clip_low,
+                sums.clip_high,
+                st.positions as f64,
+                st.tokens_processed as f64,
+                st.computed as f64,
+                st.lp_diff_sum,
+                st.lp_diff_n,
+            ];
+            pg.all_reduce_f64(&mut v)?;
+            [sums.loss, sums.tokens, sums.kl, sums.entropy, sums.clip_low, sums.clip_high] = [v[0], v[1], v[2], v[3], v[4], v[5]];
+            (st.positions, st.tokens_processed, st.computed) = (v[6] as usize, v[7] as usize, v[8] as usize);
+            (st.lp_diff_sum, st.lp_diff_n) = (v[9], v[10]);
+            let mut mx = Tensor::zeros([world as i64], (Kind::Double, Device::Cpu));
+            pg.all_gather(&mut mx, &Tensor::from_slice(&[st.lp_diff_max]))?;
+            st.lp_diff_max = Vec::<f64>::try_from(&mx)?.into_iter().fold(0.0, f64::max);
+        }
         let t = sums.tokens.max(1.0);
         st.kl = sums.kl / t;
         st.entropy = sums.entropy / t;
