@@ -1,7 +1,8 @@
 //! Data-parallel GRPO: two `ponder train` processes launched as torchrun would (RANK,
 //! WORLD_SIZE, MASTER_ADDR, MASTER_PORT), Gloo on 127.0.0.1, against one process. Each rank
-//! draws half the prompts and runs every other learner pass; with two passes per update the
-//! summed gradient is the one process's accumulated gradient, so the weights must be
+//! draws half the prompts and runs every other learner pass; an update then has at least two
+//! passes (grad_accumulation rounded up to a multiple of the world), and the summed gradient
+//! is the one process's accumulated gradient with grad_accumulation = 2: the weights must be
 //! bit-identical.
 
 use std::path::{Path, PathBuf};
@@ -42,7 +43,6 @@ loss_type = "dapo"
 dynamic_sampling = true
 [optim]
 lr = 3e-3
-grad_accumulation = 2
 [train]
 steps = 4
 save_every = 2
@@ -107,7 +107,7 @@ fn two_ranks_train_the_weights_of_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = setup(tmp.path());
     let r = recipe.to_str().unwrap();
-    let one = ponder().args(["train", r, "--quiet", "--set", "run.name=\"one\""]).output().unwrap();
+    let one = ponder().args(["train", r, "--quiet", "--set", "run.name=\"one\"", "--set", "optim.grad_accumulation=2"]).output().unwrap();
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
     let outs = torchrun(&["train", r, "--quiet", "--set", "run.name=\"two\""]);
     for (rank, o) in outs.iter().enumerate() {

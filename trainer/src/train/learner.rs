@@ -256,17 +256,19 @@ impl Trainer {
         // Passes per minibatch: no more than ceil(rows / grad_accumulation) rows each, under
         // the token cap, rows grouped by length. Every loss type except bnpo is normalised by
         // minibatch totals, so the passes sum to the whole minibatch's loss whatever their sizes.
+        // In a data-parallel launch each rank runs every world-th pass of a minibatch; the
+        // gradients are summed over ranks before the update, so every rank applies the
+        // update of the whole minibatch. A minibatch then has at least `world` passes
+        // (grad_accumulation rounded up to a multiple of world): the update one process
+        // makes with that grad_accumulation.
+        let (rank, world) = self.dist.as_ref().map_or((0, 1), |d| (d.rank, d.world));
         let minibatches = plan_minibatches(
             b,
             cfg.minibatch_size,
-            self.recipe.optim.grad_accumulation,
+            self.recipe.optim.grad_accumulation.div_ceil(world) * world,
             cfg.max_tokens_per_micro_batch as i64,
             self.device,
         );
-        // In a data-parallel launch each rank runs every world-th pass of a minibatch; the
-        // gradients are summed over ranks before the update, so every rank applies the
-        // update of the whole minibatch.
-        let (rank, world) = self.dist.as_ref().map_or((0, 1), |d| (d.rank, d.world));
         let mine = |pi: usize| pi % world == rank;
         if self.dist.is_some() {
             self.define_grads();
