@@ -24,7 +24,9 @@
 #     TRL; 4096 = ponder's recipe default, which splits 8x8x128 into 4 passes of 16),
 #   TRAINVAR_TOKENS [256] TRAINVAR_STOP_RATE [0.01] (the variable-length GRPO step; ponder
 #     runs it with its default token cap, TRL with the whole batch in one pass),
-#   ONLY ["gen gen1 genvar train trainvar"] (a subset of the benchmarks).
+#   ONLY ["gen gen1 genvar train trainvar"] (a subset of the benchmarks),
+#   WORKERS [1] ROLLOUT_THREADS [0 = the learner's] ponder's rollout workers in the GRPO
+#     steps (2 and 1 on a 2-core CPU: see the README's "Rollout workers on CPU").
 # Run it on a quiet machine: with THREADS equal to the core count, any other load makes
 # libtorch's OpenMP threads wait on each other and the figures become meaningless.
 set -euo pipefail
@@ -51,6 +53,8 @@ TRAIN_CAP=${TRAIN_CAP:-0}
 TRAINVAR_TOKENS=${TRAINVAR_TOKENS:-256}
 TRAINVAR_STOP_RATE=${TRAINVAR_STOP_RATE:-0.01}
 ONLY=${ONLY:-"gen gen1 genvar train trainvar"}
+WORKERS=${WORKERS:-1}
+ROLLOUT_THREADS=${ROLLOUT_THREADS:-0}
 
 [ -x "$PONDER" ] || { echo "error: $PONDER not found; build it with cargo build --release" >&2; exit 1; }
 [ -x "$PY" ] || { echo "error: $PY not found; create the venv and pip install -r scripts/requirements-bench.txt" >&2; exit 1; }
@@ -95,10 +99,10 @@ for i in $(seq 1 "$R"); do
         run genvar ponder "$i" "$PONDER" bench generate --model "$MODEL" --batch "$GEN_BATCH" --new-tokens "$GENVAR_TOKENS" --stop-rate "$GENVAR_STOP_RATE" --repeats "$REPEATS" --threads "$THREADS"
         run genvar ref "$i" "$PY" scripts/bench_generate_hf.py --model "$MODEL" --batch "$GEN_BATCH" --new-tokens "$GENVAR_TOKENS" --stop-rate "$GENVAR_STOP_RATE" --repeats "$REPEATS" --threads "$THREADS" ;;
       train)
-        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" --max-tokens-per-micro-batch "$TRAIN_CAP"
+        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" --max-tokens-per-micro-batch "$TRAIN_CAP" --workers "$WORKERS" --rollout-threads "$ROLLOUT_THREADS"
         run train ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" ;;
       trainvar)
-        run trainvar ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS"
+        run trainvar ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --workers "$WORKERS" --rollout-threads "$ROLLOUT_THREADS"
         run trainvar ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" ;;
       *) echo "error: unknown benchmark '$b' in ONLY (gen, gen1, genvar, train, trainvar)" >&2; exit 1 ;;
     esac
