@@ -648,20 +648,26 @@ fn generate_inner(
     }
     if let Some(tk) = tokenizer {
         for c in &mut out {
-            let body = match c.finish_reason {
-                FinishReason::Eos => &c.token_ids[..c.token_ids.len() - 1],
-                _ => &c.token_ids[..],
-            };
-            let mut text = tk.decode(body, false)?;
-            if c.finish_reason == FinishReason::Stop {
-                if let Some(cut) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                    text.truncate(cut);
-                }
-            }
-            c.text = text;
+            c.text = completion_text(tk, &c.token_ids, c.finish_reason, &p.stop)?;
         }
     }
     Ok((out, stats))
+}
+
+/// A completion's text: its tokens decoded without the EOS token that ended it, cut before
+/// the first stop string when one ended it (whoever sampled it: the local pool or an engine).
+pub fn completion_text(tk: &Tokenizer, token_ids: &[i64], finish: FinishReason, stop: &[String]) -> Result<String> {
+    let body = match finish {
+        FinishReason::Eos => &token_ids[..token_ids.len().saturating_sub(1)],
+        _ => token_ids,
+    };
+    let mut text = tk.decode(body, false)?;
+    if finish == FinishReason::Stop {
+        if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+        }
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::config::{Engine, Recipe};
 use anyhow::{Context, Result};
 use ponder_engine::{EngineClient, EngineConfig, EngineKind, Finish, Request, Sampling};
 use rollout::folder::Policy;
-use rollout::generate::{Completion, FinishReason, SamplingParams, ThinkStats};
+use rollout::generate::{completion_text, Completion, FinishReason, SamplingParams, ThinkStats};
 use rollout::pool::{sample_seed, RolloutPool};
 use rollout::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
@@ -139,14 +139,7 @@ impl EngineRollouts {
                 Finish::StopString => FinishReason::Stop,
                 Finish::Length => FinishReason::Length,
             };
-            // The text as the local pool writes it: without the EOS token, cut before a stop string.
-            let body = if finish_reason == FinishReason::Eos { &x.token_ids[..x.token_ids.len() - 1] } else { &x.token_ids[..] };
-            let mut text = self.tokenizer.decode(body, false)?;
-            if finish_reason == FinishReason::Stop {
-                if let Some(cut) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                    text.truncate(cut);
-                }
-            }
+            let text = completion_text(&self.tokenizer, &x.token_ids, finish_reason, &p.stop)?;
             out[r.key].push(Completion { token_ids: x.token_ids, logprobs: x.logprobs, text, finish_reason, think: ThinkStats::default() });
         }
         Ok(out)

@@ -212,17 +212,21 @@ impl Trainer {
             sinks.append(&mut opts.sinks);
         }
         let config = serde_json::to_value(&recipe)?;
-        if !rank0 {
-            // Only rank 0 reports to W&B.
-        } else if let Some(w) = WandbSink::open(
-            recipe.wandb.as_ref(),
-            &recipe.run.name,
-            &run_dir,
-            config,
-            resume,
-            state.wandb_run_id.clone(),
-            recipe.train.steps as u64,
-        )? {
+        // Only rank 0 reports to W&B.
+        let wandb = if rank0 {
+            WandbSink::open(
+                recipe.wandb.as_ref(),
+                &recipe.run.name,
+                &run_dir,
+                config,
+                resume,
+                state.wandb_run_id.clone(),
+                recipe.train.steps as u64,
+            )?
+        } else {
+            None
+        };
+        if let Some(w) = wandb {
             state.wandb_run_id = w.run_id().map(str::to_string);
             sinks.push(Box::new(w));
         }

@@ -273,9 +273,10 @@ impl Trainer {
         if self.dist.is_some() {
             self.define_grads();
         }
-        // Reference log-probs once per batch (no grad), pass by pass: [minibatch][pass]
+        // Reference log-probs once per batch.
+        // Log-probs of `model` without gradients for this rank's passes, [minibatch][pass]
         // (undefined for another rank's passes).
-        let ref_logp: Option<Vec<Vec<Tensor>>> = self.reference.as_ref().map(|r| {
+        let frozen_logprobs = |model: &rollout::CausalLm| -> Vec<Vec<Tensor>> {
             tch::no_grad(|| {
                 minibatches
                     .iter()
@@ -283,24 +284,18 @@ impl Trainer {
                         mb.passes
                             .iter()
                             .enumerate()
-                            .map(|(pi, m)| if mine(pi) { self.logprobs(&r.model, b, m, false).logp } else { Tensor::new() })
+                            .map(|(pi, m)| if mine(pi) { self.logprobs(model, b, m, false).logp } else { Tensor::new() })
                             .collect()
                     })
                     .collect()
             })
-        });
+        };
+        let ref_logp = self.reference.as_ref().map(|r| frozen_logprobs(&r.model));
         // With an engine sampling, the learner's own log-probs at the rollout's weights, once
         // per batch before any update: the PPO ratio's old policy, and (against the engine's)
         // the correction weights. In process, the rollout's log-probs are the learner's.
         let engine = self.rollouts.is_engine();
-        let learner_old: Option<Vec<Vec<Tensor>>> = engine.then(|| {
-            tch::no_grad(|| {
-                minibatches
-                    .iter()
-                    .map(|mb| mb.passes.iter().map(|m| self.logprobs(&self.policy.model, b, m, false).logp).collect())
-                    .collect()
-            })
-        });
+        let learner_old = engine.then(|| frozen_logprobs(&self.policy.model));
         let mut st = LearnStats::default();
         let mut sums = Sums::default();
         let mut norms = vec![];
