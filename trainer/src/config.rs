@@ -499,15 +499,33 @@ fn parse_set_value(v: &str) -> toml::Value {
     }
 }
 
-/// Applies `a.b.c=value` overrides to a parsed TOML table.
+/// Applies `a.b.c=value` overrides to a parsed TOML table. In an array of tables that have
+/// a `name` (a pipeline's `[[stages]]`), the next part of the path picks the table by name:
+/// `stages.student-base.slip_rate=0.9`.
 pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<()> {
     for s in sets {
         let (key, value) = s.split_once('=').ok_or_else(|| anyhow!("--set {s:?}: expected key.path=value"))?;
         let parts: Vec<&str> = key.trim().split('.').collect();
         let mut cur = &mut *table;
-        for p in &parts[..parts.len() - 1] {
+        let mut i = 0;
+        while i + 1 < parts.len() {
+            let p = parts[i];
             let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            cur = entry.as_table_mut().ok_or_else(|| anyhow!("--set {s:?}: `{p}` is not a table"))?;
+            let by_name = matches!(entry, toml::Value::Array(_)) && i + 2 < parts.len();
+            cur = if by_name {
+                let items = entry.as_array_mut().expect("checked above");
+                let name = parts[i + 1];
+                let names: Vec<String> = items.iter().filter_map(|t| t.get("name").and_then(|n| n.as_str()).map(str::to_string)).collect();
+                i += 1;
+                items
+                    .iter_mut()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+                    .and_then(|t| t.as_table_mut())
+                    .ok_or_else(|| anyhow!("--set {s:?}: no `{p}` entry is named {name:?} (names: {})", names.join(", ")))?
+            } else {
+                entry.as_table_mut().ok_or_else(|| anyhow!("--set {s:?}: `{p}` is not a table"))?
+            };
+            i += 1;
         }
         cur.insert(parts[parts.len() - 1].to_string(), parse_set_value(value.trim()));
     }

@@ -128,7 +128,8 @@ struct TrainArgs {
     /// With --resume: continue from this checkpoint (`step-N` in RUN/checkpoints/) instead.
     #[arg(long, requires = "resume", value_name = "step-N")]
     from: Option<String>,
-    /// Override a recipe key: --set section.key=value (repeatable; values are TOML).
+    /// Override a recipe key: --set section.key=value (repeatable; values are TOML). In a
+    /// pipeline a stage is picked by name: --set stages.student-base.slip_rate=1.0
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Log lines instead of a progress bar.

@@ -266,4 +266,30 @@ mod tests {
         let bad: toml::Table = "model = \"{stages.rs.model}\"".parse().unwrap();
         assert!(resolve(&bad, Path::new("/r"), &state, "s").unwrap_err().to_string().contains("produced no model"));
     }
+
+    #[test]
+    fn set_reaches_a_stage_by_name() {
+        let mut t: toml::Table = r#"
+            [run]
+            name = "p"
+            [[stages]]
+            name = "base"
+            slip_rate = 0.7
+            [stages.model]
+            hidden = 64
+            [[stages]]
+            name = "rl"
+        "#
+        .parse()
+        .unwrap();
+        let sets = ["stages.base.slip_rate=1.0", "stages.base.model.hidden=32", "stages.rl.train.steps=5", "run.seed=3"];
+        crate::config::apply_sets(&mut t, &sets.map(String::from)).unwrap();
+        let st = t["stages"].as_array().unwrap();
+        assert_eq!(st[0]["slip_rate"].as_float(), Some(1.0));
+        assert_eq!(st[0]["model"]["hidden"].as_integer(), Some(32));
+        assert_eq!(st[1]["train"]["steps"].as_integer(), Some(5));
+        assert_eq!(t["run"]["seed"].as_integer(), Some(3));
+        let e = crate::config::apply_sets(&mut t, &["stages.bse.slip_rate=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("no `stages` entry is named \"bse\"") && e.contains("base, rl"), "{e}");
+    }
 }
