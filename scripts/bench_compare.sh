@@ -8,7 +8,7 @@
 #   3b. the same GRPO step with up to 256 tokens and rows ending at random (stop rate 0.01)
 # Each pair runs interleaved R times (ponder, python, ponder, python, ...) so that drift in
 # machine load hits both sides alike; the table shows the median over the R runs of each
-# side's own median. Both sides are fp32 on CPU with the same number of intra-op threads.
+# side's own median. Both sides are fp32 on CPU (GRPO steps: DTYPE) with the same number of intra-op threads.
 #
 # Usage (from the repo root, after `cargo build --release` and
 #        `.venv/bin/pip install -r scripts/requirements-bench.txt`):
@@ -27,6 +27,10 @@
 #   ONLY ["gen gen1 genvar train trainvar"] (a subset of the benchmarks),
 #   WORKERS [1] ROLLOUT_THREADS [0 = the learner's] ponder's rollout workers in the GRPO
 #     steps (2 and 1 on a 2-core CPU: see the README's "Rollout workers on CPU").
+#   DTYPE [f32] the GRPO steps' precision: bf16 = ponder's bf16 weights with fp32 master
+#     weights against TRL's bf16=True (fp32 weights, bf16 autocast),
+#   STALENESS [0] ponder's rollout.staleness: 1 = one-step-off overlap (the next batch is
+#     sampled while the learner updates; TRL's step stays synchronous: say so with figures).
 # Run it on a quiet machine: with THREADS equal to the core count, any other load makes
 # libtorch's OpenMP threads wait on each other and the figures become meaningless.
 set -euo pipefail
@@ -55,6 +59,8 @@ TRAINVAR_STOP_RATE=${TRAINVAR_STOP_RATE:-0.01}
 ONLY=${ONLY:-"gen gen1 genvar train trainvar"}
 WORKERS=${WORKERS:-1}
 ROLLOUT_THREADS=${ROLLOUT_THREADS:-0}
+STALENESS=${STALENESS:-0}
+DTYPE=${DTYPE:-f32}
 
 [ -x "$PONDER" ] || { echo "error: $PONDER not found; build it with cargo build --release" >&2; exit 1; }
 [ -x "$PY" ] || { echo "error: $PY not found; create the venv and pip install -r scripts/requirements-bench.txt" >&2; exit 1; }
@@ -99,11 +105,11 @@ for i in $(seq 1 "$R"); do
         run genvar ponder "$i" "$PONDER" bench generate --model "$MODEL" --batch "$GEN_BATCH" --new-tokens "$GENVAR_TOKENS" --stop-rate "$GENVAR_STOP_RATE" --repeats "$REPEATS" --threads "$THREADS"
         run genvar ref "$i" "$PY" scripts/bench_generate_hf.py --model "$MODEL" --batch "$GEN_BATCH" --new-tokens "$GENVAR_TOKENS" --stop-rate "$GENVAR_STOP_RATE" --repeats "$REPEATS" --threads "$THREADS" ;;
       train)
-        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" --max-tokens-per-micro-batch "$TRAIN_CAP" --workers "$WORKERS" --rollout-threads "$ROLLOUT_THREADS"
-        run train ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" ;;
+        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" --max-tokens-per-micro-batch "$TRAIN_CAP" --workers "$WORKERS" --rollout-threads "$ROLLOUT_THREADS" --staleness "$STALENESS" --dtype "$DTYPE"
+        run train ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" --dtype "$DTYPE" ;;
       trainvar)
-        run trainvar ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --workers "$WORKERS" --rollout-threads "$ROLLOUT_THREADS"
-        run trainvar ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" ;;
+        run trainvar ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --workers "$WORKERS" --rollout-threads "$ROLLOUT_THREADS" --staleness "$STALENESS" --dtype "$DTYPE"
+        run trainvar ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --dtype "$DTYPE" ;;
       *) echo "error: unknown benchmark '$b' in ONLY (gen, gen1, genvar, train, trainvar)" >&2; exit 1 ;;
     esac
   done
@@ -117,7 +123,7 @@ versions=$("$PY" -c 'import torch, transformers, trl; print(f"torch {torch.__ver
 cpu=$(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || true)
 
 echo
-echo "CPU: ${cpu:-unknown} ($(nproc) cores); $THREADS intra-op threads on both sides; fp32; median of $R interleaved runs."
+echo "CPU: ${cpu:-unknown} ($(nproc) cores); $THREADS intra-op threads on both sides; GRPO steps in $DTYPE (generation benchmarks fp32); median of $R interleaved runs."
 echo "Reference: $versions. Model: $MODEL ($(grep -o '"hidden_size": *[0-9]*' "$MODEL/config.json" | grep -o '[0-9]*$') hidden, $(grep -o '"num_hidden_layers": *[0-9]*' "$MODEL/config.json" | grep -o '[0-9]*$') layers, vocab $(grep -o '"vocab_size": *[0-9]*' "$MODEL/config.json" | grep -o '[0-9]*$'))."
 echo
 echo "| benchmark | ponder | reference | ponder / reference speed (memory) |"

@@ -4,7 +4,8 @@ printing the same line format so that scripts/bench_compare.sh can parse both.
 
     .venv/bin/python scripts/bench_trl_grpo.py --model runs/bench-model [--steps 5] [--threads 2]
 
-Settings mirrored from ponder's bench (trainer/src/bench.rs): fp32 (bf16 off), CPU, 8 prompts
+Settings mirrored from ponder's bench (trainer/src/bench.rs): fp32 (bf16 off; --dtype bf16
+turns TRL's bf16 mixed precision on, against `ponder bench train --dtype bf16`), CPU, 8 prompts
 x num_generations 8 = 64 completions per step, one optimizer step per generation batch
 (per_device_train_batch_size 64, gradient_accumulation_steps 1 by default), exactly 128 new
 tokens per completion (EOS suppressed with generation_kwargs min_new_tokens), temperature 1,
@@ -84,6 +85,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stop-rate", type=float, default=0.0, help="fraction of the vocabulary that ends a completion (0 = fixed length)")
     ap.add_argument("--verbose", action="store_true", help="show TRL's per-step logs")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                    help="bf16: GRPOConfig(bf16=True), TRL's mixed precision (fp32 weights and AdamW, bf16 autocast), as a TRL user runs it")
     a = ap.parse_args()
 
     if a.threads > 0:
@@ -120,7 +123,7 @@ def main():
     cfg = GRPOConfig(
         output_dir=out_dir,
         use_cpu=True,
-        bf16=False,
+        bf16=a.dtype == "bf16",
         fp16=False,
         seed=a.seed,
         max_steps=a.steps + 1,
@@ -192,7 +195,7 @@ def main():
     print(
         f"bench train (trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}): "
         f"{a.model} ({params / 1e6:.2f}M params), {a.prompts} prompts x G={a.group_size} x {a.new_tokens} new tokens, "
-        f"beta {a.beta}, dapo, micro-batch {micro} x accum {accum}, dtype f32, device cpu, threads {torch.get_num_threads()}"
+        f"beta {a.beta}, dapo, micro-batch {micro} x accum {accum}, dtype {a.dtype}, device cpu, threads {torch.get_num_threads()}"
     )
     print("  steps (s): " + " ".join(f"{t:.3f}" for t in times))
     print(f"  seconds per step (median): {step_s:.3f}  ({1 / step_s:.3f} steps/s)")

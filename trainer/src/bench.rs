@@ -215,6 +215,10 @@ pub struct TrainBench {
     /// `rollout.threads`: intra-op threads of each rollout worker (0 = the learner's count).
     #[arg(long, default_value_t = 0)]
     pub rollout_threads: usize,
+    /// `rollout.staleness`: 1 = one-step-off overlap (the next step's batch is sampled while
+    /// the learner updates, one step stale); 0 = synchronous.
+    #[arg(long, default_value_t = 0)]
+    pub staleness: u32,
 }
 
 /// The ids `--stop-rate` adds as EOS: the last ceil(rate x vocab) ids of the vocabulary
@@ -288,6 +292,7 @@ max_new_tokens = {n}
 min_new_tokens = {min_n}
 temperature = 1.0
 workers = {workers}
+staleness = {staleness}
 {rollout_threads}
 [[rewards]]
 kind = "char_fraction"
@@ -316,10 +321,12 @@ log_samples_every = 0
         p = a.prompts,
         n = a.new_tokens,
         beta = a.beta,
-        steps = a.steps + 1,
+        // With overlap every measured step samples the next one ahead, the last included.
+        steps = a.steps + 1 + a.staleness as usize,
         cap = a.max_tokens_per_micro_batch,
         accum = if a.micro_batch == 0 { 1 } else { (a.prompts * a.group_size).div_ceil(a.micro_batch) },
         workers = a.workers.max(1),
+        staleness = a.staleness,
         rollout_threads = if a.rollout_threads > 0 { format!("threads = {}", a.rollout_threads) } else { String::new() },
     );
     let table: toml::Table = recipe.parse()?;
@@ -328,6 +335,7 @@ log_samples_every = 0
     let mut t = Trainer::new(r, &table, false, &mut opts)?;
     let params: usize = t.policy().named_tensors().values().map(|x| x.numel()).sum();
     let mut rows = vec![];
+    // With overlap the first step samples its own batch: it is the warm-up step dropped below.
     for _ in 0..=a.steps {
         rows.push(t.step()?);
     }
@@ -343,7 +351,7 @@ log_samples_every = 0
     let device = parse_device(&a.device)?;
     let peak = matmul_peak_gflops(device);
     println!(
-        "bench train: {} ({:.2}M params), {} prompts x G={} x {} new tokens, learner passes per step {} (token cap {}), beta {}, dapo, dtype {}, device {}, threads {}, rollout workers {} x {} threads",
+        "bench train: {} ({:.2}M params), {} prompts x G={} x {} new tokens, learner passes per step {} (token cap {}), beta {}, dapo, dtype {}, device {}, threads {}, rollout workers {} x {} threads{}",
         a.model.display(),
         params as f64 / 1e6,
         a.prompts,
@@ -356,7 +364,8 @@ log_samples_every = 0
         a.device,
         tch::get_num_threads(),
         a.workers.max(1),
-        if a.rollout_threads > 0 { a.rollout_threads.to_string() } else { "the learner's".into() }
+        if a.rollout_threads > 0 { a.rollout_threads.to_string() } else { "the learner's".into() },
+        if a.staleness > 0 { ", one-step-off overlap (the next batch sampled during the update)" } else { "" }
     );
     if a.stop_rate > 0.0 {
         println!(
@@ -372,11 +381,15 @@ log_samples_every = 0
         rows.iter().map(|r| format!("{:.3}", r["time/step_s"].as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(" ")
     );
     println!("  seconds per step (median): {step_s:.3}  ({:.3} steps/s)", 1.0 / step_s);
-    println!(
-        "  rollout tokens/s: {:.0}   learner tokens/s: {:.0}",
-        get("throughput/rollout_tokens_per_s"),
-        get("throughput/learner_tokens_per_s")
-    );
+    let rollout_key = if a.staleness > 0 { "throughput/rollout_ahead_tokens_per_s" } else { "throughput/rollout_tokens_per_s" };
+    println!("  rollout tokens/s: {:.0}   learner tokens/s: {:.0}", get(rollout_key), get("throughput/learner_tokens_per_s"));
+    if a.staleness > 0 {
+        println!(
+            "  overlapped: sampling ahead {:.3} s, learner {:.3} s per step (medians)",
+            get("time/rollout_ahead_s"),
+            get("time/learner_s")
+        );
+    }
     println!(
         "  achieved GFLOP/s: {:.2} of a measured fp32 matmul peak of {:.1} ({:.1}%)",
         flops / step_s / 1e9,

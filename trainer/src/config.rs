@@ -251,6 +251,10 @@ pub struct RolloutCfg {
     /// readable by the servers at the same path (a shared filesystem across nodes). Default:
     /// `<run dir>/engine-weights`.
     pub engine_weights_dir: Option<PathBuf>,
+    /// One-step-off-policy overlap: 1 = while the learner updates on step t's batch, the
+    /// samplers draw step t+1's with the weights from before that update (one step stale;
+    /// the PPO ratio against the sampler's log-probs corrects the lag); 0 = synchronous.
+    pub staleness: u32,
 }
 
 /// `[rollout] engine`.
@@ -298,6 +302,7 @@ impl Default for RolloutCfg {
             urls: vec![],
             engine_timeout_s: 600,
             engine_max_in_flight: 64,
+            staleness: 0,
             engine_weights_dir: None,
         }
     }
@@ -409,6 +414,10 @@ pub struct OptimCfg {
     pub max_grad_norm: f64,
     /// Micro-batches per optimizer step (splits each minibatch to bound memory).
     pub grad_accumulation: usize,
+    /// In a data-parallel launch: 0 = every rank holds the whole optimizer state; 2 = ZeRO-2
+    /// (gradients reduce-scattered; each rank keeps the fp32 master weights and AdamW
+    /// moments of its 1/world share and updates it; the shares are all-gathered).
+    pub zero_stage: u32,
 }
 
 impl Default for OptimCfg {
@@ -422,6 +431,7 @@ impl Default for OptimCfg {
             warmup_steps: 0,
             max_grad_norm: 1.0,
             grad_accumulation: 1,
+            zero_stage: 0,
         }
     }
 }
@@ -598,6 +608,12 @@ impl Recipe {
         if r.max_batch == 0 {
             bail!("rollout.max_batch must be >= 1 (rows per generation pass)");
         }
+        if r.staleness > 1 {
+            bail!(
+                "rollout.staleness = {}: only 0 (synchronous) and 1 (one-step-off overlap: the next batch is sampled while the learner updates) are supported",
+                r.staleness
+            );
+        }
         r.sampling().validate().map_err(|e| anyhow!("[rollout]: {e}"))?;
         if r.engine == Engine::Local && !r.urls.is_empty() {
             bail!("rollout.urls is set but rollout.engine is \"local\": set rollout.engine = \"sglang\" or \"vllm\" to sample on those servers, or remove urls");
@@ -666,6 +682,12 @@ impl Recipe {
         }
         if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) || !(o.max_grad_norm >= 0.0 && o.max_grad_norm.is_finite()) {
             bail!("optim.weight_decay and optim.max_grad_norm must be numbers >= 0");
+        }
+        if o.zero_stage != 0 && o.zero_stage != 2 {
+            bail!("optim.zero_stage must be 0 (no sharding) or 2 (ZeRO-2: gradients and optimizer state sharded over the data-parallel ranks), got {}", o.zero_stage);
+        }
+        if o.zero_stage == 2 && matches!(rollout::folder::parse_kind(&self.model.dtype), Ok(tch::Kind::Half)) {
+            bail!("optim.zero_stage = 2 does not support model.dtype = \"f16\" (its loss scaling is not sharded yet): use bf16 or f32");
         }
         if self.train.steps == 0 {
             bail!("train.steps must be >= 1");

@@ -22,3 +22,4 @@ pub mod tasks;
 pub mod tiny;
 pub mod train;
 pub mod wandb_sink;
+pub mod zero;

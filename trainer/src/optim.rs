@@ -27,6 +27,9 @@ pub struct AdamW {
     /// Optimizer steps taken.
     pub step: u64,
     cfg: OptimCfg,
+    /// ZeRO-2 over data-parallel ranks: this rank's share of the state lives there, and the
+    /// three maps above stay empty.
+    zero: Option<crate::zero::Zero2>,
 }
 
 /// GradScaler's state: the current scale and the clean steps since it last changed.
@@ -68,7 +71,53 @@ impl AdamW {
             .map(|(k, p)| (k.clone(), tch::no_grad(|| p.detach().to_kind(Kind::Float))))
             .collect();
         let scaler = params.values().any(|p| p.kind() == Kind::Half).then_some(LossScale { scale: INIT_SCALE, clean: 0 });
-        AdamW { params, m, v, master, scaler, step: 0, cfg: cfg.clone() }
+        AdamW { params, m, v, master, scaler, step: 0, cfg: cfg.clone(), zero: None }
+    }
+
+    /// AdamW whose state is sharded over the ranks of a data-parallel launch (ZeRO-2):
+    /// gradients go through [`reduce_grads`](Self::reduce_grads), updates through
+    /// [`step_sharded`](Self::step_sharded).
+    pub fn new_sharded(params: BTreeMap<String, Tensor>, cfg: &OptimCfg, rank: usize, world: usize) -> Self {
+        let zero = crate::zero::Zero2::new(&params, rank, world);
+        AdamW {
+            params,
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+            master: BTreeMap::new(),
+            scaler: None,
+            step: 0,
+            cfg: cfg.clone(),
+            zero: Some(zero),
+        }
+    }
+
+    pub fn is_sharded(&self) -> bool {
+        self.zero.is_some()
+    }
+
+    /// Sharded: reduce-scatters the gradients over the ranks and returns the global norm of
+    /// their sum (what [`grad_norm`](Self::grad_norm) gives after an all-reduce).
+    pub fn reduce_grads(&mut self, pg: &ponder_dist::ProcessGroup) -> Result<f64> {
+        let z = self.zero.as_mut().context("reduce_grads needs a sharded optimizer")?;
+        z.reduce_grads(&self.params, pg)
+    }
+
+    /// Sharded: [`clip_grad_norm`](Self::clip_grad_norm) then [`step`](Self::step), on this
+    /// rank's share, and the updated weights gathered from every rank.
+    pub fn step_sharded(&mut self, norm: f64, lr: f64, pg: &ponder_dist::ProcessGroup) -> Result<()> {
+        let max_norm = self.cfg.max_grad_norm;
+        let z = self.zero.as_mut().context("step_sharded needs a sharded optimizer")?;
+        let coef = max_norm / (norm + 1e-6);
+        z.clip(if max_norm > 0.0 && coef < 1.0 { coef } else { 1.0 });
+        self.step += 1;
+        z.step(&self.params, pg, &self.cfg, lr, self.step)
+    }
+
+    /// Sharded: the whole state, gathered from every rank (a collective), in the layout of
+    /// [`state_tensors`](Self::state_tensors).
+    pub fn gather_state(&self, pg: &ponder_dist::ProcessGroup) -> Result<BTreeMap<String, Tensor>> {
+        let z = self.zero.as_ref().context("gather_state needs a sharded optimizer")?;
+        z.gather_state(&self.params, pg)
     }
 
     /// Whether the model trains through fp32 master weights (a bf16 or f16 model).
@@ -217,6 +266,11 @@ impl AdamW {
 
     pub fn load(&mut self, path: &Path, step: u64) -> Result<()> {
         let tensors = rollout::model::weights::load_file(path).with_context(|| format!("reading optimizer state {}", path.display()))?;
+        if let Some(z) = &mut self.zero {
+            z.load(&tensors, &self.params, &path.display().to_string())?;
+            self.step = step;
+            return Ok(());
+        }
         tch::no_grad(|| -> Result<()> {
             for (prefix, map) in [("exp_avg", &mut self.m), ("exp_avg_sq", &mut self.v)] {
                 for (k, t) in map.iter_mut() {

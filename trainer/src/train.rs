@@ -16,6 +16,7 @@ use rollout::folder::{parse_device, parse_kind, Policy};
 use rollout::generate::{Completion, FinishReason, SamplingParams};
 use rollout::pool::{mix_seed, RolloutPool};
 use rollout::tokenizer::Tokenizer;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,8 +59,12 @@ pub struct Trainer {
     tk: Arc<Tokenizer>,
     policy: Policy,
     reference: Option<Policy>,
-    /// The in-process worker pool, or inference servers.
-    rollouts: Rollouts,
+    /// The in-process worker pool, or inference servers (shared with the thread that samples
+    /// the next batch during an update, with `rollout.staleness = 1`).
+    rollouts: Arc<Rollouts>,
+    /// With `rollout.staleness = 1`: the next step's first round, sampled during the last
+    /// update with the weights from before it; saved in checkpoints, so resume is exact.
+    inflight: Option<Inflight>,
     opt: AdamW,
     rewards: RewardSet,
     train_set: Vec<Example>,
@@ -78,6 +83,18 @@ pub struct Trainer {
     updated: bool,
     fail_alloc_at_step: Option<u64>,
 }
+
+/// A batch sampled ahead (one-step-off overlap): the prompts (indices into the training set)
+/// and their groups, for the step whose 0-based index is `step`.
+#[derive(Clone, Serialize, Deserialize)]
+struct Inflight {
+    step: u64,
+    idx: Vec<usize>,
+    groups: Vec<Vec<Completion>>,
+}
+
+/// Where a checkpoint keeps the batch in flight (next to the optimizer state).
+const INFLIGHT: &str = "train-state/inflight.json";
 
 fn sampling(recipe: &Recipe) -> SamplingParams {
     recipe.rollout.sampling()
@@ -190,7 +207,29 @@ impl Trainer {
             r.sync(&policy, state.step)?;
             r
         };
-        let mut opt = AdamW::new(policy.named_tensors(), &recipe.optim);
+        // A batch sampled ahead by the run that wrote the checkpoint: trained on first, as it
+        // would have been, even if the overlap is now off.
+        let inflight = match (&latest, resume) {
+            (Some((_, dir)), true) if dir.join(INFLIGHT).exists() => {
+                let f = dir.join(INFLIGHT);
+                let b: Inflight = serde_json::from_slice(&std::fs::read(&f)?).with_context(|| {
+                    format!(
+                        "{}: the batch in flight is unreadable (a damaged checkpoint?); resume from an earlier one with --from",
+                        f.display()
+                    )
+                })?;
+                Some(b)
+            }
+            _ => None,
+        };
+        let mut opt = match (&dist, recipe.optim.zero_stage) {
+            (Some(pg), 2) => AdamW::new_sharded(policy.named_tensors(), &recipe.optim, pg.rank, pg.world),
+            (None, 2) => {
+                eprintln!("note: optim.zero_stage = 2 shards the optimizer state over data-parallel ranks; this run is one process, so nothing is sharded");
+                AdamW::new(policy.named_tensors(), &recipe.optim)
+            }
+            _ => AdamW::new(policy.named_tensors(), &recipe.optim),
+        };
         if state.optimizer_step > 0 {
             opt.load(&checkpoint::find(&weights_dir, checkpoint::OPTIMIZER), state.optimizer_step)?;
         }
@@ -237,7 +276,8 @@ impl Trainer {
             tk,
             policy,
             reference,
-            rollouts,
+            rollouts: Arc::new(rollouts),
+            inflight,
             opt,
             rewards,
             train_set,
@@ -266,12 +306,24 @@ impl Trainer {
     /// share of the prompts (each sample seeded as in one process) and the shares are
     /// gathered, so every rank holds the same groups as a single process would.
     fn generate_split(&self, prompts: &[Vec<i64>], g: usize, params: &SamplingParams, seed: u64) -> Result<Vec<Vec<Completion>>> {
-        let Some(pg) = &self.dist else {
-            return self.rollouts.generate_groups(prompts, g, params, seed);
-        };
-        let n = prompts.len();
-        let (from, to) = (pg.rank * n / pg.world, (pg.rank + 1) * n / pg.world);
+        let (from, to) = self.share(prompts.len());
         let mine = self.rollouts.generate_groups_from(&prompts[from..to], from, g, params, seed)?;
+        self.gather(mine)
+    }
+
+    /// This rank's contiguous share `from..to` of `n` prompts (all of them in one process).
+    fn share(&self, n: usize) -> (usize, usize) {
+        match &self.dist {
+            Some(pg) => (pg.rank * n / pg.world, (pg.rank + 1) * n / pg.world),
+            None => (0, n),
+        }
+    }
+
+    /// Every rank's share of a split call, in rank order (a collective: every rank calls it).
+    fn gather(&self, mine: Vec<Vec<Completion>>) -> Result<Vec<Vec<Completion>>> {
+        let Some(pg) = &self.dist else {
+            return Ok(mine);
+        };
         let mut all = vec![];
         for part in pg.all_gather_bytes(&serde_json::to_vec(&mine)?)? {
             let groups: Vec<Vec<Completion>> = serde_json::from_slice(&part).context("a rank's rollouts")?;
@@ -350,6 +402,7 @@ impl Trainer {
     /// step and checkpoints it, so `--resume` continues exactly from there.
     fn guarded_step(&mut self) -> Result<Row> {
         let before = self.state.clone();
+        let inflight_before = self.inflight.clone();
         self.updated = false;
         let err = match rollout::error::catch_quietly(|| self.step()) {
             Ok(Ok(row)) => return Ok(row),
@@ -370,6 +423,7 @@ impl Trainer {
             format!("it failed after its first weight update, so the last completed step cannot be saved; newest checkpoint: {newest}; {resume}")
         } else {
             self.state = before;
+            self.inflight = inflight_before;
             let have = checkpoint::latest(&self.run_dir).ok().flatten().is_some_and(|(s, _)| s == self.state.step);
             if self.state.step == 0 {
                 "nothing was trained yet, so no checkpoint was written".to_string()
@@ -400,14 +454,37 @@ impl Trainer {
         let (mut examples, mut prompts, mut groups) = (Vec::<Example>::new(), Vec::<Vec<i64>>::new(), Vec::<Vec<Completion>>::new());
         let mut scores: Option<rewards::BatchScores> = None;
         let (mut rounds, mut informative) = (0usize, 0usize);
+        let mut stale_groups = 0usize;
         let mut n = want;
+        let ahead = self.inflight.take();
         loop {
-            let idx = self.state.cursor.take(seed, self.train_set.len(), n);
-            let ex: Vec<Example> = idx.iter().map(|&i| self.train_set[i].clone()).collect();
-            let ps: Vec<Vec<i64>> = ex.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
-            // Round 0 keeps the seed a run without refill has always used.
-            let round_seed = if rounds == 0 { mix_seed(seed, step + 1) } else { mix_seed(mix_seed(seed, step + 1), rounds as u64) };
-            let gr = self.generate_split(&ps, g, &params, round_seed)?;
+            let (ex, ps, gr) = match ahead.as_ref().filter(|_| rounds == 0) {
+                // Round 0 was sampled during the last update (one-step-off overlap).
+                Some(b) => {
+                    if b.step != step || b.idx.iter().any(|&i| i >= self.train_set.len()) {
+                        bail!(
+                            "the batch in flight was sampled for step {} of a {}-prompt training set, not step {} of this {}-row one; resume from the checkpoint it came with, unchanged",
+                            b.step + 1,
+                            b.idx.iter().max().map_or(0, |m| m + 1),
+                            step + 1,
+                            self.train_set.len()
+                        );
+                    }
+                    let ex: Vec<Example> = b.idx.iter().map(|&i| self.train_set[i].clone()).collect();
+                    let ps: Vec<Vec<i64>> = ex.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
+                    stale_groups += b.groups.len();
+                    (ex, ps, b.groups.clone())
+                }
+                None => {
+                    let idx = self.state.cursor.take(seed, self.train_set.len(), n);
+                    let ex: Vec<Example> = idx.iter().map(|&i| self.train_set[i].clone()).collect();
+                    let ps: Vec<Vec<i64>> = ex.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
+                    // Round 0 keeps the seed a run without refill has always used.
+                    let round_seed = if rounds == 0 { mix_seed(seed, step + 1) } else { mix_seed(mix_seed(seed, step + 1), rounds as u64) };
+                    let gr = self.generate_split(&ps, g, &params, round_seed)?;
+                    (ex, ps, gr)
+                }
+            };
             let samples: Vec<Sample> =
                 ex.iter().zip(&gr).flat_map(|(e, grp)| grp.iter().map(move |c| (e, c))).map(|(e, c)| self.reward_sample(e, c)).collect();
             let sc = self.rewards.score_batch(&samples);
@@ -454,14 +531,59 @@ impl Trainer {
             row.insert("dynamic_sampling/informative_groups".into(), json!(informative));
             row.insert("dynamic_sampling/groups_trained".into(), json!(kept_groups.len()));
         }
+        if cfg.rollout.staleness > 0 || stale_groups > 0 {
+            // Steps by which the sampling weights lagged the learner's, over the step's groups.
+            row.insert("rollout/staleness".into(), json!(stale_groups as f64 / groups.len() as f64));
+        }
 
-        // 3. Learner updates.
+        // 3. Learner updates; with `rollout.staleness = 1`, the next step's prompts are
+        // sampled meanwhile, with the weights from before this update.
         let t1 = Instant::now();
         let lr = lr_at(&cfg.optim, self.opt.step, self.total_updates());
         let mut learn = LearnStats::default();
+        let next = if cfg.rollout.staleness > 0 && step + 1 < cfg.train.steps as u64 {
+            let idx = self.state.cursor.take(seed, self.train_set.len(), want);
+            let ps: Vec<Vec<i64>> = idx.iter().map(|&i| self.encode_prompt(&self.train_set[i])).collect::<Result<_>>()?;
+            Some((idx, ps))
+        } else {
+            None
+        };
+        let (from, to) = self.share(next.as_ref().map_or(0, |(_, ps)| ps.len()));
+        let sampler = self.rollouts.clone();
+        let next_seed = mix_seed(seed, step + 2);
+        let mut ahead_s = 0.0;
+        let ahead = std::thread::scope(|scope| -> Result<Option<Vec<Vec<Completion>>>> {
+            let job = next.as_ref().map(|(_, ps)| {
+                let (ps, params) = (&ps[from..to], &params);
+                scope.spawn(move || {
+                    let t = Instant::now();
+                    let groups = sampler.generate_groups_from(ps, from, g, params, next_seed);
+                    (groups, t.elapsed().as_secs_f64())
+                })
+            });
+            let learned = match kept_groups.is_empty() {
+                true => Ok(LearnStats::default()),
+                false => self.build_batch(&kept_groups, &prompts, &comps, &adv).and_then(|mut batch| {
+                    batch.rollout_old = stale_groups > 0;
+                    self.learn(&batch)
+                }),
+            };
+            let sampled = job.map(|h| {
+                let (groups, secs) =
+                    h.join().map_err(|p| anyhow!("sampling the next batch panicked: {}", rollout::error::panic_message(&*p)))?;
+                ahead_s = secs;
+                groups
+            });
+            learn = learned?;
+            sampled.transpose()
+        })?;
+        if let (Some(mine), Some((idx, _))) = (ahead, next) {
+            let tokens: usize = mine.iter().flatten().map(|c| c.token_ids.len()).sum();
+            row.insert("time/rollout_ahead_s".into(), json!(ahead_s));
+            row.insert("throughput/rollout_ahead_tokens_per_s".into(), json!(tokens as f64 / ahead_s.max(1e-9)));
+            self.inflight = Some(Inflight { step: step + 1, idx, groups: self.gather(mine)? });
+        }
         if !kept_groups.is_empty() {
-            let batch = self.build_batch(&kept_groups, &prompts, &comps, &adv)?;
-            learn = self.learn(&batch)?;
             self.rollouts.sync(&self.policy, step + 1)?;
         }
         if cfg.grpo.ref_sync_every > 0 && (step + 1) % cfg.grpo.ref_sync_every as u64 == 0 {
@@ -635,11 +757,17 @@ impl Trainer {
             adv: Tensor::from_slice(&a).to_device(d),
             prompt_lens: keep.iter().map(|&i| prompts[i / g].len() as i64).collect(),
             comp_lens: keep.iter().map(|&i| comps[i].token_ids.len() as i64).collect(),
+            rollout_old: false,
         })
     }
 
     /// Writes `checkpoints/step-N/` atomically.
     pub fn save(&mut self) -> Result<PathBuf> {
+        // ZeRO-2: every rank sends its share of the optimizer state to the file's layout.
+        let gathered = match self.dist.as_ref().filter(|_| self.opt.is_sharded()) {
+            Some(pg) => Some(self.opt.gather_state(pg)?),
+            None => None,
+        };
         if !self.is_rank0() {
             // Rank 0 writes the checkpoint; every rank holds the same weights and state.
             return Ok(checkpoint::checkpoints_dir(&self.run_dir).join(format!("step-{}", self.state.step)));
@@ -647,11 +775,17 @@ impl Trainer {
         let keep = self.recipe.train.keep_last;
         let src = self.model_dir.clone();
         let state = self.state.clone();
-        let (policy, opt, reference, kind) = (&self.policy, &self.opt, &self.reference, self.kind);
+        let (policy, opt, reference, kind, inflight) = (&self.policy, &self.opt, &self.reference, self.kind, &self.inflight);
         checkpoint::write(&self.run_dir, &state, keep, |dir| {
             policy.save_weights(dir, kind, None)?;
             checkpoint::copy_side_files(&src, dir)?;
-            opt.save(&checkpoint::place(dir, checkpoint::OPTIMIZER)?)?;
+            match &gathered {
+                Some(state) => rollout::model::weights::save_file(state, &checkpoint::place(dir, checkpoint::OPTIMIZER)?)?,
+                None => opt.save(&checkpoint::place(dir, checkpoint::OPTIMIZER)?)?,
+            }
+            if let Some(b) = inflight {
+                std::fs::write(checkpoint::place(dir, INFLIGHT)?, serde_json::to_vec(b)?)?;
+            }
             if state.reference_saved {
                 if let Some(r) = reference {
                     rollout::model::weights::save_file(&r.named_tensors(), &checkpoint::place(dir, checkpoint::REFERENCE)?)?;

@@ -482,3 +482,72 @@ fn token_capped_micro_batches_give_the_same_update() {
         }
     }
 }
+
+/// `rollout.staleness = 1`: step t+1's batch is sampled during step t's update with the
+/// weights from before it. Checked against a run whose weights cannot move (lr 1e-30 leaves
+/// every fp32 weight as it is): the overlap run's step-2 samples are exactly that run's (both
+/// drawn from the base weights), while a synchronous run's step 2 differs. A checkpoint
+/// carries the batch in flight, so resuming from it reproduces the straight run bit for bit.
+#[test]
+fn one_step_off_overlap_samples_a_step_behind_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let r = recipe(tmp.path(), "");
+    let run = |name: &str, extra: &[&str]| {
+        let mut sets: Vec<String> = vec![
+            format!("run.name=\"{name}\""),
+            "train.steps=4".into(),
+            "train.eval_every=0".into(),
+            "train.save_every=2".into(),
+            "train.keep_last=4".into(),
+            "train.log_samples_every=1".into(),
+            "rollout.threads=1".into(),
+        ];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        train::train(Some(&r), None, &sets, opts()).unwrap().run_dir
+    };
+    let overlap = run("overlap", &["rollout.staleness=1"]);
+    let frozen = run("frozen", &["optim.lr=1e-30"]);
+    let sync = run("sync", &[]);
+    // The premise: the frozen run's weights did not move (beyond 1e-20: a weight that is
+    // exactly 0 can take a 1e-30 step).
+    let base = rollout::model::weights::load_file(&tmp.path().join("model/model.safetensors")).unwrap();
+    let frozen_w = rollout::model::weights::load_file(&frozen.join("checkpoints/step-2/model.safetensors")).unwrap();
+    for (k, t) in &base {
+        let d = f64::try_from((t - &frozen_w[k]).abs().max()).unwrap();
+        assert!(d < 1e-20, "lr 1e-30 moved {k} by {d}");
+    }
+    let samples = |run: &Path, step: u64| -> Vec<String> {
+        std::fs::read_to_string(run.join(format!("samples/step-{step:06}.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["completion"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(samples(&overlap, 1), samples(&sync, 1), "step 1 has nothing to overlap with");
+    assert_eq!(samples(&overlap, 2), samples(&frozen, 2), "step 2 was not sampled with the weights from before step 1's update");
+    assert_ne!(samples(&sync, 2), samples(&frozen, 2), "the test cannot tell stale samples from fresh ones");
+    let rows = metrics(&overlap);
+    let stale: Vec<f64> = rows.iter().map(|r| r["rollout/staleness"].as_f64().unwrap()).collect();
+    assert_eq!(stale, [0.0, 1.0, 1.0, 1.0]);
+    assert!(metrics(&sync)[1].get("rollout/staleness").is_none());
+    // The learner sees the lag as a gap between its log-probs and the sampler's.
+    let gap = |rows: &[serde_json::Value]| rows[1]["learner/rollout_logprob_diff_mean"].as_f64().unwrap();
+    assert!(gap(&rows) > 20.0 * gap(&metrics(&sync)).max(1e-6), "overlap gap {} vs sync {}", gap(&rows), gap(&metrics(&sync)));
+
+    // As after kill -9 during step 3: resume a copy of the run from its step-2 checkpoint.
+    assert!(overlap.join("checkpoints/step-2/train-state/inflight.json").exists());
+    let copy = tmp.path().join("runs/overlap-copy");
+    std::process::Command::new("cp").arg("-r").arg(&overlap).arg(&copy).status().unwrap();
+    std::fs::write(
+        copy.join("config.toml"),
+        std::fs::read_to_string(copy.join("config.toml")).unwrap().replace("\"overlap\"", "\"overlap-copy\""),
+    )
+    .unwrap();
+    let o = Options { resume_from: Some("step-2".into()), ..opts() };
+    let resumed = train::train(None, Some(&copy), &[], o).unwrap();
+    assert_eq!(resumed.steps_done, 4);
+    same_weights(&overlap, &resumed.run_dir, 4, "differs between the straight overlap run and its resume from step 2");
+    let steps: Vec<u64> = metrics(&resumed.run_dir).iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
+}

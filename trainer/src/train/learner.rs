@@ -21,6 +21,9 @@ pub(super) struct Batch {
     /// Per row: prompt and completion lengths (for planning the learner's passes).
     pub(super) prompt_lens: Vec<i64>,
     pub(super) comp_lens: Vec<i64>,
+    /// Rows sampled with older weights than the learner's (one-step-off overlap): the PPO
+    /// ratio's old policy is then the sampler's log-probs even at mu = 1.
+    pub(super) rollout_old: bool,
 }
 
 impl Batch {
@@ -327,11 +330,12 @@ impl Trainer {
                         st.lp_diff_sum += f64::try_from(diff.sum(Kind::Double))?;
                         st.lp_diff_n += f64::try_from(valid.sum(Kind::Double))?;
                     }
-                    // mu = 1: old = current (ratio 1, no extra forward pass); else the
-                    // rollout's log-probs (the learner's own with an engine).
+                    // mu = 1: old = current (ratio 1, no extra forward pass); else, or when
+                    // the rows were sampled a step behind, the rollout's log-probs (the
+                    // learner's own with an engine, whose correction weights carry the lag).
                     let old = match &learner_old {
                         Some(lo) => lo[mi][pi].shallow_clone(),
-                        None if cfg.num_iterations == 1 => logp.detach(),
+                        None if cfg.num_iterations == 1 && !b.rollout_old => logp.detach(),
                         None => m.select(&b.old),
                     };
                     let rl = ref_logp.as_ref().map(|r| &r[mi][pi]);
@@ -374,11 +378,17 @@ impl Trainer {
                     let mut bad = [if finite { 0.0 } else { 1.0 }];
                     pg.all_reduce_f64(&mut bad)?;
                     finite = bad[0] == 0.0;
-                    if finite {
+                    if finite && !self.opt.is_sharded() {
                         self.all_reduce_grads()?;
                     }
                 }
-                let gn = if finite { self.opt.grad_norm() } else { f64::NAN };
+                // ZeRO-2: each rank receives its share of the summed gradient instead.
+                let sharded = self.dist.as_ref().filter(|_| self.opt.is_sharded());
+                let gn = match (finite, sharded) {
+                    (false, _) => f64::NAN,
+                    (true, Some(pg)) => self.opt.reduce_grads(pg)?,
+                    (true, None) => self.opt.grad_norm(),
+                };
                 if finite && self.opt.skip_overflow(gn) {
                     // f16: the scaled gradients overflowed; the scale was halved.
                     st.skipped += 1;
@@ -399,9 +409,14 @@ impl Trainer {
                     // 64 TiB
                 }
                 self.updated = true;
-                self.opt.clip_grad_norm(gn, self.recipe.optim.max_grad_norm);
                 let lr = lr_at(&self.recipe.optim, self.opt.step, total_updates);
-                self.opt.step(lr);
+                match self.dist.as_ref().filter(|_| self.opt.is_sharded()) {
+                    Some(pg) => self.opt.step_sharded(gn, lr, pg)?,
+                    None => {
+                        self.opt.clip_grad_norm(gn, self.recipe.optim.max_grad_norm);
+                        self.opt.step(lr);
+                    }
+                }
                 self.opt.zero_grad();
             }
         }
@@ -499,6 +514,7 @@ mod tests {
             adv: Tensor::zeros([n], (Kind::Float, Device::Cpu)),
             valid,
             prompts,
+            rollout_old: false,
         }
     }
 
