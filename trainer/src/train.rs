@@ -96,6 +96,23 @@ struct Inflight {
 /// Where a checkpoint keeps the batch in flight (next to the optimizer state).
 const INFLIGHT: &str = "train-state/inflight.json";
 
+/// Gives the samplers the learner's weights as of `step`. With inference servers in a
+/// data-parallel launch, rank 0 alone publishes and reloads them (every rank holds the same
+/// weights) and the others wait for its outcome; each rank's local workers sync themselves.
+fn sync_ranks(rollouts: &Rollouts, policy: &Policy, dist: Option<&ponder_dist::ProcessGroup>, step: u64) -> Result<()> {
+    let Some(pg) = dist.filter(|_| rollouts.is_engine()) else {
+        return rollouts.sync(policy, step);
+    };
+    let res = if pg.rank == 0 { rollouts.sync(policy, step) } else { Ok(()) };
+    let mut failed = [if res.is_err() { 1.0 } else { 0.0 }];
+    pg.all_reduce_f64(&mut failed)?;
+    res?;
+    if failed[0] > 0.0 {
+        bail!("rank 0 could not publish the weights of step {step} to the inference servers (rank 0's log has the cause)");
+    }
+    Ok(())
+}
+
 fn sampling(recipe: &Recipe) -> SamplingParams {
     recipe.rollout.sampling()
 }
@@ -107,9 +124,6 @@ impl Trainer {
         // Under torchrun or Slurm: join the other ranks first. Rank 0 alone writes the run
         // folder (config, metrics, checkpoints); every rank trains the same weights.
         let launch = ponder_dist::Launch::from_env(|k| std::env::var(k).ok())?;
-        if launch.is_some() && recipe.rollout.engine != crate::config::Engine::Local {
-            bail!("a data-parallel launch samples with the local rollout workers; rollout.engine = {:?} with several learner ranks is not supported yet", recipe.rollout.engine);
-        }
         let dist = match &launch {
             Some(l) => {
                 let secs = std::env::var("PONDER_DIST_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(1800u64);
@@ -204,7 +218,7 @@ impl Trainer {
             // The servers start from whatever they were launched with: publish the learner's
             // weights (the base model, or the resumed checkpoint's) before the first rollout.
             let r = Rollouts::connect(&recipe, &run_dir, &model_dir, &policy, tk.clone(), kind)?;
-            r.sync(&policy, state.step)?;
+            sync_ranks(&r, &policy, dist.as_ref(), state.step)?;
             r
         };
         // A batch sampled ahead by the run that wrote the checkpoint: trained on first, as it
@@ -584,7 +598,7 @@ impl Trainer {
             self.inflight = Some(Inflight { step: step + 1, idx, groups: self.gather(mine)? });
         }
         if !kept_groups.is_empty() {
-            self.rollouts.sync(&self.policy, step + 1)?;
+            sync_ranks(&self.rollouts, &self.policy, self.dist.as_ref(), step + 1)?;
         }
         if cfg.grpo.ref_sync_every > 0 && (step + 1) % cfg.grpo.ref_sync_every as u64 == 0 {
             if let Some(r) = &self.reference {

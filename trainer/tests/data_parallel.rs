@@ -5,6 +5,11 @@
 //! is the one process's accumulated gradient with grad_accumulation = 2: the weights must be
 //! bit-identical.
 
+#[path = "support/model_server.rs"]
+mod model_server;
+
+use model_server::model_server;
+use ponder_engine::EngineKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -243,6 +248,44 @@ fn zero2_equals_the_unsharded_update() {
         assert!(o.status.success(), "resume rank {rank}: {}", String::from_utf8_lossy(&o.stderr));
     }
     assert_eq!(max_diff(&zero, &half, 4, "model.safetensors"), 0.0, "resumed sharded run");
+}
+
+/// Rollouts on an inference server (a loopback mock of SGLang's routes sampling with ponder's
+/// model) with two learner ranks: each rank asks the server for its share of the samples,
+/// rank 0 alone publishes the weights (once before the first rollout, then after every
+/// step) and the other rank samples only after the reload. Same weights as one process on
+/// its own server.
+#[test]
+fn two_ranks_sample_on_an_engine_and_rank_0_publishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = setup(tmp.path());
+    let r = recipe.to_str().unwrap();
+    let (one_srv, two_srv) = (model_server(EngineKind::Sglang), model_server(EngineKind::Sglang));
+    let urls = |url: &str| format!("rollout.urls=[\"{url}\"]");
+    let (u1, u2) = (urls(&one_srv.url), urls(&two_srv.url));
+    let eng = "rollout.engine=\"sglang\"";
+    let one = ponder()
+        .args(["train", r, "--quiet", "--set", "run.name=\"one\"", "--set", "optim.grad_accumulation=2", "--set", eng, "--set", &u1])
+        .output()
+        .unwrap();
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    for (rank, o) in torchrun(&["train", r, "--quiet", "--set", "run.name=\"two\"", "--set", eng, "--set", &u2]).iter().enumerate() {
+        assert!(o.status.success(), "rank {rank}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (a, b) = (tmp.path().join("runs/one"), tmp.path().join("runs/two"));
+    let load = |run: &Path| rollout::model::weights::load_file(&run.join("checkpoints/step-4/model.safetensors")).unwrap();
+    let (wa, wb) = (load(&a), load(&b));
+    for (k, t) in &wa {
+        assert!(t.equal(&wb[k]), "{k} differs between one process and two ranks on the engine");
+    }
+    for (x, y) in metrics(&a).iter().zip(&metrics(&b)) {
+        assert_eq!(x["reward"], y["reward"]);
+        assert!(y["engine/mismatch_kl"].as_f64().unwrap().abs() < 1e-6, "{y}");
+    }
+    let reloads = |m: &ponder_engine::testing::MockEngine| m.routes().iter().filter(|r| *r == "/update_weights_from_disk").count();
+    assert_eq!(reloads(&one_srv), 5);
+    assert_eq!(reloads(&two_srv), 5, "rank 0 alone publishes: once before step 1, then after each of the 4 steps");
+    assert!(two_srv.weights().unwrap().ends_with("engine-weights/step-4"), "{:?}", two_srv.weights());
 }
 
 #[test]
