@@ -131,6 +131,34 @@ fn grpo_on_an_engine_publishes_every_step_and_sees_no_mismatch() {
     }
 }
 
+/// One-step-off overlap on a server: step t+1's samples are drawn while the learner updates
+/// on step t, so the server still holds the weights published after step t-1. The lag shows
+/// as engine mismatch whenever step t's update moved the weights, and the reload cycle still
+/// runs once per step.
+#[test]
+fn overlap_on_an_engine_samples_a_step_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let srv = model_server(EngineKind::Sglang);
+    let r = recipe(tmp.path(), &format!("engine = \"sglang\"\nurls = [\"{}\"]\nstaleness = 1", srv.url), "");
+    let out = train::train(Some(&r), None, &[], opts()).unwrap();
+    let rows: Vec<_> = metrics(&out.run_dir).into_iter().filter(|r| r.get("reward").is_some()).collect();
+    let f = |row: &serde_json::Value, k: &str| row[k].as_f64().unwrap();
+    assert_eq!(rows.iter().map(|r| f(r, "rollout/staleness")).collect::<Vec<_>>(), [0.0, 1.0, 1.0]);
+    assert!(f(&rows[0], "engine/mismatch_kl").abs() < 1e-6, "{}", rows[0]);
+    // Step t+1's batch lags the learner by step t's update: a mismatch exactly when that
+    // update moved the weights (a step whose groups all tie has a zero gradient).
+    let mut lagged = 0;
+    for w in rows.windows(2) {
+        let (moved, mm) = (f(&w[0], "grad_norm") > 0.0, f(&w[1], "engine/mismatch_kl"));
+        assert_eq!(mm > 1e-6, moved, "step {}: mismatch {mm} after an update that moved: {moved}", w[1]["step"]);
+        lagged += moved as usize;
+    }
+    assert!(lagged > 0, "no step moved the weights: the test shows nothing");
+    let reloads = srv.routes().iter().filter(|r| *r == "/update_weights_from_disk").count();
+    assert_eq!(reloads, 4, "published before step 1 and after each step");
+}
+
 #[test]
 fn engine_mismatch_is_measured_and_capped() {
     // A server whose log-probs are off by +ln 3 on every token (pi_engine three times too
