@@ -60,6 +60,34 @@ pub fn lr_at(cfg: &OptimCfg, step: u64, total: u64) -> f64 {
     }
 }
 
+/// The factor gradients are scaled by to bring their global norm `norm` to at most
+/// `max_norm` (torch's clip_grad_norm_: max_norm / (norm + 1e-6), when below 1); 1 when
+/// clipping is off (`max_norm` 0) or not needed.
+pub(crate) fn clip_coef(norm: f64, max_norm: f64) -> f64 {
+    let coef = max_norm / (norm + 1e-6);
+    if max_norm > 0.0 && coef < 1.0 {
+        coef
+    } else {
+        1.0
+    }
+}
+
+/// Adam's moment updates for gradient `g` (fp32) at optimizer step `step` (1-based), in
+/// place, and the update to subtract from the fp32 weights (PyTorch's order and bias
+/// corrections). One definition for the whole-tensor and the sharded (ZeRO-2) optimizer, so
+/// they stay equal element for element.
+pub(crate) fn adam_update(m: &mut Tensor, v: &mut Tensor, g: &Tensor, cfg: &OptimCfg, lr: f64, step: u64) -> Tensor {
+    let [b1, b2] = cfg.betas;
+    let bc1 = 1.0 - b1.powi(step as i32);
+    let bc2 = 1.0 - b2.powi(step as i32);
+    let _ = m.g_mul_scalar_(b1);
+    let _ = m.g_add_(&(g * (1.0 - b1)));
+    let _ = v.g_mul_scalar_(b2);
+    let _ = v.g_add_(&(g.square() * (1.0 - b2)));
+    let denom = v.sqrt() / bc2.sqrt() + cfg.eps;
+    (&*m / denom) * (lr / bc1)
+}
+
 impl AdamW {
     pub fn new(params: BTreeMap<String, Tensor>, cfg: &OptimCfg) -> Self {
         let zeros = |p: &Tensor| Tensor::zeros_like(p).to_kind(Kind::Float);
@@ -105,10 +133,9 @@ impl AdamW {
     /// Sharded: [`clip_grad_norm`](Self::clip_grad_norm) then [`step`](Self::step), on this
     /// rank's share, and the updated weights gathered from every rank.
     pub fn step_sharded(&mut self, norm: f64, lr: f64, pg: &ponder_dist::ProcessGroup) -> Result<()> {
-        let max_norm = self.cfg.max_grad_norm;
+        let coef = clip_coef(norm, self.cfg.max_grad_norm);
         let z = self.zero.as_mut().context("step_sharded needs a sharded optimizer")?;
-        let coef = max_norm / (norm + 1e-6);
-        z.clip(if max_norm > 0.0 && coef < 1.0 { coef } else { 1.0 });
+        z.clip(coef);
         self.step += 1;
         z.step(&self.params, pg, &self.cfg, lr, self.step)
     }
@@ -176,10 +203,7 @@ impl AdamW {
     /// Scales gradients so their global norm is at most `max_norm` (torch's formula:
     /// coef = max_norm / (norm + 1e-6), applied when < 1).
     pub fn clip_grad_norm(&mut self, norm: f64, max_norm: f64) {
-        if max_norm <= 0.0 {
-            return;
-        }
-        let coef = max_norm / (norm + 1e-6);
+        let coef = clip_coef(norm, max_norm);
         if coef < 1.0 {
             tch::no_grad(|| {
                 for p in self.params.values() {
@@ -197,9 +221,6 @@ impl AdamW {
     /// parameter is updated through its fp32 master copy.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
-        let [b1, b2] = self.cfg.betas;
-        let bc1 = 1.0 - b1.powi(self.step as i32);
-        let bc2 = 1.0 - b2.powi(self.step as i32);
         let unscale = 1.0 / self.loss_scale();
         tch::no_grad(|| {
             for (name, param) in &self.params {
@@ -215,14 +236,8 @@ impl AdamW {
                 if self.cfg.weight_decay != 0.0 && p.dim() > 1 {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.cfg.weight_decay);
                 }
-                let m = self.m.get_mut(name).unwrap();
-                let _ = m.g_mul_scalar_(b1);
-                let _ = m.g_add_(&(&g * (1.0 - b1)));
-                let v = self.v.get_mut(name).unwrap();
-                let _ = v.g_mul_scalar_(b2);
-                let _ = v.g_add_(&(g.square() * (1.0 - b2)));
-                let denom = v.sqrt() / bc2.sqrt() + self.cfg.eps;
-                let update = (&*m / denom) * (lr / bc1);
+                let (m, v) = (self.m.get_mut(name).unwrap(), self.v.get_mut(name).unwrap());
+                let update = adam_update(m, v, &g, &self.cfg, lr, self.step);
                 let _ = p.g_sub_(&update.to_kind(p.kind()));
                 if self.master.contains_key(name) {
                     // Round the master into the model (copy_ casts).

@@ -470,33 +470,36 @@ impl Trainer {
         let (mut rounds, mut informative) = (0usize, 0usize);
         let mut stale_groups = 0usize;
         let mut n = want;
-        let ahead = self.inflight.take();
+        let mut ahead = self.inflight.take();
         loop {
-            let (ex, ps, gr) = match ahead.as_ref().filter(|_| rounds == 0) {
-                // Round 0 was sampled during the last update (one-step-off overlap).
+            // Round 0 may have been sampled during the last update (one-step-off overlap).
+            let sampled = if rounds == 0 { ahead.take() } else { None };
+            if let Some(b) = &sampled {
+                if b.step != step || b.idx.iter().any(|&i| i >= self.train_set.len()) {
+                    bail!(
+                        "the batch in flight was sampled for step {} of a {}-prompt training set, not step {} of this {}-row one; resume from the checkpoint it came with, unchanged",
+                        b.step + 1,
+                        b.idx.iter().max().map_or(0, |m| m + 1),
+                        step + 1,
+                        self.train_set.len()
+                    );
+                }
+            }
+            let idx = match &sampled {
+                Some(b) => b.idx.clone(),
+                None => self.state.cursor.take(seed, self.train_set.len(), n),
+            };
+            let ex: Vec<Example> = idx.iter().map(|&i| self.train_set[i].clone()).collect();
+            let ps: Vec<Vec<i64>> = ex.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
+            let gr = match sampled {
                 Some(b) => {
-                    if b.step != step || b.idx.iter().any(|&i| i >= self.train_set.len()) {
-                        bail!(
-                            "the batch in flight was sampled for step {} of a {}-prompt training set, not step {} of this {}-row one; resume from the checkpoint it came with, unchanged",
-                            b.step + 1,
-                            b.idx.iter().max().map_or(0, |m| m + 1),
-                            step + 1,
-                            self.train_set.len()
-                        );
-                    }
-                    let ex: Vec<Example> = b.idx.iter().map(|&i| self.train_set[i].clone()).collect();
-                    let ps: Vec<Vec<i64>> = ex.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
                     stale_groups += b.groups.len();
-                    (ex, ps, b.groups.clone())
+                    b.groups
                 }
                 None => {
-                    let idx = self.state.cursor.take(seed, self.train_set.len(), n);
-                    let ex: Vec<Example> = idx.iter().map(|&i| self.train_set[i].clone()).collect();
-                    let ps: Vec<Vec<i64>> = ex.iter().map(|e| self.encode_prompt(e)).collect::<Result<_>>()?;
                     // Round 0 keeps the seed a run without refill has always used.
                     let round_seed = if rounds == 0 { mix_seed(seed, step + 1) } else { mix_seed(mix_seed(seed, step + 1), rounds as u64) };
-                    let gr = self.generate_split(&ps, g, &params, round_seed)?;
-                    (ex, ps, gr)
+                    self.generate_split(&ps, g, &params, round_seed)?
                 }
             };
             let samples: Vec<Sample> =

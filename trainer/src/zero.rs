@@ -83,21 +83,13 @@ impl Zero2 {
     /// AdamW on this rank's share (the step count `step` already includes this update), then
     /// the shares gathered into `params`.
     pub fn step(&mut self, params: &BTreeMap<String, Tensor>, pg: &ProcessGroup, cfg: &OptimCfg, lr: f64, step: u64) -> Result<()> {
-        let [b1, b2] = cfg.betas;
-        let bc1 = 1.0 - b1.powi(step as i32);
-        let bc2 = 1.0 - b2.powi(step as i32);
         tch::no_grad(|| {
             let g = if self.coef < 1.0 { &self.grad * self.coef } else { self.grad.shallow_clone() };
             if cfg.weight_decay != 0.0 {
                 let decayed = &self.master * (1.0 - lr * cfg.weight_decay);
                 self.master = decayed.where_self(&self.decay, &self.master);
             }
-            let _ = self.m.g_mul_scalar_(b1);
-            let _ = self.m.g_add_(&(&g * (1.0 - b1)));
-            let _ = self.v.g_mul_scalar_(b2);
-            let _ = self.v.g_add_(&(g.square() * (1.0 - b2)));
-            let denom = self.v.sqrt() / bc2.sqrt() + cfg.eps;
-            let update = (&self.m / denom) * (lr / bc1);
+            let update = crate::optim::adam_update(&mut self.m, &mut self.v, &g, cfg, lr, step);
             let _ = self.master.g_sub_(&update);
         });
         let mut full = Tensor::zeros([self.padded()], (Kind::Float, Device::Cpu));
