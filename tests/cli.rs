@@ -201,6 +201,8 @@ fn bad_recipe_values_are_clear_errors() {
         ("rollout.engine=\"tgi\"", "rollout.engine"),
         ("grpo.engine_is_cap=0.5", "grpo.engine_is_cap"),
         ("data.template=\"no placeholder\"", "data.template"),
+        ("model.device=\"gpu\"", "device \"gpu\""),
+        ("model.dtype=\"fp8\"", "dtype \"fp8\""),
     ];
     for (set, key) in cases {
         let out = ponder().arg("train").arg(&recipe).args(["--set", set]).output().unwrap();
@@ -239,6 +241,9 @@ fn bad_recipe_values_are_clear_errors() {
         ("[[stages]]\nname = \"d\"\nkind = \"tasks\"\ntask = \"addition\"\nheldout_fraction = 0.0\n", "heldout_fraction"),
         (&format!("[[stages]]\nname = \"b\"\nkind = \"pretrain\"\ntask = \"addition\"\ncorpus_size = 10\n{model_shape}"), "heads"),
         ("[[stages]]\nname = \"d\"\nkind = \"tasks\"\ntask = \"addition\"\n[[stages]]\nname = \"s\"\nkind = \"sft\"\ndata = \"{stages.later.data}\"\n", "names no earlier stage"),
+        ("[[stages]]\nname = \"s\"\nkind = \"sft\"\ndata = \"x.jsonl\"\ndevice = \"cuda:x\"\n", "device \"cuda:x\""),
+        ("[[stages]]\nname = \"e\"\nkind = \"eval\"\ndata = \"x.jsonl\"\ndtype = \"int8\"\n", "dtype \"int8\""),
+        ("[[stages]]\nname = \"s\"\nkind = \"sft\"\ndata = \"x.jsonl\"\n[stages.train]\nbatch_size = 0\n", "batch_size"),
     ] {
         let (code, err) = pipeline(stages);
         assert_eq!(code, Some(1), "{stages}: {err}");

@@ -542,6 +542,17 @@ pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Checks a `device` (cpu | cuda | cuda:N) and `dtype` (f32 | bf16 | f16) as written, before
+/// any model loads; whether the device exists is checked when the model loads.
+pub fn check_device_dtype(origin: &str, device: &str, dtype: &str) -> Result<()> {
+    let d = device.to_ascii_lowercase();
+    if !(d == "cpu" || d == "cuda" || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok())) {
+        bail!("{origin}: device {device:?} is not one of cpu, cuda, cuda:N");
+    }
+    rollout::folder::parse_kind(dtype).map_err(|_| anyhow!("{origin}: dtype {dtype:?} is not one of f32, bf16, f16"))?;
+    Ok(())
+}
+
 /// Deserialises any strict config type from a TOML table, with key-path errors.
 pub fn from_table<T: for<'de> Deserialize<'de>>(table: toml::Table, origin: &str) -> Result<T> {
     let value = toml::Value::Table(table);
@@ -642,6 +653,7 @@ impl Recipe {
                 bail!("rollout.engine_timeout_s and rollout.engine_max_in_flight must be >= 1");
             }
         }
+        check_device_dtype("[model]", &self.model.device, &self.model.dtype)?;
         let g = &self.grpo;
         if !(g.engine_is_cap >= 1.0 && g.engine_is_cap.is_finite()) {
             bail!("grpo.engine_is_cap must be a number >= 1 (the largest importance weight kept), got {}", g.engine_is_cap);

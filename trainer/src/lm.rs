@@ -29,6 +29,10 @@ pub struct LmCfg {
     pub steps: usize,
     /// Sequences per optimizer step.
     pub batch_size: usize,
+    /// Sequences per forward/backward pass (gradient accumulation); 0 = the whole batch in
+    /// one pass. The loss is the mean over every loss token of the batch either way, so
+    /// this only trades memory for passes.
+    pub micro_batch_size: usize,
     /// Longer sequences are cut (from the right).
     pub max_len: usize,
     pub lr: f64,
@@ -52,6 +56,7 @@ impl Default for LmCfg {
         LmCfg {
             steps: 500,
             batch_size: 32,
+            micro_batch_size: 0,
             max_len: 512,
             lr: 1e-3,
             weight_decay: 0.01,
@@ -194,6 +199,41 @@ pub fn batch_loss_padded(policy: &Policy, batch: &[&LmExample], max_len: usize) 
     (-(logp * &mask).sum(Kind::Float) / ntok.max(1.0), ntok)
 }
 
+/// Loss tokens of `e` when cut to `max_len`: targets at index >= max(1, loss_from).
+fn loss_tokens(e: &LmExample, max_len: usize) -> usize {
+    e.ids.len().min(max_len).saturating_sub(e.loss_from.max(1))
+}
+
+/// Forward and backward of one optimizer step's batch, in passes of `micro` sequences (0 =
+/// one pass). Each pass's mean loss is weighted by its share of the batch's loss tokens, so
+/// the accumulated gradients are those of the whole batch's mean loss. Returns that loss (not
+/// finite: nothing was accumulated after the pass that produced it) and the token count.
+pub fn accumulate(policy: &Policy, opt: &AdamW, batch: &[&LmExample], max_len: usize, micro: usize) -> Result<(f64, f64)> {
+    let micro = if micro == 0 { batch.len() } else { micro };
+    if batch.len() <= micro {
+        let (loss, ntok) = batch_loss(policy, batch, max_len);
+        let lv = f64::try_from(&loss)?;
+        if lv.is_finite() {
+            opt.backward(&loss);
+        }
+        return Ok((lv, ntok));
+    }
+    let total: usize = batch.iter().map(|e| loss_tokens(e, max_len)).sum();
+    let (mut lv, mut ntok) = (0.0, 0.0);
+    for chunk in batch.chunks(micro) {
+        let (loss, n) = batch_loss(policy, chunk, max_len);
+        let loss = loss * (n / total.max(1) as f64);
+        let v = f64::try_from(&loss)?;
+        if !v.is_finite() {
+            return Ok((v, ntok + n));
+        }
+        opt.backward(&loss);
+        lv += v;
+        ntok += n;
+    }
+    Ok((lv, ntok))
+}
+
 /// One epoch of batches with little padding: examples are binned by length (64-token bins),
 /// shuffled within each bin, cut into batches, and the batches shuffled. Inside a bin the
 /// order is random, so batches stay unbiased mixtures (sorting by exact length would group
@@ -318,18 +358,13 @@ pub fn train(
             if cfg.fail_alloc_at_step == Some(step + 1) {
                 let _ = Tensor::empty([1i64 << 44], (Kind::Float, policy.vs.device()));
             }
-            let (loss, ntok) = batch_loss(policy, &batch, cfg.max_len);
-            let lv = f64::try_from(&loss)?;
-            if lv.is_finite() {
-                opt.backward(&loss);
-            }
-            Ok((lv, ntok))
+            accumulate(policy, &opt, &batch, cfg.max_len, cfg.micro_batch_size)
         });
         let (lv, ntok) = match pass {
             Ok(Ok(v)) => v,
             failed => {
                 let cause = crate::train::failure_cause(failed);
-                let hint = crate::train::oom_hint(&cause, "train.batch_size or train.max_len");
+                let hint = crate::train::oom_hint(&cause, "train.micro_batch_size, train.batch_size or train.max_len");
                 let saved = match ckpt {
                     Some(dir) if step > 0 => {
                         opt.zero_grad();
@@ -444,5 +479,102 @@ mod tests {
             rows.iter().enumerate().map(|(r, e)| LmExample { ids: [&e.ids[..10], &[r as i64 + 1]].concat(), loss_from: 0 }).collect();
         let sb: Vec<&LmExample> = short.iter().collect();
         assert!(batch_loss(&policy, &sb, 64).0.equal(&batch_loss_padded(&policy, &sb, 64).0));
+    }
+
+    /// Rows of 20 shared tokens plus tails of several lengths, some cut by `max_len`, with
+    /// the loss starting at 0, inside the prefix and inside the tail.
+    fn sft_rows() -> Vec<LmExample> {
+        let prefix: Vec<i64> = (0..20).map(|t| (t * 13) % 250 + 1).collect();
+        [(3, 0), (9, 21), (14, 20), (6, 5), (11, 22), (30, 24), (2, 20)]
+            .iter()
+            .enumerate()
+            .map(|(r, &(n, loss_from))| {
+                let mut ids = prefix.clone();
+                ids.extend((0..n as i64).map(|k| (k * 31 + r as i64 * 7) % 250 + 1));
+                LmExample { ids, loss_from }
+            })
+            .collect()
+    }
+
+    fn tiny_policy(dir: &Path, kind: Kind) -> Policy {
+        if !dir.join("config.json").exists() {
+            let shape = TinyShape { hidden: 32, layers: 2, heads: 4, kv_heads: 2, intermediate: 64, vocab: 300 };
+            tiny::create_random_model(dir, shape, &tiny::default_corpus(1, 200), 3).unwrap();
+        }
+        Policy::load(dir, kind, tch::Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn micro_batches_accumulate_the_whole_batch_gradient() {
+        let tmp = tempfile::tempdir().unwrap();
+        let policy = tiny_policy(&tmp.path().join("m"), Kind::Float);
+        let rows = sft_rows();
+        let batch: Vec<&LmExample> = rows.iter().collect();
+        let max_len = 40;
+        let mut opt = AdamW::new(policy.named_tensors(), &LmCfg::default().optim());
+        // Truth: the mean loss of the whole batch, its gradient by autograd (padded path).
+        let (whole, n_whole) = batch_loss_padded(&policy, &batch, max_len);
+        let truth = grads(&policy, &whole);
+        let want: usize = rows.iter().map(|e| loss_tokens(e, max_len)).sum();
+        assert_eq!(n_whole, want as f64, "loss-token count");
+        // Passes of 1, 2, 3 (uneven) and 7 (one pass) rows: some take the shared-prefix path.
+        for micro in [1, 2, 3, 0] {
+            opt.zero_grad();
+            let (lv, n) = accumulate(&policy, &opt, &batch, max_len, micro).unwrap();
+            assert_eq!(n, n_whole, "micro {micro}: tokens");
+            let w = f64::try_from(&whole).unwrap();
+            assert!((lv - w).abs() < 1e-5 * w.abs(), "micro {micro}: loss {lv} vs {w}");
+            for (k, t) in &truth {
+                let g = policy.named_tensors()[k].grad();
+                let d = f64::try_from((&g - t).abs().max()).unwrap();
+                let m = f64::try_from(t.abs().max()).unwrap();
+                assert!(d <= 1e-5 * m.max(1e-3), "micro {micro}, {k}: gradients differ by {d} (largest {m})");
+            }
+        }
+    }
+
+    struct Losses(std::rc::Rc<std::cell::RefCell<Vec<f64>>>);
+    impl Sink for Losses {
+        fn log(&mut self, _step: u64, row: &Row) -> Result<()> {
+            self.0.borrow_mut().push(row["loss"].as_f64().unwrap());
+            Ok(())
+        }
+    }
+
+    /// bf16 SFT trains through fp32 master weights: at a small learning rate the weights
+    /// still move (an update written straight into bf16 would round away), and the loss
+    /// follows the fp32 run's.
+    #[test]
+    fn bf16_sft_tracks_fp32() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rows = sft_rows();
+        let cfg = LmCfg {
+            steps: 30,
+            batch_size: 4,
+            micro_batch_size: 2,
+            lr: 3e-3,
+            warmup_steps: 0,
+            log_every: 1,
+            save_every: 0,
+            ..Default::default()
+        };
+        let mut curves = vec![];
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let policy = tiny_policy(&tmp.path().join("m"), kind);
+            let before = policy.named_tensors()["model.layers.0.mlp.up_proj.weight"].to_kind(Kind::Float).copy();
+            let seen = std::rc::Rc::new(std::cell::RefCell::new(vec![]));
+            let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(Losses(seen.clone()))];
+            train(&policy, &rows, &cfg, 0, &mut sinks, true, None, &AtomicBool::new(false)).unwrap();
+            let after = policy.named_tensors()["model.layers.0.mlp.up_proj.weight"].to_kind(Kind::Float);
+            assert!(f64::try_from((&after - &before).abs().max()).unwrap() > 1e-3, "{kind:?}: weights did not move");
+            curves.push(seen.borrow().clone());
+        }
+        let (f, b) = (&curves[0], &curves[1]);
+        assert_eq!(f.len(), 30);
+        assert!(f[29] < 0.8 * f[0], "fp32 did not learn: {} -> {}", f[0], f[29]);
+        for (i, (x, y)) in f.iter().zip(b).enumerate() {
+            // Measured: within 0.006 (0.1 %) at every step.
+            assert!((x - y).abs() <= 0.01 * x.abs(), "step {}: fp32 loss {x}, bf16 {y}", i + 1);
+        }
     }
 }

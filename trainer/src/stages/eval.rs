@@ -5,7 +5,7 @@
 //! `[stages.think]` table sets a thinking budget; `think_budgets` sweeps budgets
 //! (`<run>/eval/<stage>-budgets.json`). Charts go to `<run>/plots/<stage>/`.
 
-use super::{one_usize, r1, Ctx, Output, StageOutcome};
+use super::{cpu, f32s, one_usize, r1, Ctx, Output, StageOutcome};
 use crate::config::Paths;
 use crate::data;
 use crate::eval::{self, EvalSpec};
@@ -60,6 +60,12 @@ pub struct EvalStage {
     /// any such row stops the stage with a report).
     #[serde(default)]
     pub max_bad_fraction: f64,
+    /// Where the model samples: cpu | cuda | cuda:N.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// f32 | bf16 | f16.
+    #[serde(default = "f32s")]
+    pub dtype: String,
 }
 
 fn logprob() -> Vec<String> {
@@ -73,6 +79,7 @@ impl EvalStage {
         }
         self.sampling.validate().map_err(|e| anyhow::anyhow!("{origin}: sampling: {e}"))?;
         self.fields.check(origin)?;
+        crate::config::check_device_dtype(origin, &self.device, &self.dtype)?;
         if !self.rewards.is_empty() {
             rewards::RewardSet::from_specs(self.rewards.clone()).map_err(|e| anyhow::anyhow!("{origin}: rewards: {e}"))?;
         }
@@ -157,7 +164,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let examples = load_screened(&st.data, &cfg, st.limit, &rewards, st.max_bad_fraction, &ctx.origin, "max_bad_fraction")?;
     let spec = st.spec(rewards, ctx.pipeline.run.seed, st.think.clone());
     spec.check().map_err(|e| anyhow::anyhow!("{}: {e}", ctx.origin))?;
-    let (device, kind) = (parse_device("cpu")?, parse_kind("f32")?);
+    let (device, kind) = (parse_device(&st.device)?, parse_kind(&st.dtype)?);
     let pool = eval::open_pool(&model, device, kind, None, None)?;
     let mut runs = vec![eval::evaluate_full(&model, &examples, &spec, Some(&pool), device, kind)?];
     runs.extend(eval::sweep_budgets(&model, &examples, &spec, &st.think_budgets, &pool)?);

@@ -92,6 +92,9 @@ pub(crate) fn r1() -> String {
 pub(crate) fn cpu() -> String {
     "cpu".into()
 }
+pub(crate) fn f32s() -> String {
+    "f32".into()
+}
 pub(crate) fn one_usize() -> usize {
     1
 }

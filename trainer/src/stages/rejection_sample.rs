@@ -17,7 +17,7 @@
 //! prompt, with `dedup`), `per_prompt` (beyond the first `max_per_prompt` kept samples of
 //! a prompt, in sample order).
 
-use super::{cpu, r1, Ctx, Output, StageOutcome};
+use super::{cpu, f32s, r1, Ctx, Output, StageOutcome};
 use crate::checkpoint::write_atomic;
 use crate::config::Paths;
 use crate::data::{self, Example};
@@ -83,9 +83,6 @@ fn eight() -> usize {
 fn shard() -> usize {
     256
 }
-fn f32s() -> String {
-    "f32".into()
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -129,6 +126,7 @@ impl RejectionSampleStage {
         }
         self.sampling.validate().map_err(|e| anyhow!("{origin}: sampling: {e}"))?;
         self.fields.check(origin)?;
+        crate::config::check_device_dtype(origin, &self.device, &self.dtype)?;
         let set = RewardSet::from_specs(self.reward_specs()).map_err(|e| anyhow!("{origin}: rewards: {e}"))?;
         let names = set.names();
         for k in self.filters.min_scores.keys() {

@@ -2,7 +2,7 @@
 //! with `prompt` and `completion` (one file or several, e.g. rejection-sampled reasoning
 //! traces plus non-reasoning data, as R1's second SFT mixes them).
 
-use super::{r1, Ctx, Output, StageOutcome};
+use super::{cpu, f32s, r1, Ctx, Output, StageOutcome};
 use crate::config::Paths;
 use crate::data;
 use crate::lm::{self, LmCfg, LmExample};
@@ -38,6 +38,13 @@ pub struct SftStage {
     /// the stage fits a dataset whose size is known only at run time (rejection sampling).
     #[serde(default)]
     pub epochs: Option<f64>,
+    /// Where the model trains: cpu | cuda | cuda:N.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// f32, or bf16 / f16 with fp32 master weights and moments in the optimizer (f16 with
+    /// dynamic loss scaling), as the GRPO learner. The model is saved in this dtype.
+    #[serde(default = "f32s")]
+    pub dtype: String,
     #[serde(default)]
     pub train: LmCfg,
 }
@@ -50,6 +57,7 @@ impl SftStage {
             }
         }
         self.fields.check(origin)?;
+        crate::config::check_device_dtype(origin, &self.device, &self.dtype)?;
         self.train.check(origin)
     }
 }
@@ -63,7 +71,8 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let src = ctx.model_or_previous(&st.model)?;
     let model_dir = ctx.dir.join("model");
     let tk = Tokenizer::from_dir(&src)?;
-    let policy = Policy::load(&src, tch::Kind::Float, tch::Device::Cpu)?;
+    let kind = rollout::folder::parse_kind(&st.dtype)?;
+    let policy = Policy::load(&src, kind, rollout::folder::parse_device(&st.device)?)?;
     let eos = policy.eos_token_ids().first().copied();
     let mut examples = vec![];
     for p in st.data.list() {
@@ -82,7 +91,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     if out.interrupted {
         return Ok(StageOutcome::Interrupted);
     }
-    policy.save_weights(&model_dir, tch::Kind::Float, None)?;
+    policy.save_weights(&model_dir, kind, None)?;
     crate::checkpoint::copy_side_files(&src, &model_dir)?;
     let _ = std::fs::remove_dir_all(&ckpt);
     Ok(StageOutcome::Done(Output { model: Some(model_dir), data: None }))
