@@ -67,7 +67,7 @@ for n, s in st["seconds"].items():
     print(f"  {n:20s} {s:7.1f} s")
 for n in ("cold-start", "sft"):
     rows = [json.loads(l) for l in open(f"{run}/stages/{n}/metrics.jsonl")]
-    print(f"  {n}: {len(rows)} SFT steps, loss {rows[0]['loss']:.3f} (step 1) -> {rows[-1]['loss']:.3f} (step {rows[-1]['step']})")
+    print(f"  {n}: {len(rows)} SFT steps, loss per step " + ", ".join(f"{r['loss']:.2f}" for r in rows))
 for n in ("reasoning-rl", "rl-all"):
     rows = [json.loads(l) for l in open(f"{run}/stages/{n}/metrics.jsonl") if '"reward"' in l]
     print(f"  {n}: {len(rows)} GRPO steps, mean reward " + ", ".join(f"{r['reward']:.3f}" for r in rows))

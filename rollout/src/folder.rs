@@ -25,12 +25,20 @@ pub fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-/// Parses `cpu`, `cuda`, `cuda:N` and checks the device exists.
+/// The GPU a bare `cuda` means: this process's local rank under a launcher (torchrun's
+/// `LOCAL_RANK`, Slurm's `SLURM_LOCALID`), so that each rank of a node gets its own GPU;
+/// 0 otherwise.
+pub fn local_cuda_index(var: impl Fn(&str) -> Option<String>) -> usize {
+    ["LOCAL_RANK", "SLURM_LOCALID"].iter().find_map(|k| var(k).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+/// Parses `cpu`, `cuda` (this process's GPU: [`local_cuda_index`]), `cuda:N` and checks
+/// the device exists.
 pub fn parse_device(s: &str) -> Result<Device> {
     let s = s.to_ascii_lowercase();
     let dev = match s.as_str() {
         "cpu" => return Ok(Device::Cpu),
-        "cuda" => Device::Cuda(0),
+        "cuda" => Device::Cuda(local_cuda_index(|k| std::env::var(k).ok())),
         _ => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
             Some(n) => Device::Cuda(n),
             None => return Err(RolloutError::Device(format!("unknown device {s:?}; use cpu, cuda or cuda:N"))),
@@ -146,4 +154,19 @@ fn check_kind_device(_kind: Kind, device: Device) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_cuda_is_the_local_rank_gpu() {
+        let env =
+            |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        assert_eq!(local_cuda_index(env(&[])), 0);
+        assert_eq!(local_cuda_index(env(&[("LOCAL_RANK", "3"), ("RANK", "11")])), 3);
+        assert_eq!(local_cuda_index(env(&[("SLURM_LOCALID", "5")])), 5);
+        assert_eq!(local_cuda_index(env(&[("LOCAL_RANK", "x"), ("SLURM_LOCALID", "2")])), 2);
+    }
 }

@@ -204,23 +204,25 @@ fn loss_tokens(e: &LmExample, max_len: usize) -> usize {
     e.ids.len().min(max_len).saturating_sub(e.loss_from.max(1))
 }
 
-/// Forward and backward of one optimizer step's batch, in passes of `micro` sequences (0 =
-/// one pass). Each pass's mean loss is weighted by its share of the batch's loss tokens, so
-/// the accumulated gradients are those of the whole batch's mean loss. Returns that loss (not
-/// finite: nothing was accumulated after the pass that produced it) and the token count.
-pub fn accumulate(policy: &Policy, opt: &AdamW, batch: &[&LmExample], max_len: usize, micro: usize) -> Result<(f64, f64)> {
-    let micro = if micro == 0 { batch.len() } else { micro };
-    if batch.len() <= micro {
-        let (loss, ntok) = batch_loss(policy, batch, max_len);
+/// Forward and backward of one optimizer step's rows, in passes of `micro` sequences (0 =
+/// one pass). Each pass's mean loss is weighted by its share of `total`, the loss tokens of
+/// the whole batch (all ranks' rows), so the accumulated gradients are those of the whole
+/// batch's mean loss, or this rank's part of them. Returns this part of the loss (not finite:
+/// nothing was accumulated after the pass that produced it) and its token count.
+pub fn accumulate(policy: &Policy, opt: &AdamW, rows: &[&LmExample], total: usize, max_len: usize, micro: usize) -> Result<(f64, f64)> {
+    let micro = if micro == 0 { rows.len().max(1) } else { micro };
+    let mine: usize = rows.iter().map(|e| loss_tokens(e, max_len)).sum();
+    if rows.len() <= micro && mine == total {
+        // The whole batch in one pass: its mean loss as it is.
+        let (loss, ntok) = batch_loss(policy, rows, max_len);
         let lv = f64::try_from(&loss)?;
         if lv.is_finite() {
             opt.backward(&loss);
         }
         return Ok((lv, ntok));
     }
-    let total: usize = batch.iter().map(|e| loss_tokens(e, max_len)).sum();
     let (mut lv, mut ntok) = (0.0, 0.0);
-    for chunk in batch.chunks(micro) {
+    for chunk in rows.chunks(micro) {
         let (loss, n) = batch_loss(policy, chunk, max_len);
         let loss = loss * (n / total.max(1) as f64);
         let v = f64::try_from(&loss)?;
@@ -297,6 +299,7 @@ pub struct LmOutcome {
 /// Trains `policy` on `examples` for `cfg.steps` steps, logging rows to `sinks`. With
 /// `ckpt`, resumes from the checkpoint there (same data order, bit-identical on CPU), saves
 /// one every `cfg.save_every` steps, and saves one when `stop` is raised.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     policy: &Policy,
     examples: &[LmExample],
@@ -307,6 +310,28 @@ pub fn train(
     ckpt: Option<&Path>,
     stop: &AtomicBool,
 ) -> Result<LmOutcome> {
+    train_ranks(policy, examples, cfg, seed, sinks, quiet, ckpt, stop, None)
+}
+
+/// [`train`] in a data-parallel launch: every rank draws the same batches, computes the
+/// gradient of its contiguous share of each batch's rows (weighted by the whole batch's loss
+/// tokens), and the gradients are summed over the ranks, so every rank takes the update one
+/// process would take with `micro_batch_size` = the share. Rank 0 alone writes checkpoints
+/// and logs; a stop (Ctrl-C) on any rank stops all of them at the same step.
+#[allow(clippy::too_many_arguments)]
+pub fn train_ranks(
+    policy: &Policy,
+    examples: &[LmExample],
+    cfg: &LmCfg,
+    seed: u64,
+    sinks: &mut [Box<dyn Sink>],
+    quiet: bool,
+    ckpt: Option<&Path>,
+    stop: &AtomicBool,
+    dist: Option<&ponder_dist::ProcessGroup>,
+) -> Result<LmOutcome> {
+    let rank0 = dist.is_none_or(|d| d.rank == 0);
+    let ckpt_w = ckpt.filter(|_| rank0);
     if examples.is_empty() {
         bail!("no training sequences");
     }
@@ -340,8 +365,14 @@ pub fn train(
     }
     let mut outcome = LmOutcome { steps_done: cfg.steps, interrupted: false };
     for step in start..cfg.steps {
-        if stop.load(Ordering::SeqCst) {
-            if let Some(dir) = ckpt {
+        let mut stopping = stop.load(Ordering::SeqCst);
+        if let Some(pg) = dist {
+            let mut v = [stopping as u8 as f64];
+            pg.all_reduce_f64(&mut v)?;
+            stopping = v[0] > 0.0;
+        }
+        if stopping {
+            if let Some(dir) = ckpt_w {
                 save_checkpoint(dir, policy, &opt, LmState { step, optimizer_step: opt.step })?;
             }
             outcome = LmOutcome { steps_done: step, interrupted: true };
@@ -358,14 +389,20 @@ pub fn train(
             if cfg.fail_alloc_at_step == Some(step + 1) {
                 let _ = Tensor::empty([1i64 << 44], (Kind::Float, policy.vs.device()));
             }
-            accumulate(policy, &opt, &batch, cfg.max_len, cfg.micro_batch_size)
+            let total = batch.iter().map(|e| loss_tokens(e, cfg.max_len)).sum();
+            let (from, to) = dist.map_or((0, batch.len()), |d| (d.rank * batch.len() / d.world, (d.rank + 1) * batch.len() / d.world));
+            let micro = match (dist, cfg.micro_batch_size) {
+                (Some(_), 0) => to - from,
+                (_, m) => m,
+            };
+            accumulate(policy, &opt, &batch[from..to], total, cfg.max_len, micro)
         });
-        let (lv, ntok) = match pass {
+        let (mut lv, mut ntok) = match pass {
             Ok(Ok(v)) => v,
             failed => {
                 let cause = crate::train::failure_cause(failed);
                 let hint = crate::train::oom_hint(&cause, "train.micro_batch_size, train.batch_size or train.max_len");
-                let saved = match ckpt {
+                let saved = match ckpt_w {
                     Some(dir) if step > 0 => {
                         opt.zero_grad();
                         match save_checkpoint(dir, policy, &opt, LmState { step, optimizer_step: opt.step }) {
@@ -380,6 +417,19 @@ pub fn train(
                 bail!("step {} failed: {cause}\n{saved}{hint}", step + 1);
             }
         };
+        if let Some(pg) = dist {
+            // The batch's loss and tokens are the sums of the ranks' parts; a non-finite part
+            // anywhere skips the step everywhere.
+            let finite = lv.is_finite();
+            let mut v = [if finite { lv } else { 0.0 }, ntok, if finite { 0.0 } else { 1.0 }];
+            pg.all_reduce_f64(&mut v)?;
+            (lv, ntok) = (if v[2] > 0.0 { f64::NAN } else { v[0] }, v[1]);
+            if lv.is_finite() {
+                let params = policy.named_tensors();
+                crate::optim::define_grads(&params);
+                crate::optim::all_reduce_grads(&params, pg)?;
+            }
+        }
         if !lv.is_finite() {
             bad += 1;
             if bad >= 3 {
@@ -409,7 +459,7 @@ pub fn train(
                 eprintln!("  step {}/{}: loss {lv:.4}", step + 1, cfg.steps);
             }
         }
-        if let (Some(dir), true) = (ckpt, cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps) {
+        if let (Some(dir), true) = (ckpt_w, cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps) {
             opt.zero_grad();
             save_checkpoint(dir, policy, &opt, LmState { step: step + 1, optimizer_step: opt.step })?;
         }
@@ -520,7 +570,7 @@ mod tests {
         // Passes of 1, 2, 3 (uneven) and 7 (one pass) rows: some take the shared-prefix path.
         for micro in [1, 2, 3, 0] {
             opt.zero_grad();
-            let (lv, n) = accumulate(&policy, &opt, &batch, max_len, micro).unwrap();
+            let (lv, n) = accumulate(&policy, &opt, &batch, want, max_len, micro).unwrap();
             assert_eq!(n, n_whole, "micro {micro}: tokens");
             let w = f64::try_from(&whole).unwrap();
             assert!((lv - w).abs() < 1e-5 * w.abs(), "micro {micro}: loss {lv} vs {w}");

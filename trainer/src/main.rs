@@ -378,7 +378,16 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         budget: a.think_budget,
         min: a.min_think,
     };
-    let spec = EvalSpec { template: &a.template, params, samples: a.samples, seed: a.seed, rewards, think, best_of: a.best_of.clone() };
+    let spec = EvalSpec {
+        template: &a.template,
+        params,
+        samples: a.samples,
+        seed: a.seed,
+        rewards,
+        think,
+        best_of: a.best_of.clone(),
+        dist: None,
+    };
     // Every setting is checked before the first model loads.
     spec.check()?;
     for &b in &a.think_budgets {

@@ -313,3 +313,32 @@ impl AdamW {
         Ok(())
     }
 }
+
+/// Gives every parameter a gradient (zeros where none was computed yet), so that each
+/// data-parallel rank's flat gradient has the same layout even if it ran no pass.
+pub fn define_grads(params: &BTreeMap<String, Tensor>) {
+    if params.values().any(|p| !p.grad().defined()) {
+        let device = params.values().next().map_or(tch::Device::Cpu, |p| p.device());
+        let zero = params.values().map(|p| p.sum(Kind::Float) * 0.0).fold(Tensor::zeros([], (Kind::Float, device)), |a, x| a + x);
+        zero.backward();
+    }
+}
+
+/// Sums the gradients over the data-parallel ranks (one flat fp32 all-reduce); every
+/// parameter must have a gradient ([`define_grads`]).
+pub fn all_reduce_grads(params: &BTreeMap<String, Tensor>, pg: &ponder_dist::ProcessGroup) -> Result<()> {
+    let grads: Vec<Tensor> = params.values().map(|p| p.grad()).collect();
+    let mut flat =
+        Tensor::cat(&grads.iter().map(|g| g.to_kind(Kind::Float).to_device(tch::Device::Cpu).flatten(0, -1)).collect::<Vec<_>>(), 0);
+    pg.all_reduce_sum(&mut flat)?;
+    let mut off = 0;
+    tch::no_grad(|| {
+        for g in &grads {
+            let n = g.numel() as i64;
+            let mut g = g.shallow_clone();
+            g.copy_(&flat.narrow(0, off, n).view_as(&g));
+            off += n;
+        }
+    });
+    Ok(())
+}

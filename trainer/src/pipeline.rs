@@ -161,14 +161,69 @@ pub fn validate(p: &Pipeline) -> Result<()> {
     Ok(())
 }
 
+/// What rank 0 tells the other ranks when a stage it ran alone ends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Signal {
+    Running = 0,
+    Done = 1,
+    Interrupted = 2,
+    Failed = 3,
+}
+
+/// Rank 0's side while it runs a stage alone: every half second one all-reduce of its status
+/// with the waiting ranks, until the status leaves `Running`. Gives the group back, with an
+/// error if a waiting rank left (rank 0 finishes its stage first: nothing is lost).
+fn heartbeat(pg: ponder_dist::ProcessGroup, status: Arc<std::sync::atomic::AtomicU8>) -> (ponder_dist::ProcessGroup, Result<()>) {
+    loop {
+        let s = status.load(Ordering::SeqCst);
+        let mut v = [s as f64];
+        if let Err(e) = pg.all_reduce_f64(&mut v) {
+            return (pg, Err(anyhow!("a rank stopped answering while rank 0 ran a stage alone: {e}")));
+        }
+        if s != Signal::Running as u8 {
+            return (pg, Ok(()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// A waiting rank's side of [`heartbeat`]: blocks until rank 0's stage ends. A rank 0 that
+/// died makes the all-reduce fail (at the latest after the group's timeout).
+fn wait_for_rank0(pg: &ponder_dist::ProcessGroup, stage: &str) -> Result<Signal> {
+    loop {
+        let mut v = [0.0];
+        pg.all_reduce_f64(&mut v).map_err(|e| anyhow!("waiting for rank 0 to finish stage {stage}: {e}"))?;
+        match v[0] as u8 {
+            0 => continue,
+            1 => return Ok(Signal::Done),
+            2 => return Ok(Signal::Interrupted),
+            _ => return Ok(Signal::Failed),
+        }
+    }
+}
+
+fn read_state(run_dir: &Path) -> Result<PipelineState> {
+    let mut state: PipelineState = if state_path(run_dir).exists() {
+        serde_json::from_str(&std::fs::read_to_string(state_path(run_dir))?).context("reading pipeline.json")?
+    } else {
+        PipelineState::default()
+    };
+    // Runs written before `outputs` existed recorded only models.
+    for (n, m) in &state.completed {
+        state.outputs.entry(n.clone()).or_insert_with(|| Output { model: m.clone(), data: None });
+    }
+    Ok(state)
+}
+
+/// Runs the pipeline's stages in order. In a data-parallel launch (torchrun / Slurm) every
+/// rank runs this: `grpo` and `sft` stages train on every rank, `rejection_sample` and
+/// `eval` sample on every rank (rank 0 writes), every other stage runs on rank 0 while the
+/// others wait for it; the run folder must be shared.
 pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop: Arc<AtomicBool>) -> Result<()> {
     validate(&p)?;
-    if ponder_dist::Launch::from_env(|k| std::env::var(k).ok())?.is_some() {
-        bail!(
-            "this is a pipeline ([[stages]]) launched on several ranks (torchrun / Slurm): data-parallel training covers GRPO recipes so far; \
-             run the pipeline in one process, or give its GRPO stage as a recipe of its own to torchrun"
-        );
-    }
+    let dist = std::cell::RefCell::new(crate::train::join_launch()?);
+    let (rank, world) = dist.borrow().as_ref().map_or((0, 1), |d| (d.rank, d.world));
+    let rank0 = rank == 0;
     let run_dir = p.run.output_dir.join(&p.run.name);
     if !resume && state_path(&run_dir).exists() {
         bail!(
@@ -178,36 +233,75 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
         );
     }
     std::fs::create_dir_all(&run_dir)?;
-    let _lock = crate::checkpoint::RunLock::acquire(&run_dir)?;
-    if !resume {
+    let _lock = if rank0 { Some(crate::checkpoint::RunLock::acquire(&run_dir)?) } else { None };
+    if !resume && rank0 {
         crate::checkpoint::write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(resolved)?.as_bytes())?;
     }
-    let mut state: PipelineState = if state_path(&run_dir).exists() {
-        serde_json::from_str(&std::fs::read_to_string(state_path(&run_dir))?).context("reading pipeline.json")?
-    } else {
-        PipelineState::default()
-    };
-    // Runs written before `outputs` existed recorded only models.
-    for (n, m) in &state.completed {
-        state.outputs.entry(n.clone()).or_insert_with(|| Output { model: m.clone(), data: None });
+    if world > 1 {
+        eprintln!(
+            "rank {rank} of {world}: data-parallel pipeline ({} stages on every rank, the others on rank 0)",
+            stages::DATA_PARALLEL.join(", ")
+        );
     }
+    let mut state = read_state(&run_dir)?;
     let mut previous: Option<PathBuf> = state.completed.iter().rev().find_map(|(_, m)| m.clone());
     for (i, t) in p.stages.iter().enumerate() {
         let (name, kind) = stage_kind(t, i)?;
         if state.completed.iter().any(|(n, _)| n == &name) {
-            eprintln!("stage {name} ({kind}): done earlier, skipped");
+            if rank0 {
+                eprintln!("stage {name} ({kind}): done earlier, skipped");
+            }
             continue;
         }
-        if stop.load(Ordering::SeqCst) {
-            eprintln!("interrupted before stage {name}; resume with: ponder train --resume {}", run_dir.display());
+        let mut stopping = stop.load(Ordering::SeqCst);
+        if let Some(pg) = dist.borrow().as_ref() {
+            let mut v = [stopping as u8 as f64];
+            pg.all_reduce_f64(&mut v)?;
+            stopping = v[0] > 0.0;
+        }
+        if stopping {
+            if rank0 {
+                eprintln!("interrupted before stage {name}; resume with: ponder train --resume {}", run_dir.display());
+            }
             return Ok(());
         }
         let origin = format!("stages[{i}] ({name})");
         let table = resolve(t, &run_dir, &state, &origin)?;
         let dir = run_dir.join("stages").join(&name);
         std::fs::create_dir_all(&dir)?;
-        eprintln!("stage {name} ({kind})");
+        let alone = world > 1 && !stages::DATA_PARALLEL.contains(&kind.as_str());
+        if alone && !rank0 {
+            // Rank 0 runs this stage; then its outputs are in pipeline.json.
+            let signal = wait_for_rank0(dist.borrow().as_ref().expect("world > 1"), &name)?;
+            match signal {
+                Signal::Done => {}
+                Signal::Interrupted => return Ok(()),
+                _ => bail!("rank 0 failed in stage {name} ({kind}); its log has the cause"),
+            }
+            state = read_state(&run_dir)?;
+            if !state.completed.iter().any(|(n, _)| n == &name) {
+                bail!(
+                    "rank 0 finished stage {name}, but {} does not list it: is the run folder shared by every rank?",
+                    state_path(&run_dir).display()
+                );
+            }
+            previous = state.completed.iter().rev().find_map(|(_, m)| m.clone());
+            continue;
+        }
+        if rank0 {
+            eprintln!("stage {name} ({kind})");
+        }
         let t0 = std::time::Instant::now();
+        // A stage rank 0 runs alone sees no process group; the waiting ranks hear from it.
+        let status = Arc::new(std::sync::atomic::AtomicU8::new(Signal::Running as u8));
+        let beat = match alone {
+            true => {
+                let pg = dist.borrow_mut().take().expect("world > 1");
+                let status = status.clone();
+                Some(std::thread::spawn(move || heartbeat(pg, status)))
+            }
+            false => None,
+        };
         let ctx = Ctx {
             pipeline: &p,
             run_dir: &run_dir,
@@ -215,26 +309,59 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
             name: &name,
             origin,
             previous: previous.clone(),
-            quiet,
+            quiet: quiet || !rank0,
             stop: &stop,
             table: &table,
+            dist: &dist,
         };
-        let out = match stages::run(&kind, &ctx)? {
-            StageOutcome::Done(o) => o,
-            StageOutcome::Interrupted => {
-                eprintln!("interrupted in stage {name}; resume with: ponder train --resume {}", run_dir.display());
-                return Ok(());
+        let ran = stages::run(&kind, &ctx);
+        let finish = |signal: Signal| -> Result<()> {
+            status.store(signal as u8, Ordering::SeqCst);
+            Ok(())
+        };
+        let mut outcome = match ran {
+            Ok(StageOutcome::Done(o)) => {
+                let took = t0.elapsed().as_secs_f64();
+                if rank0 {
+                    eprintln!("  stage {name} took {took:.1}s");
+                }
+                state.seconds.insert(name.clone(), took);
+                previous = o.model.clone().or(previous);
+                state.completed.push((name.clone(), o.model.clone()));
+                state.outputs.insert(name.clone(), o);
+                // Saved before the waiting ranks are told, so they read the new state.
+                let saved = if rank0 { save_state(&run_dir, &state) } else { Ok(()) };
+                finish(if saved.is_ok() { Signal::Done } else { Signal::Failed })?;
+                // After a stage every rank ran, no rank reads its files before rank 0 wrote them.
+                match (saved, dist.borrow().as_ref().filter(|_| !alone)) {
+                    (Ok(()), Some(pg)) => pg.barrier().map(|_| true).map_err(anyhow::Error::from),
+                    (saved, _) => saved.map(|_| true),
+                }
+            }
+            Ok(StageOutcome::Interrupted) => {
+                finish(Signal::Interrupted)?;
+                if rank0 {
+                    eprintln!("interrupted in stage {name}; resume with: ponder train --resume {}", run_dir.display());
+                }
+                Ok(false)
+            }
+            Err(e) => {
+                finish(Signal::Failed)?;
+                Err(e)
             }
         };
-        let took = t0.elapsed().as_secs_f64();
-        eprintln!("  stage {name} took {took:.1}s");
-        state.seconds.insert(name.clone(), took);
-        previous = out.model.clone().or(previous);
-        state.completed.push((name.clone(), out.model.clone()));
-        state.outputs.insert(name, out);
-        save_state(&run_dir, &state)?;
+        if let Some(h) = beat {
+            let (pg, beat_result) = h.join().map_err(|_| anyhow!("the heartbeat thread of stage {name} panicked"))?;
+            *dist.borrow_mut() = Some(pg);
+            if let (Ok(_), Err(e)) = (&outcome, beat_result) {
+                outcome = Err(e.context(format!("stage {name} finished and was saved")));
+            }
+        }
+        if !outcome? {
+            return Ok(());
+        }
     }
-    if let Some(m) = &previous {
+    if let (Some(m), true) = (&previous, rank0) {
         eprintln!("pipeline done; final model: {}", m.display());
     }
     Ok(())

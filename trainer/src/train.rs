@@ -49,6 +49,9 @@ pub struct Options {
     /// an impossible tensor before its first update, a real out-of-memory error.
     #[doc(hidden)]
     pub fail_alloc_at_step: Option<u64>,
+    /// The process group of a data-parallel launch that a pipeline already joined (the
+    /// trainer joins one itself from the launcher's variables otherwise).
+    pub dist: Option<ponder_dist::ProcessGroup>,
 }
 
 pub struct Trainer {
@@ -113,6 +116,14 @@ fn sync_ranks(rollouts: &Rollouts, policy: &Policy, dist: Option<&ponder_dist::P
     Ok(())
 }
 
+/// Joins the process group of a data-parallel launch (torchrun / Slurm variables); `None`
+/// outside one. Every collective then waits at most `PONDER_DIST_TIMEOUT_S` [1800] seconds.
+pub fn join_launch() -> Result<Option<ponder_dist::ProcessGroup>> {
+    let Some(l) = ponder_dist::Launch::from_env(|k| std::env::var(k).ok())? else { return Ok(None) };
+    let secs = std::env::var("PONDER_DIST_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(1800u64);
+    Ok(Some(ponder_dist::ProcessGroup::join(&l, std::time::Duration::from_secs(secs))?))
+}
+
 fn sampling(recipe: &Recipe) -> SamplingParams {
     recipe.rollout.sampling()
 }
@@ -123,13 +134,9 @@ impl Trainer {
         let run_dir = recipe.run_dir();
         // Under torchrun or Slurm: join the other ranks first. Rank 0 alone writes the run
         // folder (config, metrics, checkpoints); every rank trains the same weights.
-        let launch = ponder_dist::Launch::from_env(|k| std::env::var(k).ok())?;
-        let dist = match &launch {
-            Some(l) => {
-                let secs = std::env::var("PONDER_DIST_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(1800u64);
-                Some(ponder_dist::ProcessGroup::join(l, std::time::Duration::from_secs(secs))?)
-            }
-            None => None,
+        let dist = match opts.dist.take() {
+            Some(pg) => Some(pg),
+            None => join_launch()?,
         };
         let rank0 = dist.as_ref().is_none_or(|d| d.rank == 0);
         let world = dist.as_ref().map_or(1, |d| d.world);
@@ -348,6 +355,11 @@ impl Trainer {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// Hands the data-parallel process group back (to the pipeline that lent it).
+    pub fn take_dist(&mut self) -> Option<ponder_dist::ProcessGroup> {
+        self.dist.take()
     }
 
     fn encode_prompt(&self, ex: &Example) -> Result<Vec<i64>> {

@@ -288,24 +288,227 @@ fn two_ranks_sample_on_an_engine_and_rank_0_publishes() {
     assert!(two_srv.weights().unwrap().ends_with("engine-weights/step-4"), "{:?}", two_srv.weights());
 }
 
+/// A small R1 pipeline: task data, a pretrained base, SFT, GRPO, rejection sampling and an
+/// evaluation.
+fn pipeline(dir: &Path) -> PathBuf {
+    let recipe = format!(
+        r#"
+[run]
+name = "one"
+seed = 5
+output_dir = "{out}"
+[[stages]]
+name = "data"
+kind = "tasks"
+task = "increment"
+digits = 2
+train_size = 200
+heldout_size = 20
+sft_size = 64
+[[stages]]
+name = "base"
+kind = "pretrain"
+task = "increment"
+digits = 2
+corpus_size = 200
+template_rate = 0.0
+[stages.model]
+hidden = 32
+layers = 1
+heads = 2
+kv_heads = 1
+intermediate = 64
+vocab = 300
+[stages.train]
+steps = 5
+batch_size = 8
+[[stages]]
+name = "sft"
+kind = "sft"
+data = "{{run}}/data/sft.jsonl"
+[stages.train]
+steps = 6
+batch_size = 8
+lr = 3e-3
+warmup_steps = 1
+log_every = 1
+save_every = 3
+[[stages]]
+name = "rl"
+kind = "grpo"
+[stages.data]
+train = "{{run}}/data/train.jsonl"
+[stages.rollout]
+group_size = 4
+prompts_per_step = 4
+max_new_tokens = 12
+# Digits in the completion: a reward with spread from the first step.
+[[stages.rewards]]
+kind = "char_fraction"
+chars = "0123456789"
+[stages.grpo]
+beta = 0.04
+[stages.optim]
+lr = 3e-3
+[stages.train]
+steps = 2
+[[stages]]
+name = "rs"
+kind = "rejection_sample"
+data = "{{run}}/data/train.jsonl"
+limit = 12
+samples = 2
+shard_size = 4
+[stages.sampling]
+max_new_tokens = 12
+[[stages.rewards]]
+kind = "char_fraction"
+chars = "0123456789"
+[stages.filters]
+drop_truncated = false
+[[stages]]
+name = "eval"
+kind = "eval"
+data = "{{run}}/data/heldout.jsonl"
+samples = 2
+samples_output = true
+[stages.sampling]
+max_new_tokens = 12
+"#,
+        out = dir.join("runs").display(),
+    );
+    let p = dir.join("pipeline.toml");
+    std::fs::write(&p, recipe).unwrap();
+    p
+}
+
+/// A pipeline under a launcher: `sft` and `grpo` train on both ranks (each on half of every
+/// batch, gradients summed), `rejection_sample` deals its shards out and `eval` splits its
+/// prompts, and the other stages run on rank 0 while rank 1 waits. The result is the one
+/// process's, bit for bit, when that process accumulates the same halves (`micro_batch_size`
+/// = half the SFT batch, `grad_accumulation` = 2).
 #[test]
-fn pipelines_are_refused_under_a_launcher() {
+fn two_ranks_run_a_pipeline_as_one_process() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = tmp.path().join("p.toml");
-    std::fs::write(
-        &p,
-        format!("[run]\noutput_dir = \"{}\"\n[[stages]]\nname = \"data\"\nkind = \"tasks\"\ntask = \"addition\"\n", tmp.path().display()),
-    )
-    .unwrap();
-    let out = ponder()
-        .args(["train", p.to_str().unwrap()])
-        .env("RANK", "0")
-        .env("WORLD_SIZE", "2")
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", "1")
+    let recipe = pipeline(tmp.path());
+    let r = recipe.to_str().unwrap();
+    let one = ponder()
+        .args(["train", r, "--quiet", "--set", "stages.sft.train.micro_batch_size=4", "--set", "stages.rl.optim.grad_accumulation=2"])
         .output()
         .unwrap();
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    let outs = torchrun(&["train", r, "--quiet", "--set", "run.name=\"two\""]);
+    for (rank, o) in outs.iter().enumerate() {
+        assert!(o.status.success(), "rank {rank}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (a, b) = (tmp.path().join("runs/one"), tmp.path().join("runs/two"));
+    let same = |rel: &str| {
+        let load = |run: &Path| rollout::model::weights::load_file(&run.join(rel)).unwrap();
+        let (wa, wb) = (load(&a), load(&b));
+        assert_eq!(wa.len(), wb.len());
+        for (k, t) in &wa {
+            assert!(t.equal(&wb[k]), "{rel}: {k} differs between one process and two ranks");
+        }
+    };
+    same("stages/base/model/model.safetensors");
+    same("stages/sft/model/model.safetensors");
+    same("stages/rl/checkpoints/step-2/model.safetensors");
+    // Rank 0 alone logged the SFT stage: every step once, the one process's losses.
+    let rows = |run: &Path| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(run.join("stages/sft/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    let (ra, rb) = (rows(&a), rows(&b));
+    assert_eq!(rb.iter().map(|r| r.0).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+    for (x, y) in ra.iter().zip(&rb) {
+        assert!((x.1 - y.1).abs() <= 1e-6 * x.1.abs(), "SFT step {}: loss {} vs {}", x.0, x.1, y.1);
+    }
+    // Rejection sampling: the same kept rows (the provenance names each run's model folder).
+    let kept = |run: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join("stages/rs/data.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("source");
+                v
+            })
+            .collect()
+    };
+    let (ka, kb) = (kept(&a), kept(&b));
+    assert_eq!(ka.len(), kb.len());
+    assert!(ka.len() >= 12, "{} rows kept", ka.len());
+    assert_eq!(ka, kb);
+    // The evaluation, its prompts split over the ranks: the same samples and scores.
+    let eval =
+        |run: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(run.join("eval/eval.json")).unwrap()).unwrap() };
+    let (ea, eb) = (eval(&a), eval(&b));
+    for k in ["accuracy", "format_rate", "mean_completion_tokens"] {
+        assert_eq!(ea[k], eb[k], "eval {k}");
+    }
+    // Every sample, in order: the same text and scores; its mean log-prob to float rounding
+    // (a rank's forward passes hold half the rows, which rounds differently in the last bits).
+    let lines = |run: &Path| -> Vec<(serde_json::Value, f64)> {
+        let text = std::fs::read_to_string(run.join("eval/eval.samples.jsonl")).unwrap();
+        text.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.remove("model");
+                let lp = o.remove("logprob_mean").unwrap().as_f64().unwrap();
+                (v, lp)
+            })
+            .collect()
+    };
+    let (la, lb) = (lines(&a), lines(&b));
+    assert_eq!(la.len(), 40, "20 problems x 2 samples");
+    for (i, ((x, lx), (y, ly))) in la.iter().zip(&lb).enumerate() {
+        assert!(x == y, "eval sample {i} differs:\n{x}\n{y}");
+        assert!((lx - ly).abs() <= 1e-5, "eval sample {i}: mean log-prob {lx} vs {ly}");
+    }
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(b.join("pipeline.json")).unwrap()).unwrap();
+    assert_eq!(state["completed"].as_array().unwrap().len(), 6);
+    assert!(String::from_utf8_lossy(&outs[1].stderr).contains("rank 1 of 2"));
+}
+
+/// A rank 0 that dies while it runs a stage alone: the waiting rank exits with an error
+/// naming the stage, long before the group's timeout, instead of hanging.
+#[test]
+fn a_waiting_rank_fails_cleanly_when_rank_0_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = pipeline(tmp.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let spawn = |rank: usize| {
+        ponder()
+            .args(["train", recipe.to_str().unwrap(), "--quiet", "--set", "stages.base.train.steps=100000"])
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("PONDER_DIST_TIMEOUT_S", "600")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (mut r0, r1) = (spawn(0), spawn(1));
+    // Rank 0 is in the long pretrain stage once its folder exists.
+    let t0 = Instant::now();
+    while !tmp.path().join("runs/one/stages/base").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "rank 0 never reached the pretrain stage");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    r0.kill().unwrap();
+    let killed = Instant::now();
+    let out = r1.wait_with_output().unwrap();
+    let _ = r0.wait();
     let msg = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{msg}");
-    assert!(msg.contains("pipeline") && msg.contains("GRPO recipes"), "{msg}");
+    assert!(msg.contains("waiting for rank 0") && msg.contains("base"), "{msg}");
+    assert!(killed.elapsed() < Duration::from_secs(60), "rank 1 took {:?} to notice", killed.elapsed());
 }

@@ -71,6 +71,7 @@ fn every_aggregate_is_recomputed_from_the_sample_lines() {
         rewards: rewards(),
         think: ThinkParams::default(),
         best_of: vec!["logprob".into(), "accuracy".into(), "format".into()],
+        dist: None,
     };
     let ex = examples(&data);
     let run = eval::evaluate_full(&model, &ex, &spec, None, tch::Device::Cpu, tch::Kind::Float).unwrap();

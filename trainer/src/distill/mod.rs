@@ -376,6 +376,7 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             rewards: ev.rewards.clone(),
             think: Default::default(),
             best_of: vec![],
+            dist: None,
         };
         let rep = crate::eval::evaluate(&job.student.dir, &ev.examples, &spec, Some(pool), device, Kind::Float)?;
         let mut row = Row::new();

@@ -14,7 +14,7 @@ pub mod estimators;
 pub use estimators::pass_at_k;
 
 use crate::data::{self, Example};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use compute::ComputeModel;
 use estimators::{best_of_k, cluster_answers, k_ladder, maj_at_k, mean_stderr, MajMethod};
 use rewards::math::{self, EquivOptions, Verdict};
@@ -225,6 +225,9 @@ pub struct EvalSpec<'a> {
     /// best-of-k scorers: `logprob` (mean token log-prob of the sample under the policy) or
     /// the name of a reward module of the set (the grading module is an oracle).
     pub best_of: Vec<String>,
+    /// A data-parallel launch's process group: each rank samples a contiguous share of the
+    /// prompts (each sample seeded as in one process) and every rank gets all the samples.
+    pub dist: Option<&'a ponder_dist::ProcessGroup>,
 }
 
 impl EvalSpec<'_> {
@@ -497,7 +500,21 @@ pub fn evaluate_full(
         })
         .collect::<Result<_>>()?;
     let think = spec.think.resolve(&tk)?;
-    let (groups, gstats) = pool.generate_groups_with(&prompts, spec.samples, &spec.params, spec.seed, Some(&think))?;
+    let (groups, gstats) = match spec.dist {
+        None => pool.generate_groups_with(&prompts, spec.samples, &spec.params, spec.seed, Some(&think))?,
+        Some(pg) => {
+            let n = prompts.len();
+            let (from, to) = (pg.rank * n / pg.world, (pg.rank + 1) * n / pg.world);
+            let (mine, st) = pool.generate_groups_from(&prompts[from..to], from, spec.samples, &spec.params, spec.seed, Some(&think))?;
+            let mut groups: Vec<Vec<Completion>> = Vec::with_capacity(n);
+            for part in pg.all_gather_bytes(&serde_json::to_vec(&mine)?)? {
+                groups.extend(serde_json::from_slice::<Vec<Vec<Completion>>>(&part).context("a rank's samples")?);
+            }
+            let mut v = [st.prompts_prefilled as f64, st.prefill_tokens as f64, st.rows as f64];
+            pg.all_reduce_f64(&mut v)?;
+            (groups, rollout::generate::GenStats { prompts_prefilled: v[0] as usize, prefill_tokens: v[1] as usize, rows: v[2] as usize })
+        }
+    };
     let set = RewardSet::from_specs(spec.rewards.clone()).map_err(|e| anyhow!("eval rewards: {e}"))?;
     let samples: Vec<Sample> =
         examples.iter().zip(&groups).flat_map(|(e, g)| g.iter().map(move |c| reward_sample(e, c, spec.params.max_new_tokens))).collect();

@@ -104,6 +104,7 @@ impl EvalStage {
             rewards,
             think,
             best_of: self.best_of.clone(),
+            dist: None,
         }
     }
 }
@@ -162,12 +163,17 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         [&st.rewards, &ctx.pipeline.eval_rewards].into_iter().find(|r| !r.is_empty()).cloned().unwrap_or_else(eval::default_rewards);
     let cfg = st.fields.data_cfg(&st.data, &st.template);
     let examples = load_screened(&st.data, &cfg, st.limit, &rewards, st.max_bad_fraction, &ctx.origin, "max_bad_fraction")?;
-    let spec = st.spec(rewards, ctx.pipeline.run.seed, st.think.clone());
+    // In a data-parallel launch every rank samples its share of the prompts; rank 0 writes.
+    let dist = ctx.dist.borrow();
+    let spec = EvalSpec { dist: dist.as_ref(), ..st.spec(rewards, ctx.pipeline.run.seed, st.think.clone()) };
     spec.check().map_err(|e| anyhow::anyhow!("{}: {e}", ctx.origin))?;
     let (device, kind) = (parse_device(&st.device)?, parse_kind(&st.dtype)?);
     let pool = eval::open_pool(&model, device, kind, None, None)?;
     let mut runs = vec![eval::evaluate_full(&model, &examples, &spec, Some(&pool), device, kind)?];
     runs.extend(eval::sweep_budgets(&model, &examples, &spec, &st.think_budgets, &pool)?);
+    if !ctx.rank0() {
+        return Ok(StageOutcome::Done(Output::default()));
+    }
     let out = ctx.run_dir.join("eval");
     std::fs::create_dir_all(&out)?;
     if st.samples_output {

@@ -46,12 +46,17 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     recipe.validate()?;
     recipe.resolve_paths(Path::new("."));
     let resuming = ctx.dir.join("metrics.jsonl").exists();
-    let mut opts = Options { quiet: ctx.quiet, stop: ctx.stop.clone(), sinks: vec![], resume_from: None, ..Default::default() };
+    let dist = ctx.dist.borrow_mut().take();
+    let mut opts = Options { quiet: ctx.quiet, stop: ctx.stop.clone(), sinks: vec![], resume_from: None, dist, ..Default::default() };
     let mut trainer = train::Trainer::new(recipe, &t, resuming, &mut opts)?;
-    let out = trainer.run(ctx.stop)?;
+    let out = trainer.run(ctx.stop);
+    *ctx.dist.borrow_mut() = trainer.take_dist();
+    let out = out?;
     if out.interrupted {
         return Ok(StageOutcome::Interrupted);
     }
-    crate::plots::plot_run(&ctx.dir, &ctx.run_dir.join("plots").join(ctx.name))?;
+    if ctx.rank0() {
+        crate::plots::plot_run(&ctx.dir, &ctx.run_dir.join("plots").join(ctx.name))?;
+    }
     Ok(StageOutcome::Done(Output { model: out.final_checkpoint, data: None }))
 }

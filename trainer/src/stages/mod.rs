@@ -38,9 +38,22 @@ pub struct Ctx<'a> {
     pub quiet: bool,
     pub stop: &'a Arc<AtomicBool>,
     pub table: &'a toml::Table,
+    /// The process group of a data-parallel launch, lent to the stage kinds that train on
+    /// every rank ([`DATA_PARALLEL`]); empty in one process and for the other kinds, which
+    /// rank 0 runs alone.
+    pub dist: &'a std::cell::RefCell<Option<ponder_dist::ProcessGroup>>,
 }
 
+/// Stage kinds that run on every rank of a data-parallel launch, each rank training on (or
+/// sampling) its share of every batch; the others run on rank 0 while the other ranks wait.
+pub const DATA_PARALLEL: [&str; 4] = ["grpo", "sft", "rejection_sample", "eval"];
+
 impl Ctx<'_> {
+    /// Whether this process writes the stage's files (rank 0, or the only process).
+    pub fn rank0(&self) -> bool {
+        self.dist.borrow().as_ref().is_none_or(|d| d.rank == 0)
+    }
+
     /// Parses the stage's table into its config struct.
     pub fn config<T: for<'de> Deserialize<'de>>(&self) -> Result<T> {
         from_table(self.table.clone(), &self.origin)

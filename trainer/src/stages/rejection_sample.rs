@@ -348,8 +348,16 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     std::fs::create_dir_all(ctx.dir.join("shards"))?;
     let n_shards = examples.len().div_ceil(st.shard_size);
     let todo: Vec<usize> = (0..n_shards).filter(|&i| !shard_path(&ctx.dir, i).exists()).collect();
-    if todo.len() < n_shards {
+    if todo.len() < n_shards && ctx.rank0() {
         eprintln!("  resuming: {} of {n_shards} shards already sampled", n_shards - todo.len());
+    }
+    // In a data-parallel launch the missing shards are dealt out in turn (every rank listed
+    // them before any was written); a shard's samples depend on its seed only, so the files
+    // are those one process writes.
+    let dist = ctx.dist.borrow();
+    let (rank, world) = dist.as_ref().map_or((0, 1), |d| (d.rank, d.world));
+    if let Some(pg) = dist.as_ref() {
+        pg.barrier()?;
     }
     if !todo.is_empty() {
         let tk = Arc::new(Tokenizer::from_dir(&model)?);
@@ -359,10 +367,17 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
             rollout::folder::parse_kind(&st.dtype)?,
             tk.clone(),
         )?;
-        for &i in &todo {
-            if ctx.stop.load(Ordering::SeqCst) {
+        for round in todo.chunks(world) {
+            let mut stopping = ctx.stop.load(Ordering::SeqCst);
+            if let Some(pg) = dist.as_ref() {
+                let mut v = [stopping as u8 as f64];
+                pg.all_reduce_f64(&mut v)?;
+                stopping = v[0] > 0.0;
+            }
+            if stopping {
                 return Ok(StageOutcome::Interrupted);
             }
+            let Some(&i) = round.get(rank) else { continue };
             let first = i * st.shard_size;
             let part = &examples[first..(first + st.shard_size).min(examples.len())];
             let recs = sample_shard(&pool, &tk, &set, &st, part, first, mix_seed(ctx.pipeline.run.seed, 0x125 + i as u64))?;
@@ -376,6 +391,13 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
                     recs.len()
                 );
             }
+        }
+    }
+    if let Some(pg) = dist.as_ref() {
+        // Every shard is written; rank 0 alone writes what follows.
+        pg.barrier()?;
+        if rank != 0 {
+            return Ok(StageOutcome::Done(Output { model: None, data: Some(ctx.dir.join("data.jsonl")) }));
         }
     }
     let mut all = vec![];

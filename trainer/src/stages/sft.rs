@@ -86,14 +86,20 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     }
     eprintln!("  {} rows from {}, {} steps", examples.len(), st.data, st.train.steps);
     let ckpt = ctx.dir.join("checkpoint");
-    let mut sinks = ctx.lm_sinks(&ckpt, st.train.steps)?;
-    let out = lm::train(&policy, &examples, &st.train, ctx.pipeline.run.seed, &mut sinks, ctx.quiet, Some(&ckpt), ctx.stop)?;
+    // In a data-parallel launch every rank trains on its share of each batch; rank 0 writes.
+    let rank0 = ctx.rank0();
+    let mut sinks = if rank0 { ctx.lm_sinks(&ckpt, st.train.steps)? } else { vec![] };
+    let seed = ctx.pipeline.run.seed;
+    let quiet = ctx.quiet || !rank0;
+    let out = lm::train_ranks(&policy, &examples, &st.train, seed, &mut sinks, quiet, Some(&ckpt), ctx.stop, ctx.dist.borrow().as_ref())?;
     if out.interrupted {
         return Ok(StageOutcome::Interrupted);
     }
-    policy.save_weights(&model_dir, kind, None)?;
-    crate::checkpoint::copy_side_files(&src, &model_dir)?;
-    let _ = std::fs::remove_dir_all(&ckpt);
+    if rank0 {
+        policy.save_weights(&model_dir, kind, None)?;
+        crate::checkpoint::copy_side_files(&src, &model_dir)?;
+        let _ = std::fs::remove_dir_all(&ckpt);
+    }
     Ok(StageOutcome::Done(Output { model: Some(model_dir), data: None }))
 }
 

@@ -199,35 +199,6 @@ struct Sums {
 }
 
 impl Trainer {
-    /// Gives every parameter a gradient (zeros where none was computed yet), so that each
-    /// rank's flat gradient has the same layout even if it ran no pass.
-    fn define_grads(&self) {
-        let params = self.policy.named_tensors();
-        if params.values().any(|p| !p.grad().defined()) {
-            let zero = params.values().map(|p| p.sum(Kind::Float) * 0.0).fold(Tensor::zeros([], (Kind::Float, self.device)), |a, x| a + x);
-            zero.backward();
-        }
-    }
-
-    /// Sums the gradients over the ranks (one flat fp32 all-reduce).
-    fn all_reduce_grads(&self) -> Result<()> {
-        let Some(pg) = &self.dist else { return Ok(()) };
-        let grads: Vec<Tensor> = self.policy.named_tensors().values().map(|p| p.grad()).collect();
-        let mut flat =
-            Tensor::cat(&grads.iter().map(|g| g.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1)).collect::<Vec<_>>(), 0);
-        pg.all_reduce_sum(&mut flat)?;
-        let mut off = 0;
-        tch::no_grad(|| {
-            for g in &grads {
-                let n = g.numel() as i64;
-                let mut g = g.shallow_clone();
-                g.copy_(&flat.narrow(0, off, n).view_as(&g));
-                off += n;
-            }
-        });
-        Ok(())
-    }
-
     /// Completion-token log-probs (and entropies) of `model` for one pass.
     /// Each distinct prompt goes through the model once; its rows attend to it.
     fn logprobs(&self, model: &rollout::CausalLm, b: &Batch, m: &Pass, entropy: bool) -> TokenScores {
@@ -274,7 +245,7 @@ impl Trainer {
         );
         let mine = |pi: usize| pi % world == rank;
         if self.dist.is_some() {
-            self.define_grads();
+            crate::optim::define_grads(&self.policy.named_tensors());
         }
         // Reference log-probs once per batch.
         // Log-probs of `model` without gradients for this rank's passes, [minibatch][pass]
@@ -379,7 +350,9 @@ impl Trainer {
                     pg.all_reduce_f64(&mut bad)?;
                     finite = bad[0] == 0.0;
                     if finite && !self.opt.is_sharded() {
-                        self.all_reduce_grads()?;
+                        if let Some(pg) = &self.dist {
+                            crate::optim::all_reduce_grads(&self.policy.named_tensors(), pg)?;
+                        }
                     }
                 }
                 // ZeRO-2: each rank receives its share of the summed gradient instead.
