@@ -382,18 +382,19 @@ max_new_tokens = 12
     p
 }
 
-/// A pipeline under a launcher: `sft` and `grpo` train on both ranks (each on half of every
-/// batch, gradients summed), `rejection_sample` deals its shards out and `eval` splits its
-/// prompts, and the other stages run on rank 0 while rank 1 waits. The result is the one
+/// A pipeline under a launcher: `pretrain`, `sft` and `grpo` train on both ranks (each on
+/// half of every batch, gradients summed), `rejection_sample` deals its shards out and `eval`
+/// splits its prompts, and `tasks` runs on rank 0 while rank 1 waits. The result is the one
 /// process's, bit for bit, when that process accumulates the same halves (`micro_batch_size`
-/// = half the SFT batch, `grad_accumulation` = 2).
+/// = half the batch, `grad_accumulation` = 2).
 #[test]
 fn two_ranks_run_a_pipeline_as_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = pipeline(tmp.path());
     let r = recipe.to_str().unwrap();
     let one = ponder()
-        .args(["train", r, "--quiet", "--set", "stages.sft.train.micro_batch_size=4", "--set", "stages.rl.optim.grad_accumulation=2"])
+        .args(["train", r, "--quiet", "--set", "stages.base.train.micro_batch_size=4", "--set", "stages.sft.train.micro_batch_size=4"])
+        .args(["--set", "stages.rl.optim.grad_accumulation=2"])
         .output()
         .unwrap();
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
@@ -475,16 +476,25 @@ fn two_ranks_run_a_pipeline_as_one_process() {
     assert!(String::from_utf8_lossy(&outs[1].stderr).contains("rank 1 of 2"));
 }
 
-/// A rank 0 that dies while it runs a stage alone: the waiting rank exits with an error
-/// naming the stage, long before the group's timeout, instead of hanging.
+/// A rank 0 that dies while it runs a stage alone (here writing a million task problems):
+/// the waiting rank exits with an error naming the stage, long before the group's timeout,
+/// instead of hanging.
 #[test]
 fn a_waiting_rank_fails_cleanly_when_rank_0_dies() {
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = pipeline(tmp.path());
+    let recipe = tmp.path().join("p.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[run]\nname = \"one\"\noutput_dir = \"{}\"\n[[stages]]\nname = \"data\"\nkind = \"tasks\"\ntask = \"increment\"\ndigits = 6\ntrain_size = 1000000\nheldout_size = 20\n",
+            tmp.path().join("runs").display()
+        ),
+    )
+    .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let spawn = |rank: usize| {
         ponder()
-            .args(["train", recipe.to_str().unwrap(), "--quiet", "--set", "stages.base.train.steps=100000"])
+            .args(["train", recipe.to_str().unwrap(), "--quiet"])
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", "2")
             .env("MASTER_ADDR", "127.0.0.1")
@@ -496,19 +506,20 @@ fn a_waiting_rank_fails_cleanly_when_rank_0_dies() {
             .unwrap()
     };
     let (mut r0, r1) = (spawn(0), spawn(1));
-    // Rank 0 is in the long pretrain stage once its folder exists.
+    // Rank 0 is in the stage once its folder exists.
     let t0 = Instant::now();
-    while !tmp.path().join("runs/one/stages/base").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "rank 0 never reached the pretrain stage");
-        std::thread::sleep(Duration::from_millis(50));
+    while !tmp.path().join("runs/one/stages/data").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "rank 0 never reached the tasks stage");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(300));
     r0.kill().unwrap();
     let killed = Instant::now();
     let out = r1.wait_with_output().unwrap();
     let _ = r0.wait();
     let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!tmp.path().join("runs/one/pipeline.json").exists(), "rank 0 finished the stage before it was killed");
     assert_eq!(out.status.code(), Some(1), "{msg}");
-    assert!(msg.contains("waiting for rank 0") && msg.contains("base"), "{msg}");
+    assert!(msg.contains("waiting for rank 0") && msg.contains("data"), "{msg}");
     assert!(killed.elapsed() < Duration::from_secs(60), "rank 1 took {:?} to notice", killed.elapsed());
 }

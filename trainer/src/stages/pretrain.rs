@@ -189,8 +189,11 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     // The tokenizer learns from the corpus without the EOS marker text.
     let plain: Vec<String> = docs.iter().map(|d| d.trim_end_matches(tiny::EOS).to_string()).collect();
     let ckpt = ctx.dir.join("checkpoint");
+    // In a data-parallel launch every rank builds the same corpus and trains on its share of
+    // each batch; rank 0 writes the tokenizer, the initial and the final model.
+    let rank0 = ctx.rank0();
     // Resuming mid-stage: keep the tokenizer the checkpoint was trained with.
-    if lm::checkpoint_step(&ckpt).is_none() || !model_dir.join("tokenizer.json").exists() {
+    if rank0 && (lm::checkpoint_step(&ckpt).is_none() || !model_dir.join("tokenizer.json").exists()) {
         match &st.tokenizer {
             Some(t) => {
                 let t = crate::model_path::resolve(t).map_err(|e| anyhow!("{}: tokenizer: {e}", ctx.origin))?;
@@ -198,6 +201,9 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
             }
             None => tiny::create_random_model(&model_dir, st.model.tiny(), &plain, seed as i64)?,
         }
+    }
+    if let Some(pg) = ctx.dist.borrow().as_ref() {
+        pg.barrier()?;
     }
     let tk = Tokenizer::from_dir(&model_dir)?;
     let eos = tk.token_to_id(tiny::EOS).context("EOS token")?;
@@ -210,13 +216,18 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         })
         .collect::<Result<_>>()?;
     let policy = Policy::load(&model_dir, tch::Kind::Float, tch::Device::Cpu)?;
-    let mut sinks = ctx.lm_sinks(&ckpt, st.train.steps)?;
-    eprintln!("  {} documents, {:.2}M parameters, {} steps", examples.len(), param_count(&policy) as f64 / 1e6, st.train.steps);
-    let out = lm::train(&policy, &examples, &st.train, seed, &mut sinks, ctx.quiet, Some(&ckpt), ctx.stop)?;
+    let mut sinks = if rank0 { ctx.lm_sinks(&ckpt, st.train.steps)? } else { vec![] };
+    if rank0 {
+        eprintln!("  {} documents, {:.2}M parameters, {} steps", examples.len(), param_count(&policy) as f64 / 1e6, st.train.steps);
+    }
+    let quiet = ctx.quiet || !rank0;
+    let out = lm::train_ranks(&policy, &examples, &st.train, seed, &mut sinks, quiet, Some(&ckpt), ctx.stop, ctx.dist.borrow().as_ref())?;
     if out.interrupted {
         return Ok(StageOutcome::Interrupted);
     }
-    policy.save_weights(&model_dir, tch::Kind::Float, None)?;
-    let _ = std::fs::remove_dir_all(&ckpt);
+    if rank0 {
+        policy.save_weights(&model_dir, tch::Kind::Float, None)?;
+        let _ = std::fs::remove_dir_all(&ckpt);
+    }
     Ok(StageOutcome::Done(Output { model: Some(model_dir), data: None }))
 }

@@ -84,7 +84,9 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     if let Some(e) = st.epochs {
         st.train.steps = ((e * examples.len() as f64) / st.train.batch_size as f64).ceil().max(1.0) as usize;
     }
-    eprintln!("  {} rows from {}, {} steps", examples.len(), st.data, st.train.steps);
+    if ctx.rank0() {
+        eprintln!("  {} rows from {}, {} steps", examples.len(), st.data, st.train.steps);
+    }
     let ckpt = ctx.dir.join("checkpoint");
     // In a data-parallel launch every rank trains on its share of each batch; rank 0 writes.
     let rank0 = ctx.rank0();
