@@ -12,7 +12,7 @@ use rollout::SeededRng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -365,13 +365,7 @@ pub fn train_ranks(
     }
     let mut outcome = LmOutcome { steps_done: cfg.steps, interrupted: false };
     for step in start..cfg.steps {
-        let mut stopping = stop.load(Ordering::SeqCst);
-        if let Some(pg) = dist {
-            let mut v = [stopping as u8 as f64];
-            pg.all_reduce_f64(&mut v)?;
-            stopping = v[0] > 0.0;
-        }
-        if stopping {
+        if crate::train::stop_agreed(stop, dist)? {
             if let Some(dir) = ckpt_w {
                 save_checkpoint(dir, policy, &opt, LmState { step, optimizer_step: opt.step })?;
             }

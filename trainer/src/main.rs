@@ -116,7 +116,13 @@ trainer state). Ctrl-C finishes the current step, saves a checkpoint and exits 0
 Ctrl-C exits at once.\n\n\
 A [wandb] section (or WANDB_MODE=online) streams every metrics row to Weights & Biases from a \
 background thread: a slow or unreachable server never holds training up, and --resume continues \
-the same W&B run. Offline or failed uploads: `ponder wandb-sync RUN_DIR`."
+the same W&B run. Offline or failed uploads: `ponder wandb-sync RUN_DIR`.\n\n\
+Several processes (one per GPU): `torchrun --nproc-per-node N --no-python ponder train RECIPE`, \
+or Slurm's srun with MASTER_ADDR / MASTER_PORT exported. A GRPO run trains data-parallel; in a \
+pipeline, pretrain / sft / grpo stages train data-parallel, rejection_sample and eval split \
+their prompts, tasks and distill run on rank 0 while the others wait. Rank 0 writes the run \
+folder (shared by every rank); a bare `cuda` is each rank's LOCAL_RANK GPU; every collective \
+waits at most PONDER_DIST_TIMEOUT_S seconds (default 1800)."
 )]
 struct TrainArgs {
     /// The recipe (TOML).

@@ -253,13 +253,7 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
             }
             continue;
         }
-        let mut stopping = stop.load(Ordering::SeqCst);
-        if let Some(pg) = dist.borrow().as_ref() {
-            let mut v = [stopping as u8 as f64];
-            pg.all_reduce_f64(&mut v)?;
-            stopping = v[0] > 0.0;
-        }
-        if stopping {
+        if crate::train::stop_agreed(&stop, dist.borrow().as_ref())? {
             if rank0 {
                 eprintln!("interrupted before stage {name}; resume with: ponder train --resume {}", run_dir.display());
             }
@@ -315,10 +309,8 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
             dist: &dist,
         };
         let ran = stages::run(&kind, &ctx);
-        let finish = |signal: Signal| -> Result<()> {
-            status.store(signal as u8, Ordering::SeqCst);
-            Ok(())
-        };
+        // Tells the waiting ranks (through the heartbeat) how the stage ended.
+        let finish = |signal: Signal| status.store(signal as u8, Ordering::SeqCst);
         let mut outcome = match ran {
             Ok(StageOutcome::Done(o)) => {
                 let took = t0.elapsed().as_secs_f64();
@@ -331,7 +323,7 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                 state.outputs.insert(name.clone(), o);
                 // Saved before the waiting ranks are told, so they read the new state.
                 let saved = if rank0 { save_state(&run_dir, &state) } else { Ok(()) };
-                finish(if saved.is_ok() { Signal::Done } else { Signal::Failed })?;
+                finish(if saved.is_ok() { Signal::Done } else { Signal::Failed });
                 // After a stage every rank ran, no rank reads its files before rank 0 wrote them.
                 match (saved, dist.borrow().as_ref().filter(|_| !alone)) {
                     (Ok(()), Some(pg)) => pg.barrier().map(|_| true).map_err(anyhow::Error::from),
@@ -339,14 +331,14 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                 }
             }
             Ok(StageOutcome::Interrupted) => {
-                finish(Signal::Interrupted)?;
+                finish(Signal::Interrupted);
                 if rank0 {
                     eprintln!("interrupted in stage {name}; resume with: ponder train --resume {}", run_dir.display());
                 }
                 Ok(false)
             }
             Err(e) => {
-                finish(Signal::Failed)?;
+                finish(Signal::Failed);
                 Err(e)
             }
         };

@@ -124,6 +124,16 @@ pub fn join_launch() -> Result<Option<ponder_dist::ProcessGroup>> {
     Ok(Some(ponder_dist::ProcessGroup::join(&l, std::time::Duration::from_secs(secs))?))
 }
 
+/// Whether to stop (Ctrl-C): in a data-parallel launch, whether any rank was told to, so
+/// that every rank stops at the same point (a collective: every rank calls it).
+pub fn stop_agreed(stop: &AtomicBool, dist: Option<&ponder_dist::ProcessGroup>) -> Result<bool> {
+    let stopping = stop.load(Ordering::SeqCst);
+    let Some(pg) = dist else { return Ok(stopping) };
+    let mut v = [stopping as u8 as f64];
+    pg.all_reduce_f64(&mut v)?;
+    Ok(v[0] > 0.0)
+}
+
 fn sampling(recipe: &Recipe) -> SamplingParams {
     recipe.rollout.sampling()
 }

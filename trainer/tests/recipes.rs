@@ -50,6 +50,7 @@ fn every_shipped_recipe_loads_and_validates() {
         "qwen2.5-3b-countdown.toml",
         "qwen2.5-math-1.5b-r1-zero.toml",
         "qwen2.5-1.5b-r1.toml",
+        "qwen2.5-r1-distill.toml",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not found in {names:?}");
     }

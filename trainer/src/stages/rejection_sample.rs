@@ -31,7 +31,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -368,13 +367,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
             tk.clone(),
         )?;
         for round in todo.chunks(world) {
-            let mut stopping = ctx.stop.load(Ordering::SeqCst);
-            if let Some(pg) = dist.as_ref() {
-                let mut v = [stopping as u8 as f64];
-                pg.all_reduce_f64(&mut v)?;
-                stopping = v[0] > 0.0;
-            }
-            if stopping {
+            if crate::train::stop_agreed(ctx.stop, dist.as_ref())? {
                 return Ok(StageOutcome::Interrupted);
             }
             let Some(&i) = round.get(rank) else { continue };
