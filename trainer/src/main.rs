@@ -119,8 +119,8 @@ background thread: a slow or unreachable server never holds training up, and --r
 the same W&B run. Offline or failed uploads: `ponder wandb-sync RUN_DIR`.\n\n\
 Several processes (one per GPU): `torchrun --nproc-per-node N --no-python ponder train RECIPE`, \
 or Slurm's srun with MASTER_ADDR / MASTER_PORT exported. A GRPO run trains data-parallel; in a \
-pipeline, pretrain / sft / grpo stages train data-parallel, rejection_sample and eval split \
-their prompts, tasks and distill run on rank 0 while the others wait. Rank 0 writes the run \
+pipeline, pretrain / sft / grpo / distill stages train data-parallel, rejection_sample and \
+eval split their prompts, tasks stages run on rank 0 while the others wait. Rank 0 writes the run \
 folder (shared by every rank); a bare `cuda` is each rank's LOCAL_RANK GPU; every collective \
 waits at most PONDER_DIST_TIMEOUT_S seconds (default 1800)."
 )]

@@ -216,9 +216,9 @@ fn read_state(run_dir: &Path) -> Result<PipelineState> {
 }
 
 /// Runs the pipeline's stages in order. In a data-parallel launch (torchrun / Slurm) every
-/// rank runs this: `pretrain`, `sft` and `grpo` stages train on every rank,
-/// `rejection_sample` and `eval` sample on every rank (rank 0 writes), every other stage runs
-/// on rank 0 while the others wait for it; the run folder must be shared.
+/// rank runs this: `pretrain`, `sft`, `grpo` and `distill` stages train on every rank,
+/// `rejection_sample` and `eval` sample on every rank (rank 0 writes), `tasks` runs on rank 0
+/// while the others wait for it; the run folder must be shared.
 pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop: Arc<AtomicBool>) -> Result<()> {
     validate(&p)?;
     let dist = std::cell::RefCell::new(crate::train::join_launch()?);

@@ -288,8 +288,8 @@ fn two_ranks_sample_on_an_engine_and_rank_0_publishes() {
     assert!(two_srv.weights().unwrap().ends_with("engine-weights/step-4"), "{:?}", two_srv.weights());
 }
 
-/// A small R1 pipeline: task data, a pretrained base, SFT, GRPO, rejection sampling and an
-/// evaluation.
+/// A small R1 pipeline: task data, a pretrained base, SFT, GRPO, rejection sampling, an
+/// evaluation and on-policy distillation.
 fn pipeline(dir: &Path) -> PathBuf {
     let recipe = format!(
         r#"
@@ -374,6 +374,24 @@ samples = 2
 samples_output = true
 [stages.sampling]
 max_new_tokens = 12
+[[stages]]
+name = "distill"
+kind = "distill"
+method = "on_policy"
+teacher = "{{stages.rl.model}}"
+student = "{{stages.sft.model}}"
+sequences = "{{stages.rs.data}}"
+prompts = "{{run}}/data/train.jsonl"
+limit = 16
+lambda = 0.5
+[stages.sampling]
+max_new_tokens = 12
+[stages.train]
+steps = 3
+batch_size = 8
+lr = 1e-3
+warmup_steps = 0
+log_every = 1
 "#,
         out = dir.join("runs").display(),
     );
@@ -384,7 +402,8 @@ max_new_tokens = 12
 
 /// A pipeline under a launcher: `pretrain`, `sft` and `grpo` train on both ranks (each on
 /// half of every batch, gradients summed), `rejection_sample` deals its shards out and `eval`
-/// splits its prompts, and `tasks` runs on rank 0 while rank 1 waits. The result is the one
+/// splits its prompts, `distill` trains on half of every batch, and `tasks` runs on rank 0
+/// while rank 1 waits. The result is the one
 /// process's, bit for bit, when that process accumulates the same halves (`micro_batch_size`
 /// = half the batch, `grad_accumulation` = 2).
 #[test]
@@ -471,8 +490,33 @@ fn two_ranks_run_a_pipeline_as_one_process() {
         assert!(x == y, "eval sample {i} differs:\n{x}\n{y}");
         assert!((lx - ly).abs() <= 1e-5, "eval sample {i}: mean log-prob {lx} vs {ly}");
     }
+    // On-policy distillation: each rank trains on half of every batch (its teacher sequences
+    // and its own samples, seeded as in one process), each half's loss weighted by its share
+    // of the positions. One process has no micro-batches there, so the sums round differently:
+    // the same weights to float rounding, and the same logged losses.
+    let load = |run: &Path| rollout::model::weights::load_file(&run.join("stages/distill/model/model.safetensors")).unwrap();
+    let (da, db, before) = (load(&a), load(&b), rollout::model::weights::load_file(&a.join("stages/sft/model/model.safetensors")).unwrap());
+    let mut moved = 0.0f64;
+    for (k, t) in &da {
+        let d = f64::try_from((t - &db[k]).abs().max()).unwrap();
+        assert!(d <= 1e-5, "distill: {k} differs by {d} between one process and two ranks");
+        moved = moved.max(f64::try_from((t - &before[k]).abs().max()).unwrap());
+    }
+    assert!(moved > 1e-4, "distillation did not move the student ({moved})");
+    let dl = |run: &Path| -> Vec<f64> {
+        std::fs::read_to_string(run.join("stages/distill/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+            .collect()
+    };
+    let (xa, xb) = (dl(&a), dl(&b));
+    assert_eq!(xa.len(), 3);
+    for (x, y) in xa.iter().zip(&xb) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "distill loss {x} vs {y}");
+    }
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(b.join("pipeline.json")).unwrap()).unwrap();
-    assert_eq!(state["completed"].as_array().unwrap().len(), 6);
+    assert_eq!(state["completed"].as_array().unwrap().len(), 7);
     assert!(String::from_utf8_lossy(&outs[1].stderr).contains("rank 1 of 2"));
 }
 

@@ -283,6 +283,7 @@ fn a_stopped_on_policy_run_resumes_to_identical_weights() {
             pool: Some(&pool),
             eval: None,
             setup_flops: 0.0,
+            dist: None,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StopAt(stop_at.unwrap_or(0), stop.clone()))];

@@ -31,7 +31,7 @@ use rollout::CausalLm;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -115,7 +115,20 @@ pub fn sample_sequences(
     params: &SamplingParams,
     seed: u64,
 ) -> Result<(Vec<LmExample>, usize)> {
-    let groups = pool.generate_groups(prompts, n, params, seed)?;
+    sample_sequences_from(pool, prompts, 0, n, params, seed)
+}
+
+/// [`sample_sequences`] for prompts that are entries `first..` of a larger call (a
+/// data-parallel rank's share): each sample gets the seed it has in the whole call.
+pub fn sample_sequences_from(
+    pool: &RolloutPool,
+    prompts: &[Vec<i64>],
+    first: usize,
+    n: usize,
+    params: &SamplingParams,
+    seed: u64,
+) -> Result<(Vec<LmExample>, usize)> {
+    let (groups, _) = pool.generate_groups_from(prompts, first, n, params, seed, None)?;
     let mut out = vec![];
     let mut tokens = 0;
     for (p, g) in prompts.iter().zip(groups) {
@@ -176,6 +189,10 @@ pub struct Job<'a> {
     /// FLOPs already spent before training (teacher sampling, the cache), counted in the
     /// cumulative `flops/total` metric.
     pub setup_flops: f64,
+    /// A data-parallel launch's process group: each rank trains on a contiguous share of
+    /// every batch (its teacher sequences and its on-policy samples), each share's loss
+    /// weighted by its part of the batch's positions, and the gradients are summed.
+    pub dist: Option<&'a ponder_dist::ProcessGroup>,
 }
 
 /// Where checkpoints go: `<dir>/checkpoints/step-N/` in Hugging Face layout (the student's
@@ -376,7 +393,7 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             rewards: ev.rewards.clone(),
             think: Default::default(),
             best_of: vec![],
-            dist: None,
+            dist: job.dist,
         };
         let rep = crate::eval::evaluate(&job.student.dir, &ev.examples, &spec, Some(pool), device, Kind::Float)?;
         let mut row = Row::new();
@@ -404,9 +421,13 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             }
         }
     }
+    let dist = job.dist;
+    // Every rank resumes from the checkpoint; rank 0 alone writes them.
+    let ck_w = ck.filter(|_| dist.is_none_or(|d| d.rank == 0));
+    let share = |n: usize| dist.map_or((0, n), |d| (d.rank * n / d.world, (d.rank + 1) * n / d.world));
     for step in start..cfg.steps {
-        if stop.load(Ordering::SeqCst) {
-            if let Some(c) = ck {
+        if crate::train::stop_agreed(stop, dist)? {
+            if let Some(c) = ck_w {
                 opt.zero_grad();
                 save(c, job.student, &opt, step, counters)?;
             }
@@ -421,19 +442,34 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
         opt.zero_grad();
         let pass = rollout::error::catch_quietly(|| -> Result<Pass> {
             // 1. The batch: teacher sequences, then the student's fresh samples.
-            let fixed = if n_fixed > 0 { stream(mix_seed(s.seed, 1), job.sequences.len(), step * n_fixed, n_fixed) } else { vec![] };
+            // In a data-parallel launch, this rank's contiguous share of both parts.
+            let all_fixed = if n_fixed > 0 { stream(mix_seed(s.seed, 1), job.sequences.len(), step * n_fixed, n_fixed) } else { vec![] };
+            let (a, b) = share(all_fixed.len());
+            let fixed = all_fixed[a..b].to_vec();
             let sampled;
             let mut rows: Vec<&LmExample> = fixed.iter().map(|&i| &job.sequences[i]).collect();
             let mut gen_len = 0.0;
             if n_student > 0 {
                 let pi = stream(mix_seed(s.seed, 2), job.prompts.len(), step * n_student, n_student);
-                let prompts: Vec<Vec<i64>> = pi.iter().map(|&i| job.prompts[i].clone()).collect();
-                let (seqs, tok) = sample_sequences(job.pool.unwrap(), &prompts, 1, &s.sampling, mix_seed(s.seed, 0xD157 + step as u64))?;
+                let (a, b) = share(pi.len());
+                let prompts: Vec<Vec<i64>> = pi[a..b].iter().map(|&i| job.prompts[i].clone()).collect();
+                let seed = mix_seed(s.seed, 0xD157 + step as u64);
+                let (seqs, tok) = sample_sequences_from(job.pool.unwrap(), &prompts, a, 1, &s.sampling, seed)?;
                 sampled = seqs;
                 counters.generated_tokens += tok as f64;
                 counters.flops += 2.0 * n_student_params * tok as f64;
-                gen_len = sampled.iter().map(|e| (e.ids.len() - e.loss_from) as f64).sum::<f64>() / sampled.len() as f64;
+                gen_len = sampled.iter().map(|e| (e.ids.len() - e.loss_from) as f64).sum::<f64>();
                 rows.extend(sampled.iter());
+            }
+            if rows.is_empty() {
+                // A rank with no rows this step (a batch smaller than the world) still joins
+                // the collectives below.
+                let none = StepStats { forward_kl: 0.0, reverse_kl: 0.0, agree: 0.0, positions: 0.0 };
+                if let Some(pg) = dist {
+                    // Its part of the positions count the other ranks sum before their loss.
+                    pg.all_reduce_f64(&mut [0.0])?;
+                }
+                return Ok(Pass { lv: 0.0, stats: none, has_teacher: job.teacher.is_some() || job.cache.is_some(), tokens: 0, gen_len });
             }
             let packed = pack(&rows, cfg.max_len, device);
             // 2. Teacher distributions (no gradient), online or from the cache.
@@ -459,20 +495,29 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
             }
             let zs = completion_logits(&job.student.model, &packed, s.vocab);
             let st = step_loss(s, teacher.as_ref(), &zs, &packed.targets)?;
-            let lv = f64::try_from(&st.0)?;
+            // This rank's mean, weighted by its share of the batch's positions.
+            let loss = match dist {
+                Some(pg) => {
+                    let mut v = [st.1.positions];
+                    pg.all_reduce_f64(&mut v)?;
+                    &st.0 * (st.1.positions / v[0].max(1.0))
+                }
+                None => st.0.shallow_clone(),
+            };
+            let lv = f64::try_from(&loss)?;
             if !lv.is_finite() {
                 bail!("distillation loss is not finite at step {} ({lv}); lower the learning rate or check the teacher", step + 1);
             }
-            st.0.backward();
+            loss.backward();
             Ok(Pass { lv, stats: st.1, has_teacher: teacher.is_some(), tokens: packed.tokens, gen_len })
         });
-        let Pass { lv, stats, has_teacher, tokens, gen_len } = match pass {
+        let Pass { mut lv, mut stats, has_teacher, mut tokens, mut gen_len } = match pass {
             Ok(Ok(p)) => p,
             failed => {
                 counters = before;
                 let cause = crate::train::failure_cause(failed);
                 let hint = crate::train::oom_hint(&cause, "train.batch_size or train.max_len");
-                let saved = match ck {
+                let saved = match ck_w {
                     Some(c) if step > start => {
                         opt.zero_grad();
                         match save(c, job.student, &opt, step, counters) {
@@ -486,6 +531,27 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
                 bail!("distillation step {} failed: {cause}\n{saved}{hint}", step + 1);
             }
         };
+        if let Some(pg) = dist {
+            // The batch's gradient, loss and statistics are the sums of the ranks' parts.
+            let params = job.student.named_tensors();
+            crate::optim::define_grads(&params);
+            crate::optim::all_reduce_grads(&params, pg)?;
+            let d = [
+                counters.generated_tokens - before.generated_tokens,
+                counters.teacher_tokens - before.teacher_tokens,
+                counters.flops - before.flops,
+            ];
+            let mut v = [lv, stats.forward_kl, stats.reverse_kl, stats.agree, stats.positions, tokens as f64, gen_len, d[0], d[1], d[2]];
+            pg.all_reduce_f64(&mut v)?;
+            lv = v[0];
+            stats = StepStats { forward_kl: v[1], reverse_kl: v[2], agree: v[3], positions: v[4] };
+            tokens = v[5] as usize;
+            gen_len = v[6];
+            counters.generated_tokens = before.generated_tokens + v[7];
+            counters.teacher_tokens = before.teacher_tokens + v[8];
+            counters.flops = before.flops + v[9];
+        }
+        gen_len /= n_student.max(1) as f64;
         let gn = opt.grad_norm();
         opt.clip_grad_norm(gn, cfg.max_grad_norm);
         let lr = lr_at(&cfg.optim(), step as u64, cfg.steps as u64);
@@ -540,7 +606,7 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
                 sk.log(done as u64, &row)?;
             }
         }
-        if let (Some(c), true) = (ck, cfg.save_every > 0 && done % cfg.save_every == 0 && done < cfg.steps) {
+        if let (Some(c), true) = (ck_w, cfg.save_every > 0 && done % cfg.save_every == 0 && done < cfg.steps) {
             save(c, job.student, &opt, done, counters)?;
         }
     }

@@ -328,6 +328,7 @@ fn teacher_sequences(
     st: &DistillStage,
     device: tch::Device,
     seed: u64,
+    dist: Option<&ponder_dist::ProcessGroup>,
 ) -> Result<Vec<LmExample>> {
     if path.exists() {
         let text = std::fs::read_to_string(path)?;
@@ -345,9 +346,31 @@ fn teacher_sequences(
             })
             .collect();
     }
-    eprintln!("  sampling {} teacher sequences", prompts.len() * st.teacher_samples);
+    let rank0 = dist.is_none_or(|d| d.rank == 0);
+    if rank0 {
+        eprintln!("  sampling {} teacher sequences", prompts.len() * st.teacher_samples);
+    }
     let pool = RolloutPool::from_dir(teacher_dir, &[device], tch::Kind::Float, tk.clone())?;
-    let (seqs, _) = distill::sample_sequences(&pool, prompts, st.teacher_samples, &st.sampling, mix_seed(seed, 0x7eac))?;
+    let seed = mix_seed(seed, 0x7eac);
+    let seqs = match dist {
+        None => distill::sample_sequences(&pool, prompts, st.teacher_samples, &st.sampling, seed)?.0,
+        Some(pg) => {
+            // Each rank samples a contiguous share of the prompts, seeded as in one process.
+            let n = prompts.len();
+            let (a, b) = (pg.rank * n / pg.world, (pg.rank + 1) * n / pg.world);
+            let (mine, _) = distill::sample_sequences_from(&pool, &prompts[a..b], a, st.teacher_samples, &st.sampling, seed)?;
+            let rows: Vec<(Vec<i64>, usize)> = mine.into_iter().map(|e| (e.ids, e.loss_from)).collect();
+            let mut all = vec![];
+            for part in pg.all_gather_bytes(&serde_json::to_vec(&rows)?)? {
+                let rows: Vec<(Vec<i64>, usize)> = serde_json::from_slice(&part).context("a rank's teacher sequences")?;
+                all.extend(rows.into_iter().map(|(ids, loss_from)| LmExample { ids, loss_from }));
+            }
+            all
+        }
+    };
+    if !rank0 {
+        return Ok(seqs);
+    }
     let mut body = String::new();
     for s in &seqs {
         let text = tk.decode(&s.ids[s.loss_from..], false)?;
@@ -364,6 +387,17 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let seed = ctx.pipeline.run.seed;
     let device = parse_device(&st.device)?;
     let t_start = std::time::Instant::now();
+    // In a data-parallel launch every rank trains on its share of each batch (and samples
+    // its share of the teacher's sequences); rank 0 writes the stage's files, the others
+    // read them after a barrier.
+    let dist = ctx.dist.borrow();
+    let rank0 = ctx.rank0();
+    let barrier = || -> Result<()> {
+        if let Some(pg) = dist.as_ref() {
+            pg.barrier()?;
+        }
+        Ok(())
+    };
     // Teacher.
     let (teacher, teacher_tk) = match &st.teacher {
         Some(t) => {
@@ -379,7 +413,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let student_dir = match (&st.student_model, &teacher) {
         (Some(s), Some(t)) => {
             let dir = ctx.dir.join("student-init");
-            if !dir.join("config.json").exists() {
+            if rank0 && !dir.join("config.json").exists() {
                 let shape = TinyShape {
                     hidden: s.hidden,
                     layers: s.layers,
@@ -397,6 +431,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
                 tiny::create_with_tokenizer(&tmp, shape, arch, &t.dir, Some(t.model.cfg.vocab_size), seed as i64)?;
                 std::fs::rename(&tmp, &dir)?;
             }
+            barrier()?;
             dir
         }
         _ => ctx.model_or_previous(&st.student)?,
@@ -436,8 +471,16 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     } else {
         let prompts = encode_prompts(st.prompts.as_ref().unwrap(), &st.template, st.limit, &tk)?;
         let t = &teacher.as_ref().unwrap().dir;
-        let seqs =
-            teacher_sequences(&ctx.dir.join("teacher_sequences.jsonl"), t, teacher_tk.as_ref().unwrap(), &prompts, &st, device, seed)?;
+        let seqs = teacher_sequences(
+            &ctx.dir.join("teacher_sequences.jsonl"),
+            t,
+            teacher_tk.as_ref().unwrap(),
+            &prompts,
+            &st,
+            device,
+            seed,
+            dist.as_ref(),
+        )?;
         setup_flops += 2.0 * n_teacher * seqs.iter().map(|s| s.ids.len() as f64).sum::<f64>();
         seqs
     };
@@ -462,12 +505,27 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
             fingerprint: cache::fingerprint(&sequences),
             bytes_per_position: 8 * st.top_k.min(vocab) + 4,
         };
-        let c = match Cache::load(&dir, &meta).map_err(|e| anyhow!("{}: {e}", ctx.origin))? {
+        // Rank 0 builds it (the others wait at the barrier), then every rank reads it.
+        let built = match rank0 {
+            true => match Cache::load(&dir, &meta).map_err(|e| anyhow!("{}: {e}", ctx.origin))? {
+                Some(c) => Some(c),
+                None => {
+                    eprintln!("  building the teacher cache: top-{} log-probs at {positions} positions", meta.k);
+                    Some(Cache::build(&dir, t, &sequences, &meta, st.train.batch_size)?)
+                }
+            },
+            false => None,
+        };
+        barrier()?;
+        let c = match built {
             Some(c) => c,
-            None => {
-                eprintln!("  building the teacher cache: top-{} log-probs at {positions} positions", meta.k);
-                Cache::build(&dir, t, &sequences, &meta, st.train.batch_size)?
-            }
+            None => Cache::load(&dir, &meta).map_err(|e| anyhow!("{}: {e}", ctx.origin))?.ok_or_else(|| {
+                anyhow!(
+                    "{}: rank 0 built the teacher cache in {}, but this rank cannot read it: is the run folder shared?",
+                    ctx.origin,
+                    dir.display()
+                )
+            })?,
         };
         setup_flops += 2.0 * n_teacher * sequences.iter().map(|s| s.ids.len().min(st.train.max_len) as f64).sum::<f64>();
         cache_info = json!({"dir": dir, "k": meta.k, "positions": positions, "bytes_per_position": meta.bytes_per_position, "file_bytes": Cache::file_bytes(&dir)});
@@ -495,21 +553,23 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         None
     };
     let resume_step = distill::latest_checkpoint(&ctx.dir)?.map(|(s, _)| s);
-    let mut sinks = sinks(ctx, resume_step, st.train.steps)?;
-    eprintln!(
-        "  {} ({}): student {:.3}M parameters{}, {} sequences, {} prompts, {} steps",
-        match st.method {
-            Method::Sft => "sft",
-            Method::Kd => "kd",
-            Method::OnPolicy => "on_policy",
-        },
-        if st.method == Method::Sft { "next-token loss".to_string() } else { st.divergence().name().to_string() },
-        distill::param_count(&student) / 1e6,
-        if n_teacher > 0.0 { format!(", teacher {:.3}M", n_teacher / 1e6) } else { String::new() },
-        sequences.len(),
-        prompts.len(),
-        st.train.steps
-    );
+    let mut sinks = if rank0 { sinks(ctx, resume_step, st.train.steps)? } else { vec![] };
+    if rank0 {
+        eprintln!(
+            "  {} ({}): student {:.3}M parameters{}, {} sequences, {} prompts, {} steps",
+            match st.method {
+                Method::Sft => "sft",
+                Method::Kd => "kd",
+                Method::OnPolicy => "on_policy",
+            },
+            if st.method == Method::Sft { "next-token loss".to_string() } else { st.divergence().name().to_string() },
+            distill::param_count(&student) / 1e6,
+            if n_teacher > 0.0 { format!(", teacher {:.3}M", n_teacher / 1e6) } else { String::new() },
+            sequences.len(),
+            prompts.len(),
+            st.train.steps
+        );
+    }
     let settings = Settings {
         method: st.method,
         divergence: st.divergence(),
@@ -532,11 +592,15 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         pool: pool.as_ref(),
         eval,
         setup_flops,
+        dist: dist.as_ref(),
     };
     let ck = Checkpoints { dir: ctx.dir.clone(), side_files: student_dir.clone(), keep_last: st.keep_last };
-    let out = distill::train(&job, &mut sinks, ctx.quiet, Some(&ck), ctx.stop)?;
+    let out = distill::train(&job, &mut sinks, ctx.quiet || !rank0, Some(&ck), ctx.stop)?;
     if out.interrupted {
         return Ok(StageOutcome::Interrupted);
+    }
+    if !rank0 {
+        return Ok(StageOutcome::Done(Output { model: Some(ctx.dir.join("model")), data: None }));
     }
     let model_dir = ctx.dir.join("model");
     student.save_weights(&model_dir, tch::Kind::Float, None)?;

@@ -46,7 +46,7 @@ pub struct Ctx<'a> {
 
 /// Stage kinds that run on every rank of a data-parallel launch, each rank training on (or
 /// sampling) its share of every batch; the others run on rank 0 while the other ranks wait.
-pub const DATA_PARALLEL: [&str; 5] = ["pretrain", "grpo", "sft", "rejection_sample", "eval"];
+pub const DATA_PARALLEL: [&str; 6] = ["pretrain", "grpo", "sft", "rejection_sample", "eval", "distill"];
 
 impl Ctx<'_> {
     /// Whether this process writes the stage's files (rank 0, or the only process).
