@@ -210,7 +210,11 @@ fn loss_tokens(e: &LmExample, max_len: usize) -> usize {
 /// batch's mean loss, or this rank's part of them. Returns this part of the loss (not finite:
 /// nothing was accumulated after the pass that produced it) and its token count.
 pub fn accumulate(policy: &Policy, opt: &AdamW, rows: &[&LmExample], total: usize, max_len: usize, micro: usize) -> Result<(f64, f64)> {
-    let micro = if micro == 0 { rows.len().max(1) } else { micro };
+    if rows.is_empty() {
+        // A data-parallel rank whose share of a small batch is empty.
+        return Ok((0.0, 0.0));
+    }
+    let micro = if micro == 0 { rows.len() } else { micro };
     let mine: usize = rows.iter().map(|e| loss_tokens(e, max_len)).sum();
     if rows.len() <= micro && mine == total {
         // The whole batch in one pass: its mean loss as it is.
