@@ -391,7 +391,8 @@ impl Trainer {
             self.eval_and_log()?;
         }
         while self.state.step < total {
-            if stop.load(Ordering::SeqCst) {
+            // Under a launcher every rank stops at the same step, whichever got the Ctrl-C.
+            if stop_agreed(stop, self.dist.as_ref())? {
                 interrupted = true;
                 break;
             }

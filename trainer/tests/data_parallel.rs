@@ -288,6 +288,59 @@ fn two_ranks_sample_on_an_engine_and_rank_0_publishes() {
     assert!(two_srv.weights().unwrap().ends_with("engine-weights/step-4"), "{:?}", two_srv.weights());
 }
 
+/// Ctrl-C reaching one rank only (a launcher usually signals all): both ranks stop at the
+/// same step, rank 0 saves it, both exit cleanly, and the run resumes from there.
+#[test]
+fn a_stop_on_one_rank_stops_every_rank_at_the_same_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = setup(tmp.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let spawn = |rank: usize| {
+        ponder()
+            .args(["train", recipe.to_str().unwrap(), "--quiet", "--set", "train.steps=100000", "--set", "train.save_every=0"])
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (r0, r1) = (spawn(0), spawn(1));
+    let run = tmp.path().join("runs/dp");
+    let t0 = Instant::now();
+    while metrics_if_any(&run).len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the ranks never logged 3 steps");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kill = Command::new("kill").args(["-INT", &r1.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let (o0, o1) = (r0.wait_with_output().unwrap(), r1.wait_with_output().unwrap());
+    for (rank, o) in [(0, &o0), (1, &o1)] {
+        assert!(o.status.success(), "rank {rank}: {:?} {}", o.status, String::from_utf8_lossy(&o.stderr));
+    }
+    let steps: Vec<u64> = metrics(&run).iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    let last = *steps.last().unwrap();
+    assert_eq!(steps, (1..=last).collect::<Vec<_>>(), "every step logged once");
+    assert!(run.join(format!("checkpoints/step-{last}/model.safetensors")).exists(), "rank 0 saved the step both stopped at");
+    let outs = torchrun(&["train", "--resume", run.to_str().unwrap(), "--quiet", "--set", &format!("train.steps={}", last + 2)]);
+    for (rank, o) in outs.iter().enumerate() {
+        assert!(o.status.success(), "rank {rank}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(metrics(&run).len() as u64, last + 2);
+}
+
+/// The metrics rows written so far (a line still being written is skipped).
+fn metrics_if_any(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r.get("reward").is_some())
+        .collect()
+}
+
 /// A small R1 pipeline: task data, a pretrained base, SFT, GRPO, rejection sampling, an
 /// evaluation and on-policy distillation.
 fn pipeline(dir: &Path) -> PathBuf {
