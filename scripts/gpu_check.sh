@@ -4,7 +4,9 @@
 #      the largest logit),
 #   2. a GRPO step at Qwen2.5-0.5B's shape (random weights, vocabulary 151,936, bf16):
 #      s/step, tokens/s and peak GPU memory (sampled from nvidia-smi every 0.2 s),
-#   3. generation at the same shape: tokens/s.
+#   3. generation at the same shape: tokens/s,
+#   4. a short pipeline with every stage kind on the GPU (bf16 SFT / GRPO / sampling /
+#      evaluation, fp32 distillation): stage times.
 # It fails loudly, never skips, when CUDA is missing. CI (CPU) does not run it.
 #
 #   scripts/gpu_check.sh [cuda:N]
@@ -46,5 +48,124 @@ echo "  peak GPU memory so far: $(peak) MiB"
 echo "== 4. generation, bf16, 64 x 128"
 $ponder bench generate --model "$work/q05" --device "$dev" --dtype bf16 \
     --batch 64 --new-tokens 128 --repeats 3 || die "bench generate failed"
+echo "  peak GPU memory so far: $(peak) MiB"
+
+# Every pipeline stage kind on the GPU (pretraining stays on the CPU; it has no device
+# key): SFT in bf16 with gradient accumulation, GRPO, rejection sampling and evaluation in
+# bf16, on-policy distillation in fp32. A few seconds; it catches a tensor left on the CPU.
+echo "== 5. a short R1 pipeline on $dev (tasks, pretrain, sft, grpo, rejection_sample, eval, distill)"
+dev_key="$dev"
+cat > "$work/pipeline.toml" <<TOML
+[run]
+name = "gpu-pipeline"
+seed = 0
+output_dir = "$work/runs"
+
+[[stages]]
+name = "data"
+kind = "tasks"
+task = "addition"
+digits = 2
+train_size = 400
+heldout_size = 32
+sft_size = 128
+
+[[stages]]
+name = "base"
+kind = "pretrain"
+task = "addition"
+digits = 2
+corpus_size = 400
+[stages.model]
+hidden = 128
+layers = 2
+heads = 4
+kv_heads = 2
+intermediate = 256
+vocab = 400
+[stages.train]
+steps = 20
+batch_size = 16
+
+[[stages]]
+name = "sft"
+kind = "sft"
+data = "{run}/data/sft.jsonl"
+device = "$dev_key"
+dtype = "bf16"
+[stages.train]
+steps = 10
+batch_size = 16
+micro_batch_size = 8
+lr = 1e-3
+warmup_steps = 1
+log_every = 5
+
+[[stages]]
+name = "rl"
+kind = "grpo"
+[stages.model]
+device = "$dev_key"
+dtype = "bf16"
+[stages.data]
+train = "{run}/data/train.jsonl"
+[stages.rollout]
+group_size = 8
+prompts_per_step = 8
+max_new_tokens = 48
+[[stages.rewards]]
+kind = "accuracy"
+[[stages.rewards]]
+kind = "format"
+[stages.grpo]
+beta = 0.04
+[stages.optim]
+lr = 1e-4
+[stages.train]
+steps = 3
+
+[[stages]]
+name = "rs"
+kind = "rejection_sample"
+data = "{run}/data/train.jsonl"
+limit = 32
+samples = 4
+device = "$dev_key"
+dtype = "bf16"
+[stages.sampling]
+max_new_tokens = 48
+[stages.filters]
+drop_truncated = false
+
+[[stages]]
+name = "eval"
+kind = "eval"
+data = "{run}/data/heldout.jsonl"
+samples = 4
+device = "$dev_key"
+dtype = "bf16"
+[stages.sampling]
+max_new_tokens = 48
+
+[[stages]]
+name = "distill"
+kind = "distill"
+method = "on_policy"
+teacher = "{stages.rl.model}"
+student = "{stages.sft.model}"
+prompts = "{run}/data/train.jsonl"
+limit = 32
+device = "$dev_key"
+[stages.sampling]
+max_new_tokens = 48
+[stages.train]
+steps = 3
+batch_size = 8
+lr = 1e-4
+log_every = 1
+TOML
+$ponder train "$work/pipeline.toml" --quiet || die "the pipeline on $dev failed"
+python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['seconds']; print('  ' + ', '.join(f'{k} {v:.1f}s' for k, v in s.items()))" \
+    "$work/runs/gpu-pipeline/pipeline.json"
 echo "  peak GPU memory of the check: $(peak) MiB"
 echo "gpu_check: done"
