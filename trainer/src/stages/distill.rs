@@ -11,7 +11,7 @@
 //! `teacher_sequences.jsonl`). Writes `model/` (Hugging Face layout), `checkpoints/step-N/`
 //! (the same layout plus optimizer moments, resumed from), `metrics.jsonl` and `summary.json`.
 
-use super::{cpu, one_usize, r1, Ctx, Output, StageOutcome};
+use super::{cpu, f32s, one_usize, r1, Ctx, Output, StageOutcome};
 use crate::config::Paths;
 use crate::distill::cache::{self, Cache, CacheMeta};
 use crate::distill::loss::{Divergence, Tail};
@@ -149,6 +149,11 @@ pub struct DistillStage {
     pub eval: Option<KlEvalCfg>,
     #[serde(default = "cpu")]
     pub device: String,
+    /// f32, or bf16 / f16: teacher and student in that dtype, the student trained through
+    /// fp32 master weights and moments (f16 with dynamic loss scaling), the divergences
+    /// computed in fp32; the student is saved in this dtype.
+    #[serde(default = "f32s")]
+    pub dtype: String,
     /// Checkpoints kept (0 = all).
     #[serde(default = "one_usize")]
     pub keep_last: usize,
@@ -188,6 +193,7 @@ impl DistillStage {
     }
 
     pub fn check(&self, origin: &str) -> Result<()> {
+        crate::config::check_device_dtype(origin, &self.device, &self.dtype)?;
         let m = match self.method {
             Method::Sft => "sft",
             Method::Kd => "kd",
@@ -350,7 +356,7 @@ fn teacher_sequences(
     if rank0 {
         eprintln!("  sampling {} teacher sequences", prompts.len() * st.teacher_samples);
     }
-    let pool = RolloutPool::from_dir(teacher_dir, &[device], tch::Kind::Float, tk.clone())?;
+    let pool = RolloutPool::from_dir(teacher_dir, &[device], rollout::folder::parse_kind(&st.dtype)?, tk.clone())?;
     let seed = mix_seed(seed, 0x7eac);
     let seqs = match dist {
         None => distill::sample_sequences(&pool, prompts, st.teacher_samples, &st.sampling, seed)?.0,
@@ -386,6 +392,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     st.check(&ctx.origin)?;
     let seed = ctx.pipeline.run.seed;
     let device = parse_device(&st.device)?;
+    let kind = rollout::folder::parse_kind(&st.dtype)?;
     let t_start = std::time::Instant::now();
     // In a data-parallel launch every rank trains on its share of each batch (and samples
     // its share of the teacher's sequences); rank 0 writes the stage's files, the others
@@ -403,7 +410,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         Some(t) => {
             let t = &crate::model_path::resolve(t).map_err(|e| anyhow!("{}: teacher: {e}", ctx.origin))?;
             teacher_exists(t, st.teacher_recipe.as_deref(), &ctx.origin)?;
-            let mut p = Policy::load(t, tch::Kind::Float, device)?;
+            let mut p = Policy::load(t, kind, device)?;
             p.vs.freeze();
             (Some(p), Some(Arc::new(Tokenizer::from_dir(t)?)))
         }
@@ -440,7 +447,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     if let Some(ttk) = &teacher_tk {
         check_same_tokenizer(ttk, &tk).map_err(|e| anyhow!("{}: {e}", ctx.origin))?;
     }
-    let student = Policy::load(&student_dir, tch::Kind::Float, device)?;
+    let student = Policy::load(&student_dir, kind, device)?;
     let vocab = tk.vocab_size() as i64;
     for (who, p) in [("student", Some(&student)), ("teacher", teacher.as_ref())] {
         if let Some(p) = p {
@@ -548,7 +555,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         None => None,
     };
     let pool = if st.method == Method::OnPolicy || eval.is_some() {
-        Some(RolloutPool::from_dir(&student_dir, &[device], tch::Kind::Float, tk.clone())?)
+        Some(RolloutPool::from_dir(&student_dir, &[device], kind, tk.clone())?)
     } else {
         None
     };
@@ -603,7 +610,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         return Ok(StageOutcome::Done(Output { model: Some(ctx.dir.join("model")), data: None }));
     }
     let model_dir = ctx.dir.join("model");
-    student.save_weights(&model_dir, tch::Kind::Float, None)?;
+    student.save_weights(&model_dir, kind, None)?;
     crate::checkpoint::copy_side_files(&student_dir, &model_dir)?;
     let summary = json!({
         "method": st.method,
