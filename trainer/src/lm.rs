@@ -388,12 +388,8 @@ pub fn train_ranks(
                 let _ = Tensor::empty([1i64 << 44], (Kind::Float, policy.vs.device()));
             }
             let total = batch.iter().map(|e| loss_tokens(e, cfg.max_len)).sum();
-            let (from, to) = dist.map_or((0, batch.len()), |d| (d.rank * batch.len() / d.world, (d.rank + 1) * batch.len() / d.world));
-            let micro = match (dist, cfg.micro_batch_size) {
-                (Some(_), 0) => to - from,
-                (_, m) => m,
-            };
-            accumulate(policy, &opt, &batch[from..to], total, cfg.max_len, micro)
+            let (from, to) = crate::train::share(dist, batch.len());
+            accumulate(policy, &opt, &batch[from..to], total, cfg.max_len, cfg.micro_batch_size)
         });
         let (mut lv, mut ntok) = match pass {
             Ok(Ok(v)) => v,

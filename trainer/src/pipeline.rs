@@ -46,6 +46,13 @@ pub struct PipelineState {
     pub seconds: BTreeMap<String, f64>,
 }
 
+impl PipelineState {
+    /// The model the latest finished stage that produced one produced.
+    fn last_model(&self) -> Option<PathBuf> {
+        self.completed.iter().rev().find_map(|(_, m)| m.clone())
+    }
+}
+
 fn state_path(run_dir: &Path) -> PathBuf {
     run_dir.join("pipeline.json")
 }
@@ -244,7 +251,7 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
         );
     }
     let mut state = read_state(&run_dir)?;
-    let mut previous: Option<PathBuf> = state.completed.iter().rev().find_map(|(_, m)| m.clone());
+    let mut previous: Option<PathBuf> = state.last_model();
     for (i, t) in p.stages.iter().enumerate() {
         let (name, kind) = stage_kind(t, i)?;
         if state.completed.iter().any(|(n, _)| n == &name) {
@@ -279,7 +286,7 @@ pub fn run(p: Pipeline, resolved: &toml::Table, resume: bool, quiet: bool, stop:
                     state_path(&run_dir).display()
                 );
             }
-            previous = state.completed.iter().rev().find_map(|(_, m)| m.clone());
+            previous = state.last_model();
             continue;
         }
         if rank0 {

@@ -134,6 +134,27 @@ pub fn stop_agreed(stop: &AtomicBool, dist: Option<&ponder_dist::ProcessGroup>) 
     Ok(v[0] > 0.0)
 }
 
+/// This rank's contiguous share `from..to` of `n` items in a data-parallel launch (all of
+/// them in one process): how prompts, batch rows and sequences are split over the ranks.
+pub fn share(dist: Option<&ponder_dist::ProcessGroup>, n: usize) -> (usize, usize) {
+    dist.map_or((0, n), |d| (d.rank * n / d.world, (d.rank + 1) * n / d.world))
+}
+
+/// Every rank's `mine`, concatenated in rank order (a collective: every rank calls it; in one
+/// process, `mine` itself). `what` names the items in an error.
+pub fn gather<T: Serialize + serde::de::DeserializeOwned>(
+    dist: Option<&ponder_dist::ProcessGroup>,
+    mine: Vec<T>,
+    what: &str,
+) -> Result<Vec<T>> {
+    let Some(pg) = dist else { return Ok(mine) };
+    let mut all = Vec::with_capacity(mine.len() * pg.world);
+    for part in pg.all_gather_bytes(&serde_json::to_vec(&mine)?)? {
+        all.extend(serde_json::from_slice::<Vec<T>>(&part).with_context(|| format!("a rank's {what}"))?);
+    }
+    Ok(all)
+}
+
 fn sampling(recipe: &Recipe) -> SamplingParams {
     recipe.rollout.sampling()
 }
@@ -337,30 +358,9 @@ impl Trainer {
     /// share of the prompts (each sample seeded as in one process) and the shares are
     /// gathered, so every rank holds the same groups as a single process would.
     fn generate_split(&self, prompts: &[Vec<i64>], g: usize, params: &SamplingParams, seed: u64) -> Result<Vec<Vec<Completion>>> {
-        let (from, to) = self.share(prompts.len());
+        let (from, to) = share(self.dist.as_ref(), prompts.len());
         let mine = self.rollouts.generate_groups_from(&prompts[from..to], from, g, params, seed)?;
-        self.gather(mine)
-    }
-
-    /// This rank's contiguous share `from..to` of `n` prompts (all of them in one process).
-    fn share(&self, n: usize) -> (usize, usize) {
-        match &self.dist {
-            Some(pg) => (pg.rank * n / pg.world, (pg.rank + 1) * n / pg.world),
-            None => (0, n),
-        }
-    }
-
-    /// Every rank's share of a split call, in rank order (a collective: every rank calls it).
-    fn gather(&self, mine: Vec<Vec<Completion>>) -> Result<Vec<Vec<Completion>>> {
-        let Some(pg) = &self.dist else {
-            return Ok(mine);
-        };
-        let mut all = vec![];
-        for part in pg.all_gather_bytes(&serde_json::to_vec(&mine)?)? {
-            let groups: Vec<Vec<Completion>> = serde_json::from_slice(&part).context("a rank's rollouts")?;
-            all.extend(groups);
-        }
-        Ok(all)
+        gather(self.dist.as_ref(), mine, "rollouts")
     }
 
     pub fn policy(&self) -> &Policy {
@@ -588,7 +588,7 @@ impl Trainer {
         } else {
             None
         };
-        let (from, to) = self.share(next.as_ref().map_or(0, |(_, ps)| ps.len()));
+        let (from, to) = share(self.dist.as_ref(), next.as_ref().map_or(0, |(_, ps)| ps.len()));
         let sampler = self.rollouts.clone();
         let next_seed = mix_seed(seed, step + 2);
         let mut ahead_s = 0.0;
@@ -621,7 +621,7 @@ impl Trainer {
             let tokens: usize = mine.iter().flatten().map(|c| c.token_ids.len()).sum();
             row.insert("time/rollout_ahead_s".into(), json!(ahead_s));
             row.insert("throughput/rollout_ahead_tokens_per_s".into(), json!(tokens as f64 / ahead_s.max(1e-9)));
-            self.inflight = Some(Inflight { step: step + 1, idx, groups: self.gather(mine)? });
+            self.inflight = Some(Inflight { step: step + 1, idx, groups: gather(self.dist.as_ref(), mine, "rollouts")? });
         }
         if !kept_groups.is_empty() {
             sync_ranks(&self.rollouts, &self.policy, self.dist.as_ref(), step + 1)?;

@@ -69,24 +69,30 @@ fn ponder() -> Command {
     c
 }
 
+/// A free local port for a world's rendezvous.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `ponder ARGS` as rank `rank` of a world of two meeting at `port`, as torchrun would
+/// start it, output captured.
+fn rank_command(args: &[&str], rank: usize, port: u16) -> Command {
+    let mut c = ponder();
+    c.args(args)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
 /// `ponder train ARGS` as ranks 0 and 1 of a world of two.
 fn torchrun(args: &[&str]) -> Vec<Output> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut kids: Vec<_> = (0..2)
-        .map(|rank| {
-            ponder()
-                .args(args)
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", "2")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let port = free_port();
+    let mut kids: Vec<_> = (0..2).map(|rank| rank_command(args, rank, port).spawn().unwrap()).collect();
     let t0 = Instant::now();
     while kids.iter_mut().any(|k| k.try_wait().unwrap().is_none()) {
         if t0.elapsed() > Duration::from_secs(300) {
@@ -294,20 +300,9 @@ fn two_ranks_sample_on_an_engine_and_rank_0_publishes() {
 fn a_stop_on_one_rank_stops_every_rank_at_the_same_step() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = setup(tmp.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let spawn = |rank: usize| {
-        ponder()
-            .args(["train", recipe.to_str().unwrap(), "--quiet", "--set", "train.steps=100000", "--set", "train.save_every=0"])
-            .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", "2")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (r0, r1) = (spawn(0), spawn(1));
+    let port = free_port();
+    let args = ["train", recipe.to_str().unwrap(), "--quiet", "--set", "train.steps=100000", "--set", "train.save_every=0"];
+    let (r0, r1) = (rank_command(&args, 0, port).spawn().unwrap(), rank_command(&args, 1, port).spawn().unwrap());
     let run = tmp.path().join("runs/dp");
     let t0 = Instant::now();
     while metrics_if_any(&run).len() < 3 {
@@ -588,20 +583,10 @@ fn a_waiting_rank_fails_cleanly_when_rank_0_dies() {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let spawn = |rank: usize| {
-        ponder()
-            .args(["train", recipe.to_str().unwrap(), "--quiet"])
-            .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", "2")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .env("PONDER_DIST_TIMEOUT_S", "600")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let port = free_port();
+    let args = ["train", recipe.to_str().unwrap(), "--quiet"];
+    // A hang would end at the group's timeout, 600 s, not the default 1800.
+    let spawn = |rank| rank_command(&args, rank, port).env("PONDER_DIST_TIMEOUT_S", "600").spawn().unwrap();
     let (mut r0, r1) = (spawn(0), spawn(1));
     // Rank 0 is in the stage once its folder exists.
     let t0 = Instant::now();

@@ -424,7 +424,7 @@ pub fn train(job: &Job, sinks: &mut [Box<dyn Sink>], quiet: bool, ck: Option<&Ch
     let dist = job.dist;
     // Every rank resumes from the checkpoint; rank 0 alone writes them.
     let ck_w = ck.filter(|_| dist.is_none_or(|d| d.rank == 0));
-    let share = |n: usize| dist.map_or((0, n), |d| (d.rank * n / d.world, (d.rank + 1) * n / d.world));
+    let share = |n: usize| crate::train::share(dist, n);
     for step in start..cfg.steps {
         if crate::train::stop_agreed(stop, dist)? {
             if let Some(c) = ck_w {

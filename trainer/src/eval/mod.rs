@@ -14,7 +14,7 @@ pub mod estimators;
 pub use estimators::pass_at_k;
 
 use crate::data::{self, Example};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use compute::ComputeModel;
 use estimators::{best_of_k, cluster_answers, k_ladder, maj_at_k, mean_stderr, MajMethod};
 use rewards::math::{self, EquivOptions, Verdict};
@@ -503,13 +503,9 @@ pub fn evaluate_full(
     let (groups, gstats) = match spec.dist {
         None => pool.generate_groups_with(&prompts, spec.samples, &spec.params, spec.seed, Some(&think))?,
         Some(pg) => {
-            let n = prompts.len();
-            let (from, to) = (pg.rank * n / pg.world, (pg.rank + 1) * n / pg.world);
+            let (from, to) = crate::train::share(Some(pg), prompts.len());
             let (mine, st) = pool.generate_groups_from(&prompts[from..to], from, spec.samples, &spec.params, spec.seed, Some(&think))?;
-            let mut groups: Vec<Vec<Completion>> = Vec::with_capacity(n);
-            for part in pg.all_gather_bytes(&serde_json::to_vec(&mine)?)? {
-                groups.extend(serde_json::from_slice::<Vec<Vec<Completion>>>(&part).context("a rank's samples")?);
-            }
+            let groups = crate::train::gather(Some(pg), mine, "samples")?;
             let mut v = [st.prompts_prefilled as f64, st.prefill_tokens as f64, st.rows as f64];
             pg.all_reduce_f64(&mut v)?;
             (groups, rollout::generate::GenStats { prompts_prefilled: v[0] as usize, prefill_tokens: v[1] as usize, rows: v[2] as usize })

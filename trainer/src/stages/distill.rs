@@ -362,16 +362,11 @@ fn teacher_sequences(
         None => distill::sample_sequences(&pool, prompts, st.teacher_samples, &st.sampling, seed)?.0,
         Some(pg) => {
             // Each rank samples a contiguous share of the prompts, seeded as in one process.
-            let n = prompts.len();
-            let (a, b) = (pg.rank * n / pg.world, (pg.rank + 1) * n / pg.world);
+            let (a, b) = crate::train::share(Some(pg), prompts.len());
             let (mine, _) = distill::sample_sequences_from(&pool, &prompts[a..b], a, st.teacher_samples, &st.sampling, seed)?;
             let rows: Vec<(Vec<i64>, usize)> = mine.into_iter().map(|e| (e.ids, e.loss_from)).collect();
-            let mut all = vec![];
-            for part in pg.all_gather_bytes(&serde_json::to_vec(&rows)?)? {
-                let rows: Vec<(Vec<i64>, usize)> = serde_json::from_slice(&part).context("a rank's teacher sequences")?;
-                all.extend(rows.into_iter().map(|(ids, loss_from)| LmExample { ids, loss_from }));
-            }
-            all
+            let all = crate::train::gather(Some(pg), rows, "teacher sequences")?;
+            all.into_iter().map(|(ids, loss_from)| LmExample { ids, loss_from }).collect()
         }
     };
     if !rank0 {
@@ -602,7 +597,7 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
         dist: dist.as_ref(),
     };
     let ck = Checkpoints { dir: ctx.dir.clone(), side_files: student_dir.clone(), keep_last: st.keep_last };
-    let out = distill::train(&job, &mut sinks, ctx.quiet || !rank0, Some(&ck), ctx.stop)?;
+    let out = distill::train(&job, &mut sinks, ctx.quiet, Some(&ck), ctx.stop)?;
     if out.interrupted {
         return Ok(StageOutcome::Interrupted);
     }

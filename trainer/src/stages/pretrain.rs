@@ -220,8 +220,8 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     if rank0 {
         eprintln!("  {} documents, {:.2}M parameters, {} steps", examples.len(), param_count(&policy) as f64 / 1e6, st.train.steps);
     }
-    let quiet = ctx.quiet || !rank0;
-    let out = lm::train_ranks(&policy, &examples, &st.train, seed, &mut sinks, quiet, Some(&ckpt), ctx.stop, ctx.dist.borrow().as_ref())?;
+    let out =
+        lm::train_ranks(&policy, &examples, &st.train, seed, &mut sinks, ctx.quiet, Some(&ckpt), ctx.stop, ctx.dist.borrow().as_ref())?;
     if out.interrupted {
         return Ok(StageOutcome::Interrupted);
     }

@@ -92,8 +92,8 @@ pub fn run(ctx: &Ctx) -> Result<StageOutcome> {
     let rank0 = ctx.rank0();
     let mut sinks = if rank0 { ctx.lm_sinks(&ckpt, st.train.steps)? } else { vec![] };
     let seed = ctx.pipeline.run.seed;
-    let quiet = ctx.quiet || !rank0;
-    let out = lm::train_ranks(&policy, &examples, &st.train, seed, &mut sinks, quiet, Some(&ckpt), ctx.stop, ctx.dist.borrow().as_ref())?;
+    let out =
+        lm::train_ranks(&policy, &examples, &st.train, seed, &mut sinks, ctx.quiet, Some(&ckpt), ctx.stop, ctx.dist.borrow().as_ref())?;
     if out.interrupted {
         return Ok(StageOutcome::Interrupted);
     }
