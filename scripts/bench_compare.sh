@@ -29,6 +29,8 @@
 #     steps (2 and 1 on a 2-core CPU: see the README's "Rollout workers on CPU").
 #   DTYPE [f32] the GRPO steps' precision: bf16 = ponder's bf16 weights with fp32 master
 #     weights against TRL's bf16=True (fp32 weights, bf16 autocast),
+#   GRAD_CKPT [0] 1 = activation checkpointing on both sides (ponder's
+#     grpo.gradient_checkpointing, TRL's gradient_checkpointing=True) in the GRPO steps,
 #   STALENESS [0] ponder's rollout.staleness: 1 = one-step-off overlap (the next batch is
 #     sampled while the learner updates; TRL's step stays synchronous: say so with figures).
 # Run it on a quiet machine: with THREADS equal to the core count, any other load makes
@@ -61,6 +63,9 @@ WORKERS=${WORKERS:-1}
 ROLLOUT_THREADS=${ROLLOUT_THREADS:-0}
 STALENESS=${STALENESS:-0}
 DTYPE=${DTYPE:-f32}
+GRAD_CKPT=${GRAD_CKPT:-0}
+CKPT_ARG=()
+[ "$GRAD_CKPT" = 1 ] && CKPT_ARG=(--gradient-checkpointing)
 
 [ -x "$PONDER" ] || { echo "error: $PONDER not found; build it with cargo build --release" >&2; exit 1; }
 [ -x "$PY" ] || { echo "error: $PY not found; create the venv and pip install -r scripts/requirements-bench.txt" >&2; exit 1; }
@@ -105,11 +110,11 @@ for i in $(seq 1 "$R"); do
         run genvar ponder "$i" "$PONDER" bench generate --model "$MODEL" --batch "$GEN_BATCH" --new-tokens "$GENVAR_TOKENS" --stop-rate "$GENVAR_STOP_RATE" --repeats "$REPEATS" --threads "$THREADS"
         run genvar ref "$i" "$PY" scripts/bench_generate_hf.py --model "$MODEL" --batch "$GEN_BATCH" --new-tokens "$GENVAR_TOKENS" --stop-rate "$GENVAR_STOP_RATE" --repeats "$REPEATS" --threads "$THREADS" ;;
       train)
-        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" --max-tokens-per-micro-batch "$TRAIN_CAP" --workers "$WORKERS" --rollout-threads "$ROLLOUT_THREADS" --staleness "$STALENESS" --dtype "$DTYPE"
-        run train ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" --dtype "$DTYPE" ;;
+        run train ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" --max-tokens-per-micro-batch "$TRAIN_CAP" --workers "$WORKERS" --rollout-threads "$ROLLOUT_THREADS" --staleness "$STALENESS" --dtype "$DTYPE" "${CKPT_ARG[@]}"
+        run train ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAIN_TOKENS" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --micro-batch "$TRAIN_MICRO" --dtype "$DTYPE" "${CKPT_ARG[@]}" ;;
       trainvar)
-        run trainvar ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --workers "$WORKERS" --rollout-threads "$ROLLOUT_THREADS" --staleness "$STALENESS" --dtype "$DTYPE"
-        run trainvar ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --dtype "$DTYPE" ;;
+        run trainvar ponder "$i" "$PONDER" bench train --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --workers "$WORKERS" --rollout-threads "$ROLLOUT_THREADS" --staleness "$STALENESS" --dtype "$DTYPE" "${CKPT_ARG[@]}"
+        run trainvar ref "$i" "$PY" scripts/bench_trl_grpo.py --model "$MODEL" --prompts "$TRAIN_PROMPTS" --group-size "$TRAIN_G" --new-tokens "$TRAINVAR_TOKENS" --stop-rate "$TRAINVAR_STOP_RATE" --steps "$TRAIN_STEPS" --beta 0.04 --threads "$THREADS" --dtype "$DTYPE" "${CKPT_ARG[@]}" ;;
       *) echo "error: unknown benchmark '$b' in ONLY (gen, gen1, genvar, train, trainvar)" >&2; exit 1 ;;
     esac
   done

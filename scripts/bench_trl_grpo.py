@@ -87,6 +87,8 @@ def main():
     ap.add_argument("--verbose", action="store_true", help="show TRL's per-step logs")
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
                     help="bf16: GRPOConfig(bf16=True), TRL's mixed precision (fp32 weights and AdamW, bf16 autocast), as a TRL user runs it")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="GRPOConfig(gradient_checkpointing=True): transformers recomputes each layer in the backward")
     a = ap.parse_args()
 
     if a.threads > 0:
@@ -145,7 +147,7 @@ def main():
         weight_decay=0.0,
         max_grad_norm=1.0,
         optim="adamw_torch",
-        gradient_checkpointing=False,
+        gradient_checkpointing=a.gradient_checkpointing,
         use_vllm=False,
         logging_steps=1,
         save_strategy="no",
@@ -166,7 +168,7 @@ def main():
     if not a.verbose:  # logging_steps=1 still records every step in trainer.state.log_history
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
-    assert not getattr(trainer.model, "is_gradient_checkpointing", False), "gradient checkpointing is on"
+    assert getattr(trainer.model, "is_gradient_checkpointing", False) == a.gradient_checkpointing, "gradient checkpointing is not as asked"
     try:
         trainer.train()
     finally:

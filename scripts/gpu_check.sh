@@ -4,6 +4,7 @@
 #      the largest logit),
 #   2. a GRPO step at Qwen2.5-0.5B's shape (random weights, vocabulary 151,936, bf16):
 #      s/step, tokens/s and peak GPU memory (sampled from nvidia-smi every 0.2 s),
+#      and the same step with activation checkpointing and LM-head chunks of 64 positions,
 #   3. generation at the same shape: tokens/s,
 #   4. a short pipeline with every stage kind on the GPU (bf16 SFT / GRPO / sampling /
 #      evaluation, fp32 distillation): stage times.
@@ -40,10 +41,24 @@ nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$wo
 smi=$!
 peak() { sort -n "$work/mem.txt" | tail -n 1; }
 
+# The peak of the samples taken since mark's line count (one benchmark's own peak).
+mark() { wc -l < "$work/mem.txt"; }
+peak_since() { tail -n +"$(( $1 + 1 ))" "$work/mem.txt" | sort -n | tail -n 1; }
+
 echo "== 3. GRPO step, bf16, 8 prompts x 8 samples x 128 tokens"
+m=$(mark)
 $ponder bench train --model "$work/q05" --device "$dev" --dtype bf16 \
     --prompts 8 --group-size 8 --new-tokens 128 --steps 3 || die "bench train failed"
-echo "  peak GPU memory so far: $(peak) MiB"
+sleep 0.5
+echo "  peak GPU memory of this step benchmark: $(peak_since "$m") MiB"
+
+echo "== 3b. the same with activation checkpointing and LM-head chunks of 64 positions"
+m=$(mark)
+$ponder bench train --model "$work/q05" --device "$dev" --dtype bf16 \
+    --prompts 8 --group-size 8 --new-tokens 128 --steps 3 \
+    --gradient-checkpointing --logprob-chunk 64 || die "bench train (checkpointed) failed"
+sleep 0.5
+echo "  peak GPU memory of this step benchmark: $(peak_since "$m") MiB"
 
 echo "== 4. generation, bf16, 64 x 128"
 $ponder bench generate --model "$work/q05" --device "$dev" --dtype bf16 \

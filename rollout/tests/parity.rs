@@ -435,6 +435,101 @@ fn finished_rows_leave_the_batch_without_changing_the_others() {
     }
 }
 
+/// Rows of token ids padded to width `w` (on the left or the right): ids [rows, w] (0 where
+/// padded) and real-token flags.
+fn pad_rows(rows: &[Vec<i64>], w: usize, left: bool) -> (Tensor, Tensor) {
+    let mut ids: Vec<i64> = vec![];
+    let mut valid: Vec<bool> = vec![];
+    for x in rows {
+        let (fill, off) = (vec![0i64; w - x.len()], vec![false; w - x.len()]);
+        let on = vec![true; x.len()];
+        if left {
+            ids.extend(fill.iter().chain(x));
+            valid.extend(off.iter().chain(&on));
+        } else {
+            ids.extend(x.iter().chain(&fill));
+            valid.extend(on.iter().chain(&off));
+        }
+    }
+    (Tensor::from_slice(&ids).view([rows.len() as i64, w as i64]), Tensor::from_slice(&valid).view([rows.len() as i64, w as i64]))
+}
+
+/// Every variable's gradient after `run` (zeros where a variable got none), gradients
+/// cleared before.
+fn gradients_after(p: &Policy, run: impl FnOnce()) -> Vec<Tensor> {
+    let vars: Vec<Tensor> = p.named_tensors().into_values().collect();
+    for v in &vars {
+        let mut g = v.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+    run();
+    vars.iter()
+        .map(|v| {
+            let g = v.grad();
+            if g.defined() {
+                g.copy()
+            } else {
+                v.zeros_like()
+            }
+        })
+        .collect()
+}
+
+/// Activation checkpointing (`forward_prefixed_checkpointed`, the layers recomputed one at a
+/// time in the backward) gives the gradients of the ordinary backward through
+/// `forward_prefixed`: every weight, tied and untied embeddings, a loss through the LM head
+/// on the rows and through a projection on the prefixes (so both streams carry gradient);
+/// and `forward_hidden_checkpointed` (one stream) those of `forward_hidden`.
+#[test]
+fn checkpointed_layers_give_the_plain_backwards_gradients() {
+    for name in MODELS {
+        let p = load(name);
+        let r = reference(name);
+        let conts: Vec<Vec<i64>> = vec![vec![5, 9, 11], vec![7], vec![3, 4, 5, 6, 8]];
+        let (pids, pvalid) = pad_rows(&r.prompts[..2], r.prompts[..2].iter().map(Vec::len).max().unwrap(), true);
+        let (cids, cvalid) = pad_rows(&conts, 5, false);
+        let rp = Tensor::from_slice(&[1i64, 0, 1]);
+        let proj = Tensor::randn([p.model.cfg.hidden_size], (Kind::Float, Device::Cpu));
+        let loss = |hp: &Tensor, hs: &Tensor| {
+            let lp = p.model.logits(hs).log_softmax(-1, Kind::Float).gather(-1, &cids.unsqueeze(-1), false).squeeze_dim(-1);
+            (lp * cvalid.to_kind(Kind::Float)).sum(Kind::Float)
+                + (hp * pvalid.to_kind(Kind::Float).unsqueeze(-1)).matmul(&proj).sum(Kind::Float)
+        };
+        let plain = gradients_after(&p, || {
+            let (hp, hs) = p.model.forward_prefixed(&pids, &pvalid, &rp, &cids, &cvalid);
+            loss(&hp, &hs).backward();
+        });
+        let checkpointed = gradients_after(&p, || {
+            let (hp, hs, ck) = p.model.forward_prefixed_checkpointed(&pids, &pvalid, &rp, &cids, &cvalid);
+            loss(&hp, &hs).backward();
+            ck.backward(&p.model, &[]);
+        });
+        // The one-stream layout (forward_hidden) on the rows alone.
+        let positions = rollout::model::positions_from_mask(&cvalid.to_kind(Kind::Int64));
+        let row_loss = |hs: &Tensor| {
+            let lp = p.model.logits(hs).log_softmax(-1, Kind::Float).gather(-1, &cids.unsqueeze(-1), false).squeeze_dim(-1);
+            (lp * cvalid.to_kind(Kind::Float)).sum(Kind::Float)
+        };
+        let plain_rows = gradients_after(&p, || row_loss(&p.model.forward_hidden(&cids, &positions, &cvalid, None)).backward());
+        let checkpointed_rows = gradients_after(&p, || {
+            let (hs, ck) = p.model.forward_hidden_checkpointed(&cids, &positions, &cvalid);
+            row_loss(&hs).backward();
+            ck.backward(&p.model, &[]);
+        });
+        let names: Vec<String> = p.named_tensors().into_keys().collect();
+        for (got, want, what) in [(&checkpointed, &plain, "prefixed"), (&checkpointed_rows, &plain_rows, "one stream")] {
+            for ((a, b), n) in got.iter().zip(want).zip(&names) {
+                let scale = f64::try_from(b.abs().max()).unwrap();
+                assert!(scale > 0.0, "{name} {what}: {n} got no gradient");
+                let d = max_abs_diff(a, b);
+                assert!(d <= 1e-6 * scale.max(1e-3), "{name} {what}: {n}'s gradient differs by {d} (scale {scale})");
+            }
+        }
+    }
+}
+
 /// `forward_prefixed` (each shared prompt computed once, rows attending to it) equals the
 /// plain forward over every row's prompt + continuation: hidden states and the gradients of
 /// every weight, for prompts of different lengths and continuations of different lengths.
@@ -447,31 +542,7 @@ fn shared_prefix_forward_matches_the_plain_forward_with_gradients() {
         let row_prefix = [0usize, 1, 0, 1, 1];
         let conts: Vec<Vec<i64>> = vec![vec![5, 9, 11], vec![7], vec![3, 4, 5, 6, 8], vec![12, 2], vec![9, 9, 9, 1]];
         let (tp, tc) = (prefixes.iter().map(Vec::len).max().unwrap(), conts.iter().map(Vec::len).max().unwrap());
-        let pad = |rows: &[Vec<i64>], w: usize, left: bool| -> (Tensor, Tensor) {
-            let ids: Vec<i64> = rows
-                .iter()
-                .flat_map(|x| {
-                    let fill = vec![0i64; w - x.len()];
-                    if left {
-                        [fill, x.clone()].concat()
-                    } else {
-                        [x.clone(), fill].concat()
-                    }
-                })
-                .collect();
-            let valid: Vec<bool> = rows
-                .iter()
-                .flat_map(|x| {
-                    let (on, off) = (vec![true; x.len()], vec![false; w - x.len()]);
-                    if left {
-                        [off, on].concat()
-                    } else {
-                        [on, off].concat()
-                    }
-                })
-                .collect();
-            (Tensor::from_slice(&ids).view([rows.len() as i64, w as i64]), Tensor::from_slice(&valid).view([rows.len() as i64, w as i64]))
-        };
+        let pad = pad_rows;
         let (pids, pvalid) = pad(prefixes, tp, true);
         let (cids, cvalid) = pad(&conts, tc, false);
         let rp = Tensor::from_slice(&row_prefix.map(|x| x as i64));
@@ -481,27 +552,8 @@ fn shared_prefix_forward_matches_the_plain_forward_with_gradients() {
         // A fixed random projection of the hidden states as the "loss".
         let h = p.model.cfg.hidden_size;
         let proj = Tensor::randn([h], (Kind::Float, Device::Cpu));
-        let grads = |loss: Tensor| -> Vec<Tensor> {
-            let vars: Vec<Tensor> = p.named_tensors().into_values().collect();
-            for v in &vars {
-                let mut g = v.grad();
-                if g.defined() {
-                    let _ = g.zero_();
-                }
-            }
-            loss.backward();
-            // lm_head gets none when untied: the loss reads hidden states only.
-            vars.iter()
-                .map(|v| {
-                    let g = v.grad();
-                    if g.defined() {
-                        g.copy()
-                    } else {
-                        v.zeros_like()
-                    }
-                })
-                .collect()
-        };
+        // lm_head gets none when untied: the loss reads hidden states only.
+        let grads = |loss: Tensor| gradients_after(&p, || loss.backward());
         let (hp, hs) = p.model.forward_prefixed(&pids, &pvalid, &rp, &cids, &cvalid);
         let plain =
             p.model.forward_hidden(&full_ids, &rollout::model::positions_from_mask(&full_valid.to_kind(Kind::Int64)), &full_valid, None);

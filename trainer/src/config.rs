@@ -339,8 +339,15 @@ pub struct GrpoCfg {
     pub max_refill_prompts: Option<usize>,
     /// Replace the reference model by the current policy every N steps (R1-Zero: 400); 0 = never.
     pub ref_sync_every: usize,
-    /// Positions per chunk when computing log-probs (bounds the [B, chunk, V] logits).
+    /// Positions per chunk when computing log-probs: the learner takes the LM head, the
+    /// loss and its backward one chunk at a time, so one [rows, chunk, vocab] block of fp32
+    /// logits (and its gradient) is the most that lives at once (default 256).
     pub logprob_chunk: i64,
+    /// Activation checkpointing for the policy's pass: the layers keep only their inputs and
+    /// are recomputed during the backward, one at a time (TRL's `gradient_checkpointing`).
+    /// Trades about a third more learner compute for activation memory that no longer grows
+    /// with the layers; the gradients are the same. Default false.
+    pub gradient_checkpointing: bool,
     /// Cap on padded tokens (rows x sequence length) per forward/backward pass; larger
     /// minibatches are split into equal micro-batches whose gradients accumulate into the
     /// same update (veRL's `ppo_max_token_len_per_gpu`). Bounds learner memory. 0 = no cap.
@@ -382,6 +389,7 @@ impl Default for GrpoCfg {
             max_refill_prompts: None,
             ref_sync_every: 0,
             logprob_chunk: 256,
+            gradient_checkpointing: false,
             max_tokens_per_micro_batch: 4096,
             max_bad_steps: 3,
             engine_is: EngineIs::Truncate,

@@ -164,19 +164,24 @@ impl Norm {
     }
 }
 
-/// Reduces the masked per-token losses of one micro-batch (rows x its own width).
+/// Reduces the masked per-token losses of one micro-batch (rows x its own width):
+/// `sum(per_token * loss_weights(..))`.
 pub fn aggregate(per_token: &Tensor, mask: &Tensor, loss_type: LossType, n: &Norm) -> Tensor {
-    let m = mask.to_kind(per_token.kind());
-    let masked = per_token * &m;
-    let kind = per_token.kind();
+    (per_token * loss_weights(mask, loss_type, n, per_token.kind())).sum(per_token.kind())
+}
+
+/// Every loss type is linear in the per-token losses: the micro-batch's loss is
+/// `sum_t w_t l_t` with these weights [rows, width] (0 on masked tokens). The learner uses
+/// them to take the loss a chunk of positions at a time.
+/// grpo: m / (the row's tokens) / rows; bnpo: m / (the pass's tokens) / passes;
+/// dapo: m / (the minibatch's tokens); dr_grpo: m / (rows x max_new_tokens).
+pub fn loss_weights(mask: &Tensor, loss_type: LossType, n: &Norm, kind: Kind) -> Tensor {
+    let m = mask.to_kind(kind);
     match loss_type {
-        LossType::Grpo => {
-            let per_seq = masked.sum_dim_intlist(&[1i64][..], false, kind) / m.sum_dim_intlist(&[1i64][..], false, kind).clamp_min(1.0);
-            per_seq.sum(kind) / n.rows.max(1.0)
-        }
-        LossType::Bnpo => masked.sum(kind) / m.sum(kind).clamp_min(1.0) / n.micro_batches.max(1) as f64,
-        LossType::Dapo => masked.sum(kind) / n.tokens.max(1.0),
-        LossType::DrGrpo => masked.sum(kind) / (n.rows.max(1.0) * n.max_new_tokens as f64),
+        LossType::Grpo => &m / m.sum_dim_intlist(&[1i64][..], true, kind).clamp_min(1.0) / n.rows.max(1.0),
+        LossType::Bnpo => &m / m.sum(kind).clamp_min(1.0) / n.micro_batches.max(1) as f64,
+        LossType::Dapo => m / n.tokens.max(1.0),
+        LossType::DrGrpo => m / (n.rows.max(1.0) * n.max_new_tokens as f64),
     }
 }
 
@@ -191,8 +196,11 @@ pub fn masked_mean(x: &Tensor, mask: &Tensor) -> f64 {
 }
 
 /// Log-probabilities of `targets` [B, T] and entropies from hidden states [B, T, H], computing
-/// logits `chunk` positions at a time so a full fp32 [B, T, V] never exists at once (150k
-/// vocabularies fit). Logits are divided by `temperature` (as the sampler did).
+/// logits `chunk` positions at a time so a full fp32 [B, T, V] never exists at once. Without
+/// autograd (reference and old-policy scores) that bounds the memory; with autograd every
+/// chunk's logits would stay alive until the backward, so the learner's own pass takes each
+/// chunk's loss and backward in turn instead (see the learner's `policy_pass`).
+/// Logits are divided by `temperature` (as the sampler did).
 pub fn chunked_logprobs(
     hidden: &Tensor,
     lm_head: &Tensor,
@@ -207,21 +215,72 @@ pub fn chunked_logprobs(
     let mut start = 0;
     while start < t {
         let len = chunk.min(t - start);
-        let h = hidden.narrow(1, start, len);
-        let logits = h.matmul(&lm_head.tr()).to_kind(Kind::Float) / temperature;
-        let logz = logits.logsumexp(&[-1i64][..], true);
-        let tgt = targets.narrow(1, start, len).unsqueeze(-1);
-        lps.push((logits.gather(-1, &tgt, false) - &logz).squeeze_dim(-1));
-        if with_entropy {
-            // Entropy needs no gradient: computed detached to spare memory.
-            let l = logits.detach();
-            let logp = &l - logz.detach();
-            ents.push(-(logp.exp() * &logp).sum_dim_intlist(&[-1i64][..], false, Kind::Float));
-        }
+        let (lp, ent) = head_logprobs(&hidden.narrow(1, start, len), lm_head, &targets.narrow(1, start, len), temperature, with_entropy);
+        lps.push(lp);
+        ents.extend(ent);
         start += len;
     }
     let lp = Tensor::cat(&lps, 1);
     let ent = with_entropy.then(|| Tensor::cat(&ents, 1));
+    (lp, ent)
+}
+
+/// The backward of a loss that is a sum over chunks of positions, each chunk's share a
+/// function of its own log-probs: for each chunk of `chunk` positions of `hidden` [n, t, H]
+/// (the layers' output, with autograd history) the LM head's logits, the log-probs of
+/// `targets` [n, t] (and entropies when asked), `chunk_loss(logp, entropy, start, len)` ->
+/// that chunk's loss, and its backward (`backward`, which applies any loss scale) at once,
+/// so one chunk's [n, len, vocab] fp32 logits are the most that live at a time. Stops at
+/// the first chunk whose loss is `None` (not finite) and returns `None`.
+///
+/// The backward stops at a detached copy of `hidden` and of `lm_head`: returns their
+/// gradients, summed over the chunks, for the caller to pass on to the layers (with
+/// `rollout::model::backward_from`), so every weight gets the whole pass's gradient in one
+/// accumulation, as one ordinary backward adds it (a tied head's and the embeddings' parts
+/// together): passes then sum the same way on one process and over data-parallel ranks.
+pub fn head_backward(
+    hidden: &Tensor,
+    lm_head: &Tensor,
+    targets: &Tensor,
+    temperature: f64,
+    chunk: i64,
+    with_entropy: bool,
+    backward: impl Fn(&Tensor),
+    mut chunk_loss: impl FnMut(&Tensor, Option<&Tensor>, i64, i64) -> anyhow::Result<Option<Tensor>>,
+) -> anyhow::Result<Option<(Tensor, Tensor)>> {
+    let h = hidden.detach().set_requires_grad(true);
+    let w = lm_head.detach().set_requires_grad(lm_head.requires_grad());
+    let t = hidden.size()[1];
+    let mut start = 0;
+    while start < t {
+        let len = chunk.min(t - start);
+        let (lp, ent) = head_logprobs(&h.narrow(1, start, len), &w, &targets.narrow(1, start, len), temperature, with_entropy);
+        match chunk_loss(&lp, ent.as_ref(), start, len)? {
+            Some(loss) => backward(&loss),
+            None => return Ok(None),
+        }
+        start += len;
+    }
+    Ok(Some((h.grad(), w.grad())))
+}
+
+/// One chunk of [`chunked_logprobs`]: log-probs of `targets` [B, T] under the logits of
+/// `hidden` [B, T, H] (in fp32, divided by `temperature`), and their entropies (detached).
+pub fn head_logprobs(
+    hidden: &Tensor,
+    lm_head: &Tensor,
+    targets: &Tensor,
+    temperature: f64,
+    with_entropy: bool,
+) -> (Tensor, Option<Tensor>) {
+    let logits = hidden.matmul(&lm_head.tr()).to_kind(Kind::Float) / temperature;
+    let logz = logits.logsumexp(&[-1i64][..], true);
+    let lp = (logits.gather(-1, &targets.unsqueeze(-1), false) - &logz).squeeze_dim(-1);
+    // Entropy needs no gradient: computed detached to spare memory.
+    let ent = with_entropy.then(|| {
+        let logp = logits.detach() - logz.detach();
+        -(logp.exp() * &logp).sum_dim_intlist(&[-1i64][..], false, Kind::Float)
+    });
     (lp, ent)
 }
 

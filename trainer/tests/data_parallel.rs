@@ -124,7 +124,30 @@ fn two_ranks_train_the_weights_of_one_process() {
     for (rank, o) in outs.iter().enumerate() {
         assert!(o.status.success(), "rank {rank}: {}", String::from_utf8_lossy(&o.stderr));
     }
+    // The same with the layers checkpointed and the LM head in chunks of 3 positions: each
+    // rank's pass still adds its gradient (the tied head's and the embeddings' together)
+    // in one accumulation, as one process's passes do.
+    let staged = ["--set", "grpo.gradient_checkpointing=true", "--set", "grpo.logprob_chunk=3"];
+    let one_ck = ponder()
+        .args(["train", r, "--quiet", "--set", "run.name=\"one-ck\"", "--set", "optim.grad_accumulation=2"])
+        .args(staged)
+        .output()
+        .unwrap();
+    assert!(one_ck.status.success(), "{}", String::from_utf8_lossy(&one_ck.stderr));
+    let outs_ck = torchrun(&[&["train", r, "--quiet", "--set", "run.name=\"two-ck\""][..], &staged].concat());
+    for (rank, o) in outs_ck.iter().enumerate() {
+        assert!(o.status.success(), "rank {rank}: {}", String::from_utf8_lossy(&o.stderr));
+    }
     let (a, b) = (tmp.path().join("runs/one"), tmp.path().join("runs/two"));
+    let (a_ck, b_ck) = (tmp.path().join("runs/one-ck"), tmp.path().join("runs/two-ck"));
+    for step in [2, 4] {
+        let load =
+            |run: &Path| rollout::model::weights::load_file(&run.join(format!("checkpoints/step-{step}/model.safetensors"))).unwrap();
+        let (wa, wb) = (load(&a_ck), load(&b_ck));
+        for (k, t) in &wa {
+            assert!(t.equal(&wb[k]), "step {step}, checkpointed: {k} differs between one process and two ranks");
+        }
+    }
     for step in [2, 4] {
         let load =
             |run: &Path| rollout::model::weights::load_file(&run.join(format!("checkpoints/step-{step}/model.safetensors"))).unwrap();

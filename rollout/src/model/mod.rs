@@ -278,6 +278,99 @@ struct AttnInputs {
     mask: Tensor,
 }
 
+/// Starts one backward pass from several tensors at once: `sum_i sum(t_i * g_i)` has
+/// gradient `g_i` at `t_i`, so its backward carries every given gradient in a single pass
+/// (a weight reached from several of them gets their sum added once). Pairs whose gradient
+/// is undefined are left out; returns false when none is left (nothing to run).
+pub fn backward_from(pairs: &[(&Tensor, &Tensor)]) -> bool {
+    let terms: Vec<Tensor> = pairs.iter().filter(|(_, g)| g.defined()).map(|(t, g)| (*t * *g).sum(Kind::Float)).collect();
+    match terms.split_first() {
+        Some((first, rest)) => {
+            rest.iter().fold(first.shallow_clone(), |acc, t| acc + t).backward();
+            true
+        }
+        None => false,
+    }
+}
+
+/// How a checkpointed pass's streams go through a layer.
+enum Layout {
+    /// [`CausalLm::forward_prefixed`]'s two streams: shared prefixes and the rows after them.
+    Prefixed { at_p: AttnInputs, at_s: AttnInputs, row_prefix: Tensor },
+    /// [`CausalLm::forward_hidden`]'s one stream (no cache).
+    Plain { at: AttnInputs },
+}
+
+/// What a checkpointed forward ([`CausalLm::forward_prefixed_checkpointed`],
+/// [`CausalLm::forward_hidden_checkpointed`]) kept to finish the backward pass: each
+/// layer's input streams (no autograd history), the last layer's outputs (leaves that
+/// gather the caller's gradient), the token ids of each stream and the attention inputs.
+pub struct Checkpointed {
+    inputs: Vec<Vec<Tensor>>,
+    last: Vec<Tensor>,
+    ids: Vec<Tensor>,
+    layout: Layout,
+}
+
+impl Checkpointed {
+    fn layer(&self, layer: &DecoderLayer, x: &[Tensor]) -> Vec<Tensor> {
+        match &self.layout {
+            Layout::Prefixed { at_p, at_s, row_prefix } => {
+                let (p, s) = layer.forward_prefixed(&x[0], &x[1], at_p, at_s, row_prefix);
+                vec![p, s]
+            }
+            Layout::Plain { at } => vec![layer.forward(&x[0], at, None)],
+        }
+    }
+
+    /// Runs `model`'s layers over the embedded `ids` streams without autograd, keeping each
+    /// layer's inputs; returns the final-norm outputs (with autograd from the last layer on).
+    fn run(model: &CausalLm, ids: Vec<Tensor>, layout: Layout) -> (Vec<Tensor>, Checkpointed) {
+        let mut ck = Checkpointed { inputs: Vec::with_capacity(model.layers.len()), last: vec![], ids, layout };
+        let mut x: Vec<Tensor> =
+            tch::no_grad(|| ck.ids.iter().map(|i| Tensor::embedding(&model.embed_tokens, i, -1, false, false)).collect());
+        tch::no_grad(|| {
+            for layer in &model.layers {
+                let next = ck.layer(layer, &x);
+                ck.inputs.push(std::mem::replace(&mut x, next));
+            }
+        });
+        ck.last = x.into_iter().map(|t| t.set_requires_grad(true)).collect();
+        let out = ck.last.iter().map(|t| model.norm.forward(t)).collect();
+        (out, ck)
+    }
+
+    /// Once the caller's backward has filled the gradients of the last layer's outputs:
+    /// recomputes each layer with autograd, last first, backpropagates the gradient of its
+    /// outputs through it (its parameters' gradients accumulate once), frees it, and ends
+    /// at the embeddings, where `extra` (tensor, gradient) pairs join the last backward
+    /// call: a tied LM head's gradient then reaches the shared weight together with the
+    /// embeddings', in one accumulation, as one ordinary backward would add it. A stream
+    /// that received no gradient (a prefix whose positions no loss used) carries zeros.
+    pub fn backward(self, model: &CausalLm, extra: &[(&Tensor, &Tensor)]) {
+        fn grad_of(t: &Tensor) -> Tensor {
+            let g = t.grad();
+            if g.defined() {
+                g
+            } else {
+                t.zeros_like()
+            }
+        }
+        let mut g: Vec<Tensor> = self.last.iter().map(grad_of).collect();
+        for (layer, x) in model.layers.iter().zip(&self.inputs).rev() {
+            let x: Vec<Tensor> = x.iter().map(|t| t.shallow_clone().set_requires_grad(true)).collect();
+            let y = self.layer(layer, &x);
+            let pairs: Vec<(&Tensor, &Tensor)> = y.iter().zip(&g).collect();
+            backward_from(&pairs);
+            g = x.iter().map(grad_of).collect();
+        }
+        let e: Vec<Tensor> = self.ids.iter().map(|i| Tensor::embedding(&model.embed_tokens, i, -1, false, false)).collect();
+        let mut pairs: Vec<(&Tensor, &Tensor)> = if model.embed_tokens.requires_grad() { e.iter().zip(&g).collect() } else { vec![] };
+        pairs.extend_from_slice(extra);
+        backward_from(&pairs);
+    }
+}
+
 /// The causal language model (`*ForCausalLM`).
 #[derive(Debug)]
 pub struct CausalLm {
@@ -390,23 +483,62 @@ impl CausalLm {
         ids: &Tensor,
         valid: &Tensor,
     ) -> (Tensor, Tensor) {
-        let (tp, tc) = (prefix_ids.size()[1], ids.size()[1]);
-        let pos_p = positions_from_mask(prefix_valid);
-        let prefix_len = prefix_valid.to_kind(Kind::Int64).sum_dim_intlist(&[1i64][..], true, Kind::Int64);
-        let pos_s = (positions_from_mask(valid) + prefix_len.index_select(0, row_prefix)) * valid.to_kind(Kind::Int64);
-        let mask_p = attention_mask(prefix_valid, 0, tp);
-        // A row's queries see its prefix's real keys, then its own keys causally.
-        let see_prefix = prefix_valid.index_select(0, row_prefix).unsqueeze(1).unsqueeze(1).expand([-1, 1, tc, tp], false);
-        let mask_s = Tensor::cat(&[see_prefix, attention_mask(valid, 0, tc)], 3);
-        let (cos_p, sin_p) = self.rope.cos_sin(&pos_p, self.kind());
-        let (cos_s, sin_s) = self.rope.cos_sin(&pos_s, self.kind());
-        let (at_p, at_s) = (AttnInputs { cos: cos_p, sin: sin_p, mask: mask_p }, AttnInputs { cos: cos_s, sin: sin_s, mask: mask_s });
+        let (at_p, at_s) = self.prefixed_attn_inputs(prefix_valid, row_prefix, valid);
         let mut xp = Tensor::embedding(&self.embed_tokens, prefix_ids, -1, false, false);
         let mut xs = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         for layer in &self.layers {
             (xp, xs) = layer.forward_prefixed(&xp, &xs, &at_p, &at_s, row_prefix);
         }
         (self.norm.forward(&xp), self.norm.forward(&xs))
+    }
+
+    /// [`forward_prefixed`](Self::forward_prefixed) with activation checkpointing: the
+    /// layers run without autograd, keeping only each layer's input streams, so the
+    /// activations that autograd would hold for every layer (attention scores, MLP
+    /// intermediates: most of a training pass's memory) never exist for more than one layer
+    /// at a time. The returned hidden states carry gradients back to the last layer's
+    /// output only; after the caller's backward has reached them,
+    /// [`Checkpointed::backward`] recomputes each layer with autograd, last first, and
+    /// carries the gradient down to the embeddings. The gradients equal an ordinary
+    /// backward's; the price is a second forward pass through the layers.
+    pub fn forward_prefixed_checkpointed(
+        &self,
+        prefix_ids: &Tensor,
+        prefix_valid: &Tensor,
+        row_prefix: &Tensor,
+        ids: &Tensor,
+        valid: &Tensor,
+    ) -> (Tensor, Tensor, Checkpointed) {
+        let (at_p, at_s) = self.prefixed_attn_inputs(prefix_valid, row_prefix, valid);
+        let layout = Layout::Prefixed { at_p, at_s, row_prefix: row_prefix.shallow_clone() };
+        let (mut out, ck) = Checkpointed::run(self, vec![prefix_ids.shallow_clone(), ids.shallow_clone()], layout);
+        let hs = out.pop().unwrap();
+        (out.pop().unwrap(), hs, ck)
+    }
+
+    /// [`forward_hidden`](Self::forward_hidden) without a cache, with activation
+    /// checkpointing (see [`forward_prefixed_checkpointed`](Self::forward_prefixed_checkpointed)).
+    pub fn forward_hidden_checkpointed(&self, input_ids: &Tensor, positions: &Tensor, key_valid: &Tensor) -> (Tensor, Checkpointed) {
+        let (_, t) = input_ids.size2().expect("input_ids is [B, T]");
+        let (cos, sin) = self.rope.cos_sin(positions, self.kind());
+        let at = AttnInputs { cos, sin, mask: attention_mask(key_valid, 0, t) };
+        let (mut out, ck) = Checkpointed::run(self, vec![input_ids.shallow_clone()], Layout::Plain { at });
+        (out.pop().unwrap(), ck)
+    }
+
+    /// Rotary tables and masks of a prefixed pass: the prefixes attend among themselves
+    /// (left-padded); a row's queries see its prefix's real keys, then its own causally.
+    fn prefixed_attn_inputs(&self, prefix_valid: &Tensor, row_prefix: &Tensor, valid: &Tensor) -> (AttnInputs, AttnInputs) {
+        let (tp, tc) = (prefix_valid.size()[1], valid.size()[1]);
+        let pos_p = positions_from_mask(prefix_valid);
+        let prefix_len = prefix_valid.to_kind(Kind::Int64).sum_dim_intlist(&[1i64][..], true, Kind::Int64);
+        let pos_s = (positions_from_mask(valid) + prefix_len.index_select(0, row_prefix)) * valid.to_kind(Kind::Int64);
+        let mask_p = attention_mask(prefix_valid, 0, tp);
+        let see_prefix = prefix_valid.index_select(0, row_prefix).unsqueeze(1).unsqueeze(1).expand([-1, 1, tc, tp], false);
+        let mask_s = Tensor::cat(&[see_prefix, attention_mask(valid, 0, tc)], 3);
+        let (cos_p, sin_p) = self.rope.cos_sin(&pos_p, self.kind());
+        let (cos_s, sin_s) = self.rope.cos_sin(&pos_s, self.kind());
+        (AttnInputs { cos: cos_p, sin: sin_p, mask: mask_p }, AttnInputs { cos: cos_s, sin: sin_s, mask: mask_s })
     }
 
     /// Logits for hidden states: [.., H] -> [.., V], in the model's dtype.

@@ -176,13 +176,6 @@ fn group_rows(b: &Batch, start: usize, len: usize, max_rows: usize, budget: i64)
     bounds.windows(2).map(|w| order[w[0]..w[1]].to_vec()).collect()
 }
 
-/// A model's scores of a pass's completion tokens: log-probs and (when asked) entropies,
-/// [n, completion_width] each.
-struct TokenScores {
-    logp: Tensor,
-    entropy: Option<Tensor>,
-}
-
 /// Sums over a step's passes: the passes' losses, and the per-token figures weighted by each
 /// pass's loss tokens (divided by `tokens` at the end).
 #[derive(Default)]
@@ -198,11 +191,18 @@ struct Sums {
     engine_tokens: f64,
 }
 
+/// The hidden states that predict a pass's completion tokens [n, completion_width, H]:
+/// completion token 0 is predicted from its prompt's last position, token j from j - 1.
+fn completion_hidden(hp: &Tensor, hs: &Tensor, m: &Pass) -> Tensor {
+    let first = hp.select(1, m.prompt_width - 1).index_select(0, &m.row_prefix).unsqueeze(1);
+    Tensor::cat(&[first, hs.narrow(1, 0, m.completion_width - 1)], 1)
+}
+
 impl Trainer {
-    /// Completion-token log-probs (and entropies) of `model` for one pass.
-    /// Each distinct prompt goes through the model once; its rows attend to it.
-    fn logprobs(&self, model: &rollout::CausalLm, b: &Batch, m: &Pass, entropy: bool) -> TokenScores {
-        let (u, tp, tc) = (m.prompts.len(), m.prompt_width, m.completion_width);
+    /// A pass's model inputs: the distinct prompts, left-padded [u, prompt_width], with
+    /// their real-token flags; the rows' completions [n, completion_width] with theirs.
+    fn pass_inputs(&self, b: &Batch, m: &Pass) -> (Tensor, Tensor, Tensor, Tensor) {
+        let (u, tp) = (m.prompts.len(), m.prompt_width);
         let mut ids = vec![0i64; u * tp as usize];
         let mut on = vec![false; u * tp as usize];
         for (k, &g) in m.prompts.iter().enumerate() {
@@ -214,14 +214,64 @@ impl Trainer {
         let d = self.device;
         let prefix = Tensor::from_slice(&ids).view([u as i64, tp]).to_device(d);
         let prefix_valid = Tensor::from_slice(&on).view([u as i64, tp]).to_device(d);
-        let (targets, valid) = (m.select(&b.targets), m.select(&b.valid));
+        (prefix, prefix_valid, m.select(&b.targets), m.select(&b.valid))
+    }
+
+    /// Completion-token log-probs [n, completion_width] of `model` for one pass, without
+    /// gradients. Each distinct prompt goes through the model once; its rows attend to it.
+    fn logprobs(&self, model: &rollout::CausalLm, b: &Batch, m: &Pass) -> Tensor {
+        let (prefix, prefix_valid, targets, valid) = self.pass_inputs(b, m);
         let (hp, hs) = model.forward_prefixed(&prefix, &prefix_valid, &m.row_prefix, &targets, &valid);
-        // Completion token 0 is predicted from its prompt's last position, token j from j - 1.
-        let first = hp.select(1, tp - 1).index_select(0, &m.row_prefix).unsqueeze(1);
-        let h = Tensor::cat(&[first, hs.narrow(1, 0, tc - 1)], 1);
-        let (logp, entropy) =
-            grpo::chunked_logprobs(&h, &model.lm_head, &targets, self.recipe.rollout.temperature, self.recipe.grpo.logprob_chunk, entropy);
-        TokenScores { logp, entropy }
+        let h = completion_hidden(&hp, &hs, m);
+        grpo::chunked_logprobs(&h, &model.lm_head, &targets, self.recipe.rollout.temperature, self.recipe.grpo.logprob_chunk, false).0
+    }
+
+    /// The policy's pass with gradients. The layers run (with activation checkpointing when
+    /// `grpo.gradient_checkpointing` is set); then the LM head and the loss go a chunk of
+    /// `grpo.logprob_chunk` positions at a time (`grpo::head_backward`):
+    /// `chunk_loss(logp, entropy, start, len)` turns the chunk's log-probs [n, len] into its
+    /// share of the pass's loss (or `None`: not finite, the pass stops and this returns
+    /// false), whose backward runs at once; then the gradient gathered at the final hidden
+    /// states goes back through the layers. Every loss type is a weighted sum of per-token
+    /// losses (`grpo::loss_weights`), so the chunks' losses add up to the pass's and the
+    /// gradients equal one backward of it.
+    fn policy_pass(
+        &self,
+        b: &Batch,
+        m: &Pass,
+        chunk_loss: impl FnMut(&Tensor, Option<&Tensor>, i64, i64) -> Result<Option<Tensor>>,
+    ) -> Result<bool> {
+        let model = &self.policy.model;
+        let (prefix, prefix_valid, targets, valid) = self.pass_inputs(b, m);
+        let (hp, hs, checkpointed) = if self.recipe.grpo.gradient_checkpointing {
+            let (hp, hs, ck) = model.forward_prefixed_checkpointed(&prefix, &prefix_valid, &m.row_prefix, &targets, &valid);
+            (hp, hs, Some(ck))
+        } else {
+            let (hp, hs) = model.forward_prefixed(&prefix, &prefix_valid, &m.row_prefix, &targets, &valid);
+            (hp, hs, None)
+        };
+        let h = completion_hidden(&hp, &hs, m);
+        let grads = grpo::head_backward(
+            &h,
+            &model.lm_head,
+            &targets,
+            self.recipe.rollout.temperature,
+            self.recipe.grpo.logprob_chunk,
+            true,
+            |loss| self.opt.backward(loss),
+            chunk_loss,
+        )?;
+        let Some((gh, gw)) = grads else { return Ok(false) };
+        match checkpointed {
+            None => {
+                rollout::model::backward_from(&[(&h, &gh), (&model.lm_head, &gw)]);
+            }
+            Some(ck) => {
+                rollout::model::backward_from(&[(&h, &gh)]);
+                ck.backward(model, &[(&model.lm_head, &gw)]);
+            }
+        }
+        Ok(true)
     }
 
     pub(super) fn learn(&mut self, b: &Batch) -> Result<LearnStats> {
@@ -258,7 +308,7 @@ impl Trainer {
                         mb.passes
                             .iter()
                             .enumerate()
-                            .map(|(pi, m)| if mine(pi) { self.logprobs(model, b, m, false).logp } else { Tensor::new() })
+                            .map(|(pi, m)| if mine(pi) { self.logprobs(model, b, m) } else { Tensor::new() })
                             .collect()
                     })
                     .collect()
@@ -289,57 +339,82 @@ impl Trainer {
                     if !mine(pi) {
                         continue;
                     }
-                    let TokenScores { logp, entropy } = self.logprobs(&self.policy.model, b, m, true);
                     let mask = m.select(&b.mask);
-                    if it == 0 && mi == 0 {
-                        // Before any update the learner scores the rollout's own weights: its
-                        // log-probs must match what the sampler recorded (veRL logs the same
-                        // check as rollout_probs_diff). A gap means the two paths disagree.
-                        let valid = m.select(&b.valid).to_kind(Kind::Float);
-                        let diff = (logp.detach() - m.select(&b.old)).abs() * &valid;
-                        st.lp_diff_max = st.lp_diff_max.max(f64::try_from(diff.max())?);
-                        st.lp_diff_sum += f64::try_from(diff.sum(Kind::Double))?;
-                        st.lp_diff_n += f64::try_from(valid.sum(Kind::Double))?;
-                    }
+                    let valid = m.select(&b.valid).to_kind(Kind::Float);
                     // mu = 1: old = current (ratio 1, no extra forward pass); else, or when
                     // the rows were sampled a step behind, the rollout's log-probs (the
                     // learner's own with an engine, whose correction weights carry the lag).
                     let old = match &learner_old {
-                        Some(lo) => lo[mi][pi].shallow_clone(),
-                        None if cfg.num_iterations == 1 && !b.rollout_old => logp.detach(),
-                        None => m.select(&b.old),
+                        Some(lo) => Some(lo[mi][pi].shallow_clone()),
+                        None if cfg.num_iterations == 1 && !b.rollout_old => None,
+                        None => Some(m.select(&b.old)),
                     };
-                    let rl = ref_logp.as_ref().map(|r| &r[mi][pi]);
-                    let tl = grpo::token_loss(&logp, &old, rl, &b.adv.index_select(0, &m.rows), cfg.epsilon, eps_high, cfg.beta);
-                    let per_token = match &learner_old {
-                        Some(lo) => {
-                            let (w, mismatch, capped) =
-                                grpo::engine_is_weights(&lo[mi][pi], &m.select(&b.old), cfg.engine_is, cfg.engine_is_cap);
-                            if it == 0 {
-                                let valid = m.select(&b.valid).to_kind(Kind::Float);
-                                let n = f64::try_from(valid.sum(Kind::Double))?;
-                                sums.engine_mismatch += grpo::masked_mean(&mismatch, &valid) * n;
-                                sums.engine_capped += grpo::masked_mean(&capped, &valid) * n;
-                                sums.engine_tokens += n;
-                            }
-                            &tl.per_token * w
+                    let engine_w = learner_old.as_ref().map(|lo| {
+                        let (w, mismatch, capped) =
+                            grpo::engine_is_weights(&lo[mi][pi], &m.select(&b.old), cfg.engine_is, cfg.engine_is_cap);
+                        if it == 0 {
+                            let n = f64::try_from(valid.sum(Kind::Double)).unwrap_or(0.0);
+                            sums.engine_mismatch += grpo::masked_mean(&mismatch, &valid) * n;
+                            sums.engine_capped += grpo::masked_mean(&capped, &valid) * n;
+                            sums.engine_tokens += n;
                         }
-                        None => tl.per_token.shallow_clone(),
-                    };
-                    let loss = grpo::aggregate(&per_token, &mask, cfg.loss_type, &norm);
-                    let lv = f64::try_from(&loss)?;
-                    if !lv.is_finite() {
+                        w
+                    });
+                    let weights = grpo::loss_weights(&mask, cfg.loss_type, &norm, Kind::Float);
+                    let adv = b.adv.index_select(0, &m.rows);
+                    let rl = ref_logp.as_ref().map(|r| &r[mi][pi]);
+                    let sampled = m.select(&b.old);
+                    let mf = mask.to_kind(Kind::Float);
+                    // This pass's sums, kept only if every chunk's loss is finite.
+                    let mut pass = Sums::default();
+                    let (mut diff_max, mut diff_sum) = (st.lp_diff_max, 0.0);
+                    let done = self.policy_pass(b, m, |logp, entropy, start, len| {
+                        let entropy = entropy.expect("the learner asks for entropies");
+                        let cut = |t: &Tensor| t.narrow(1, start, len);
+                        let msum = |x: &Tensor| f64::try_from((x.to_kind(Kind::Float) * cut(&mf)).sum(Kind::Double));
+                        if it == 0 && mi == 0 {
+                            // Before any update the learner scores the rollout's own weights:
+                            // its log-probs must match what the sampler recorded (veRL logs
+                            // the same check as rollout_probs_diff). A gap means the two
+                            // paths disagree.
+                            let diff = (logp.detach() - cut(&sampled)).abs() * cut(&valid);
+                            diff_max = diff_max.max(f64::try_from(diff.max())?);
+                            diff_sum += f64::try_from(diff.sum(Kind::Double))?;
+                        }
+                        let old_c = old.as_ref().map_or_else(|| logp.detach(), cut);
+                        let ref_c = rl.map(cut);
+                        let tl = grpo::token_loss(logp, &old_c, ref_c.as_ref(), &adv, cfg.epsilon, eps_high, cfg.beta);
+                        let per_token = match &engine_w {
+                            Some(w) => &tl.per_token * cut(w),
+                            None => tl.per_token.shallow_clone(),
+                        };
+                        let loss = (per_token * cut(&weights)).sum(Kind::Float);
+                        let lv = f64::try_from(&loss)?;
+                        if !lv.is_finite() {
+                            return Ok(None);
+                        }
+                        pass.loss += lv;
+                        pass.kl += msum(&tl.kl)?;
+                        pass.entropy += msum(entropy)?;
+                        pass.clip_low += msum(&tl.low_clipped)?;
+                        pass.clip_high += msum(&tl.high_clipped)?;
+                        Ok(Some(loss))
+                    })?;
+                    if it == 0 && mi == 0 {
+                        st.lp_diff_max = diff_max;
+                        st.lp_diff_sum += diff_sum;
+                        st.lp_diff_n += f64::try_from(valid.sum(Kind::Double))?;
+                    }
+                    if !done {
                         finite = false;
                         break;
                     }
-                    self.opt.backward(&loss);
-                    let ntok = f64::try_from(mask.sum(Kind::Double))?;
-                    sums.loss += lv;
-                    sums.tokens += ntok;
-                    sums.kl += grpo::masked_mean(&tl.kl, &mask) * ntok;
-                    sums.entropy += grpo::masked_mean(entropy.as_ref().unwrap(), &mask) * ntok;
-                    sums.clip_low += grpo::masked_mean(&tl.low_clipped, &mask) * ntok;
-                    sums.clip_high += grpo::masked_mean(&tl.high_clipped, &mask) * ntok;
+                    sums.loss += pass.loss;
+                    sums.tokens += f64::try_from(mask.sum(Kind::Double))?;
+                    sums.kl += pass.kl;
+                    sums.entropy += pass.entropy;
+                    sums.clip_low += pass.clip_low;
+                    sums.clip_high += pass.clip_high;
                     st.positions += m.positions() as usize;
                     st.tokens_processed += m.tokens;
                     st.computed += m.computed;
