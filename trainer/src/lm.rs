@@ -8,6 +8,7 @@ use crate::optim::{lr_at, AdamW};
 use anyhow::{bail, Context, Result};
 use rand::{seq::SliceRandom, SeedableRng};
 use rollout::folder::Policy;
+use rollout::model::Checkpointed;
 use rollout::SeededRng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -35,6 +36,13 @@ pub struct LmCfg {
     pub micro_batch_size: usize,
     /// Longer sequences are cut (from the right).
     pub max_len: usize,
+    /// Activation checkpointing: the layers keep only their inputs and are recomputed in the
+    /// backward, one at a time (TRL's `gradient_checkpointing`): about a third more compute
+    /// for activation memory that no longer grows with the layers; the same gradients.
+    pub gradient_checkpointing: bool,
+    /// Positions per chunk of the LM head: the loss and its backward go a chunk at a time,
+    /// so one [rows, chunk, vocab] block of fp32 logits is the most that lives at once.
+    pub logprob_chunk: i64,
     pub lr: f64,
     pub weight_decay: f64,
     pub warmup_steps: usize,
@@ -58,6 +66,8 @@ impl Default for LmCfg {
             batch_size: 32,
             micro_batch_size: 0,
             max_len: 512,
+            gradient_checkpointing: false,
+            logprob_chunk: 256,
             lr: 1e-3,
             weight_decay: 0.01,
             warmup_steps: 20,
@@ -78,6 +88,9 @@ impl LmCfg {
         }
         if self.max_len < 2 {
             bail!("{origin}: train.max_len must be >= 2 (one input and one target token)");
+        }
+        if self.logprob_chunk < 1 {
+            bail!("{origin}: train.logprob_chunk must be >= 1 (positions per LM-head chunk), got {}", self.logprob_chunk);
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("{origin}: train.lr must be a positive number, got {}", self.lr);
@@ -104,11 +117,20 @@ impl LmCfg {
 /// part is at least this long (SFT rows share their template's instructions).
 const SHARE_MIN: usize = 16;
 
-/// Mean next-token loss of a batch (and the number of loss tokens). When every row starts
-/// with the same `SHARE_MIN` or more tokens (SFT rows under one template), that prefix goes
-/// through the model once and every row attends to it: the same loss and gradients as
-/// [`batch_loss_padded`] (float rounding aside), for a fraction of the compute.
-pub fn batch_loss(policy: &Policy, batch: &[&LmExample], max_len: usize) -> (Tensor, f64) {
+/// Where a batch's loss comes from: hidden states (with autograd history), the tokens
+/// they predict and each prediction's weight (its count in the loss; 0 = not counted).
+struct HeadPart {
+    hidden: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+}
+
+/// A batch through the model's layers (checkpointed when asked): the parts of its loss,
+/// the number of loss tokens, and the checkpointed pass to finish the backward with. When
+/// every row starts with the same `SHARE_MIN` or more tokens (SFT rows under one template),
+/// that prefix goes through the model once and every row attends to it: the same loss and
+/// gradients as the padded layout (float rounding aside), for a fraction of the compute.
+fn forward_parts(policy: &Policy, batch: &[&LmExample], max_len: usize, checkpoint: bool) -> (Vec<HeadPart>, f64, Option<Checkpointed>) {
     let rows: Vec<&[i64]> = batch.iter().map(|e| &e.ids[..e.ids.len().min(max_len)]).collect();
     let shortest = rows.iter().map(|r| r.len()).min().unwrap_or(0);
     let common = match rows.split_first() {
@@ -118,13 +140,92 @@ pub fn batch_loss(policy: &Policy, batch: &[&LmExample], max_len: usize) -> (Ten
     // Every row keeps at least one token of its own.
     let p = common.min(shortest.saturating_sub(1));
     if batch.len() < 2 || p < SHARE_MIN {
-        return batch_loss_padded(policy, batch, max_len);
+        padded_parts(policy, batch, max_len, checkpoint)
+    } else {
+        shared_prefix_parts(policy, batch, &rows, p, checkpoint)
     }
-    shared_prefix_loss(policy, batch, &rows, p)
 }
 
-/// [`batch_loss`] with the prefix `rows[0][..p]` computed once.
-fn shared_prefix_loss(policy: &Policy, batch: &[&LmExample], rows: &[&[i64]], p: usize) -> (Tensor, f64) {
+/// Mean next-token loss of a batch (and the number of loss tokens), with autograd history
+/// (the shared-prefix layout when the rows share one; see [`forward_parts`]).
+pub fn batch_loss(policy: &Policy, batch: &[&LmExample], max_len: usize) -> (Tensor, f64) {
+    let (parts, ntok, _) = forward_parts(policy, batch, max_len, false);
+    parts_loss(policy, &parts, ntok)
+}
+
+/// -sum(weights x log-probs) / tokens over the parts, with autograd history.
+fn parts_loss(policy: &Policy, parts: &[HeadPart], ntok: f64) -> (Tensor, f64) {
+    let mut total = Tensor::zeros([], (Kind::Float, policy.model.device()));
+    for part in parts {
+        let (logp, _) = grpo::chunked_logprobs(&part.hidden, &policy.model.lm_head, &part.targets, 1.0, 256, false);
+        total = total + (logp * &part.weights).sum(Kind::Float);
+    }
+    (-total / ntok.max(1.0), ntok)
+}
+
+/// Forward and backward of one pass: the loss -sum(log-probs of loss tokens) / `denom`,
+/// the LM head a chunk of `logprob_chunk` positions at a time with each chunk's backward at
+/// once (`grpo::head_backward`), then the layers' backward (recomputed one at a time when
+/// `checkpoint`). Returns the loss (not finite: the backward stopped there) and its tokens.
+fn batch_backward(
+    policy: &Policy,
+    opt: &AdamW,
+    batch: &[&LmExample],
+    max_len: usize,
+    denom: f64,
+    checkpoint: bool,
+    chunk: i64,
+) -> Result<(f64, f64)> {
+    let (parts, ntok, checkpointed) = forward_parts(policy, batch, max_len, checkpoint);
+    let model = &policy.model;
+    let mut lv = 0.0;
+    let mut grads = vec![];
+    for part in &parts {
+        let g = grpo::head_backward(
+            &part.hidden,
+            &model.lm_head,
+            &part.targets,
+            1.0,
+            chunk,
+            false,
+            |l| opt.backward(l),
+            |logp, _, start, len| {
+                let loss = -(logp * part.weights.narrow(1, start, len)).sum(Kind::Float) / denom.max(1.0);
+                let v = f64::try_from(&loss)?;
+                lv += v;
+                Ok(v.is_finite().then_some(loss))
+            },
+        )?;
+        match g {
+            Some(g) => grads.push(g),
+            None => return Ok((lv, ntok)),
+        }
+    }
+    // The head's gradient from every part, added to the weight in one accumulation.
+    let head_grad = grads.iter().map(|(_, gw)| gw.shallow_clone()).reduce(|a, b| a + b);
+    let mut pairs: Vec<(&Tensor, &Tensor)> = parts.iter().zip(&grads).map(|(part, (gh, _))| (&part.hidden, gh)).collect();
+    let head = head_grad.as_ref().map(|g| (&model.lm_head, g));
+    match checkpointed {
+        None => {
+            pairs.extend(head);
+            rollout::model::backward_from(&pairs);
+        }
+        Some(ck) => {
+            rollout::model::backward_from(&pairs);
+            ck.backward(model, &head.into_iter().collect::<Vec<_>>());
+        }
+    }
+    Ok((lv, ntok))
+}
+
+/// The shared-prefix layout: the prefix `rows[0][..p]` computed once.
+fn shared_prefix_parts(
+    policy: &Policy,
+    batch: &[&LmExample],
+    rows: &[&[i64]],
+    p: usize,
+    checkpoint: bool,
+) -> (Vec<HeadPart>, f64, Option<Checkpointed>) {
     let device = policy.model.device();
     let n = rows.len();
     let tc = rows.iter().map(|r| r.len() - p).max().unwrap_or(1);
@@ -149,28 +250,36 @@ fn shared_prefix_loss(policy: &Policy, batch: &[&LmExample], rows: &[&[i64]], p:
     let valid = Tensor::from_slice(&valid).view([n as i64, tc as i64]).to_device(device);
     let mask = Tensor::from_slice(&mask).view([n as i64, tc as i64]).to_device(device);
     let row_prefix = Tensor::zeros([n as i64], (Kind::Int64, device));
-    let (hp, hs) = policy.model.forward_prefixed(&prefix, &prefix_valid, &row_prefix, &ids, &valid);
-    let lm_head = &policy.model.lm_head;
+    let (hp, hs, ck) = if checkpoint {
+        let (hp, hs, ck) = policy.model.forward_prefixed_checkpointed(&prefix, &prefix_valid, &row_prefix, &ids, &valid);
+        (hp, hs, Some(ck))
+    } else {
+        let (hp, hs) = policy.model.forward_prefixed(&prefix, &prefix_valid, &row_prefix, &ids, &valid);
+        (hp, hs, None)
+    };
     // Each row's first own token is predicted from the prefix's last position, token k from k - 1.
     let first = hp.narrow(1, p as i64 - 1, 1).expand([n as i64, 1, -1], false);
     let h = Tensor::cat(&[first, hs.narrow(1, 0, tc as i64 - 1)], 1);
-    let (logp, _) = grpo::chunked_logprobs(&h, lm_head, &ids, 1.0, 256, false);
-    let mut total = (logp * &mask).sum(Kind::Float);
     let mut ntok = f64::try_from(mask.sum(Kind::Double)).unwrap_or(0.0);
+    let mut parts = vec![HeadPart { hidden: h, targets: ids, weights: mask }];
     let wsum: f32 = weight.iter().sum();
     if wsum > 0.0 {
-        let (lp_prefix, _) =
-            grpo::chunked_logprobs(&hp.narrow(1, 0, p as i64 - 1), lm_head, &prefix.narrow(1, 1, p as i64 - 1), 1.0, 256, false);
         let w = Tensor::from_slice(&weight).view([1, p as i64 - 1]).to_device(device);
-        total = total + (lp_prefix * w).sum(Kind::Float);
+        parts.push(HeadPart { hidden: hp.narrow(1, 0, p as i64 - 1), targets: prefix.narrow(1, 1, p as i64 - 1), weights: w });
         ntok += wsum as f64;
     }
-    (-total / ntok.max(1.0), ntok)
+    (parts, ntok, ck)
 }
 
 /// Mean next-token loss of a right-padded batch (and the number of loss tokens), every row
 /// computed in full.
 pub fn batch_loss_padded(policy: &Policy, batch: &[&LmExample], max_len: usize) -> (Tensor, f64) {
+    let (parts, ntok, _) = padded_parts(policy, batch, max_len, false);
+    parts_loss(policy, &parts, ntok)
+}
+
+/// The padded layout: every row computed in full.
+fn padded_parts(policy: &Policy, batch: &[&LmExample], max_len: usize, checkpoint: bool) -> (Vec<HeadPart>, f64, Option<Checkpointed>) {
     let device = policy.model.device();
     let t = batch.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(1).max(2) as i64;
     let n = batch.len() as i64;
@@ -192,11 +301,16 @@ pub fn batch_loss_padded(policy: &Policy, batch: &[&LmExample], max_len: usize) 
     let attn = Tensor::from_slice(&attn).view([n, t]).to_device(device);
     let mask = Tensor::from_slice(&mask).view([n, t - 1]).to_device(device);
     let positions = rollout::model::positions_from_mask(&attn);
-    let hidden = policy.model.forward_hidden(&input, &positions, &attn.to_kind(Kind::Bool), None);
-    let targets = input.narrow(1, 1, t - 1);
-    let (logp, _) = grpo::chunked_logprobs(&hidden.narrow(1, 0, t - 1), &policy.model.lm_head, &targets, 1.0, 256, false);
+    let key_valid = attn.to_kind(Kind::Bool);
+    let (hidden, ck) = if checkpoint {
+        let (h, ck) = policy.model.forward_hidden_checkpointed(&input, &positions, &key_valid);
+        (h, Some(ck))
+    } else {
+        (policy.model.forward_hidden(&input, &positions, &key_valid, None), None)
+    };
     let ntok = f64::try_from(mask.sum(Kind::Double)).unwrap_or(0.0);
-    (-(logp * &mask).sum(Kind::Float) / ntok.max(1.0), ntok)
+    let part = HeadPart { hidden: hidden.narrow(1, 0, t - 1), targets: input.narrow(1, 1, t - 1), weights: mask };
+    (vec![part], ntok, ck)
 }
 
 /// Loss tokens of `e` when cut to `max_len`: targets at index >= max(1, loss_from).
@@ -204,38 +318,26 @@ fn loss_tokens(e: &LmExample, max_len: usize) -> usize {
     e.ids.len().min(max_len).saturating_sub(e.loss_from.max(1))
 }
 
-/// Forward and backward of one optimizer step's rows, in passes of `micro` sequences (0 =
-/// one pass). Each pass's mean loss is weighted by its share of `total`, the loss tokens of
-/// the whole batch (all ranks' rows), so the accumulated gradients are those of the whole
-/// batch's mean loss, or this rank's part of them. Returns this part of the loss (not finite:
-/// nothing was accumulated after the pass that produced it) and its token count.
-pub fn accumulate(policy: &Policy, opt: &AdamW, rows: &[&LmExample], total: usize, max_len: usize, micro: usize) -> Result<(f64, f64)> {
+/// Forward and backward of one optimizer step's rows, in passes of `cfg.micro_batch_size`
+/// sequences (0 = one pass). Each pass's loss is its log-probs' sum over `total`, the loss
+/// tokens of the whole batch (all ranks' rows), so the accumulated gradients are those of
+/// the whole batch's mean loss, or this rank's part of them. Returns this part of the loss
+/// (not finite: nothing was accumulated after the chunk that produced it) and its token
+/// count.
+pub fn accumulate(policy: &Policy, opt: &AdamW, rows: &[&LmExample], total: usize, cfg: &LmCfg) -> Result<(f64, f64)> {
     if rows.is_empty() {
         // A data-parallel rank whose share of a small batch is empty.
         return Ok((0.0, 0.0));
     }
-    let micro = if micro == 0 { rows.len() } else { micro };
-    let mine: usize = rows.iter().map(|e| loss_tokens(e, max_len)).sum();
-    if rows.len() <= micro && mine == total {
-        // The whole batch in one pass: its mean loss as it is.
-        let (loss, ntok) = batch_loss(policy, rows, max_len);
-        let lv = f64::try_from(&loss)?;
-        if lv.is_finite() {
-            opt.backward(&loss);
-        }
-        return Ok((lv, ntok));
-    }
+    let micro = if cfg.micro_batch_size == 0 { rows.len() } else { cfg.micro_batch_size };
     let (mut lv, mut ntok) = (0.0, 0.0);
     for chunk in rows.chunks(micro) {
-        let (loss, n) = batch_loss(policy, chunk, max_len);
-        let loss = loss * (n / total.max(1) as f64);
-        let v = f64::try_from(&loss)?;
-        if !v.is_finite() {
-            return Ok((v, ntok + n));
-        }
-        opt.backward(&loss);
+        let (v, n) = batch_backward(policy, opt, chunk, cfg.max_len, total as f64, cfg.gradient_checkpointing, cfg.logprob_chunk)?;
         lv += v;
         ntok += n;
+        if !v.is_finite() {
+            break;
+        }
     }
     Ok((lv, ntok))
 }
@@ -389,7 +491,7 @@ pub fn train_ranks(
             }
             let total = batch.iter().map(|e| loss_tokens(e, cfg.max_len)).sum();
             let (from, to) = crate::train::share(dist, batch.len());
-            accumulate(policy, &opt, &batch[from..to], total, cfg.max_len, cfg.micro_batch_size)
+            accumulate(policy, &opt, &batch[from..to], total, cfg)
         });
         let (mut lv, mut ntok) = match pass {
             Ok(Ok(v)) => v,
@@ -503,8 +605,12 @@ mod tests {
             .collect();
         let batch: Vec<&LmExample> = rows.iter().collect();
         let max_len = 40;
-        let (shared, n_shared) =
-            shared_prefix_loss(&policy, &batch, &batch.iter().map(|e| &e.ids[..e.ids.len().min(max_len)]).collect::<Vec<_>>(), 20);
+        let cut: Vec<&[i64]> = batch.iter().map(|e| &e.ids[..e.ids.len().min(max_len)]).collect();
+        let (parts, n) = {
+            let (parts, n, _) = shared_prefix_parts(&policy, &batch, &cut, 20, false);
+            (parts, n)
+        };
+        let (shared, n_shared) = parts_loss(&policy, &parts, n);
         let (padded, n_padded) = batch_loss_padded(&policy, &batch, max_len);
         assert_eq!(n_shared, n_padded);
         let (a, b) = (f64::try_from(&shared).unwrap(), f64::try_from(&padded).unwrap());
@@ -561,18 +667,29 @@ mod tests {
         let truth = grads(&policy, &whole);
         let want: usize = rows.iter().map(|e| loss_tokens(e, max_len)).sum();
         assert_eq!(n_whole, want as f64, "loss-token count");
-        // Passes of 1, 2, 3 (uneven) and 7 (one pass) rows: some take the shared-prefix path.
-        for micro in [1, 2, 3, 0] {
-            opt.zero_grad();
-            let (lv, n) = accumulate(&policy, &opt, &batch, want, max_len, micro).unwrap();
-            assert_eq!(n, n_whole, "micro {micro}: tokens");
-            let w = f64::try_from(&whole).unwrap();
-            assert!((lv - w).abs() < 1e-5 * w.abs(), "micro {micro}: loss {lv} vs {w}");
-            for (k, t) in &truth {
-                let g = policy.named_tensors()[k].grad();
-                let d = f64::try_from((&g - t).abs().max()).unwrap();
-                let m = f64::try_from(t.abs().max()).unwrap();
-                assert!(d <= 1e-5 * m.max(1e-3), "micro {micro}, {k}: gradients differ by {d} (largest {m})");
+        // Passes of 1, 2, 3 (uneven) and 7 (one pass) rows: some take the shared-prefix path;
+        // the LM head in one chunk or in chunks of 5 positions, the layers checkpointed or not.
+        for (checkpoint, chunk) in [(false, 256), (false, 5), (true, 5), (true, 256)] {
+            for micro in [1, 2, 3, 0] {
+                let cfg = LmCfg {
+                    max_len,
+                    micro_batch_size: micro,
+                    gradient_checkpointing: checkpoint,
+                    logprob_chunk: chunk,
+                    ..Default::default()
+                };
+                let what = format!("micro {micro}, checkpointing {checkpoint}, chunk {chunk}");
+                opt.zero_grad();
+                let (lv, n) = accumulate(&policy, &opt, &batch, want, &cfg).unwrap();
+                assert_eq!(n, n_whole, "{what}: tokens");
+                let w = f64::try_from(&whole).unwrap();
+                assert!((lv - w).abs() < 1e-5 * w.abs(), "{what}: loss {lv} vs {w}");
+                for (k, t) in &truth {
+                    let g = policy.named_tensors()[k].grad();
+                    let d = f64::try_from((&g - t).abs().max()).unwrap();
+                    let m = f64::try_from(t.abs().max()).unwrap();
+                    assert!(d <= 1e-5 * m.max(1e-3), "{what}, {k}: gradients differ by {d} (largest {m})");
+                }
             }
         }
     }
