@@ -168,13 +168,14 @@ def main():
     if not a.verbose:  # logging_steps=1 still records every step in trainer.state.log_history
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
-    assert getattr(trainer.model, "is_gradient_checkpointing", False) == a.gradient_checkpointing, "gradient checkpointing is not as asked"
     try:
         trainer.train()
     finally:
         import shutil
 
         shutil.rmtree(out_dir, ignore_errors=True)
+    # The Trainer turns checkpointing on when training starts.
+    assert getattr(trainer.model, "is_gradient_checkpointing", False) == a.gradient_checkpointing, "gradient checkpointing is not as asked"
 
     logs = [h for h in trainer.state.log_history if "loss" in h]
     if logs:
