@@ -209,16 +209,12 @@ pub fn chunked_logprobs(
     chunk: i64,
     with_entropy: bool,
 ) -> (Tensor, Option<Tensor>) {
-    let t = hidden.size()[1];
     let mut lps = vec![];
     let mut ents = vec![];
-    let mut start = 0;
-    while start < t {
-        let len = chunk.min(t - start);
+    for (start, len) in spans(hidden.size()[1], chunk) {
         let (lp, ent) = head_logprobs(&hidden.narrow(1, start, len), lm_head, &targets.narrow(1, start, len), temperature, with_entropy);
         lps.push(lp);
         ents.extend(ent);
-        start += len;
     }
     let lp = Tensor::cat(&lps, 1);
     let ent = with_entropy.then(|| Tensor::cat(&ents, 1));
@@ -250,18 +246,19 @@ pub fn head_backward(
 ) -> anyhow::Result<Option<(Tensor, Tensor)>> {
     let h = hidden.detach().set_requires_grad(true);
     let w = lm_head.detach().set_requires_grad(lm_head.requires_grad());
-    let t = hidden.size()[1];
-    let mut start = 0;
-    while start < t {
-        let len = chunk.min(t - start);
+    for (start, len) in spans(hidden.size()[1], chunk) {
         let (lp, ent) = head_logprobs(&h.narrow(1, start, len), &w, &targets.narrow(1, start, len), temperature, with_entropy);
         match chunk_loss(&lp, ent.as_ref(), start, len)? {
             Some(loss) => backward(&loss),
             None => return Ok(None),
         }
-        start += len;
     }
     Ok(Some((h.grad(), w.grad())))
+}
+
+/// `(start, len)` of consecutive chunks of at most `chunk` positions covering `0..t`.
+fn spans(t: i64, chunk: i64) -> impl Iterator<Item = (i64, i64)> {
+    (0..t).step_by(chunk.max(1) as usize).map(move |start| (start, chunk.min(t - start)))
 }
 
 /// One chunk of [`chunked_logprobs`]: log-probs of `targets` [B, T] under the logits of
