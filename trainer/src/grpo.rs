@@ -231,7 +231,7 @@ pub fn chunked_logprobs(
 ///
 /// The backward stops at a detached copy of `hidden` and of `lm_head`: returns their
 /// gradients, summed over the chunks, for the caller to pass on to the layers (with
-/// `rollout::model::backward_from`), so every weight gets the whole pass's gradient in one
+/// `CausalLm::backward_through`), so every weight gets the whole pass's gradient in one
 /// accumulation, as one ordinary backward adds it (a tied head's and the embeddings' parts
 /// together): passes then sum the same way on one process and over data-parallel ranks.
 pub fn head_backward(

@@ -203,18 +203,9 @@ fn batch_backward(
     }
     // The head's gradient from every part, added to the weight in one accumulation.
     let head_grad = grads.iter().map(|(_, gw)| gw.shallow_clone()).reduce(|a, b| a + b);
-    let mut pairs: Vec<(&Tensor, &Tensor)> = parts.iter().zip(&grads).map(|(part, (gh, _))| (&part.hidden, gh)).collect();
-    let head = head_grad.as_ref().map(|g| (&model.lm_head, g));
-    match checkpointed {
-        None => {
-            pairs.extend(head);
-            rollout::model::backward_from(&pairs);
-        }
-        Some(ck) => {
-            rollout::model::backward_from(&pairs);
-            ck.backward(model, &head.into_iter().collect::<Vec<_>>());
-        }
-    }
+    let outputs: Vec<(&Tensor, &Tensor)> = parts.iter().zip(&grads).map(|(part, (gh, _))| (&part.hidden, gh)).collect();
+    let head: Vec<(&Tensor, &Tensor)> = head_grad.iter().map(|g| (&model.lm_head, g)).collect();
+    model.backward_through(checkpointed, &outputs, &head);
     Ok((lv, ntok))
 }
 
@@ -250,13 +241,7 @@ fn shared_prefix_parts(
     let valid = Tensor::from_slice(&valid).view([n as i64, tc as i64]).to_device(device);
     let mask = Tensor::from_slice(&mask).view([n as i64, tc as i64]).to_device(device);
     let row_prefix = Tensor::zeros([n as i64], (Kind::Int64, device));
-    let (hp, hs, ck) = if checkpoint {
-        let (hp, hs, ck) = policy.model.forward_prefixed_checkpointed(&prefix, &prefix_valid, &row_prefix, &ids, &valid);
-        (hp, hs, Some(ck))
-    } else {
-        let (hp, hs) = policy.model.forward_prefixed(&prefix, &prefix_valid, &row_prefix, &ids, &valid);
-        (hp, hs, None)
-    };
+    let (hp, hs, ck) = policy.model.forward_prefixed_train(&prefix, &prefix_valid, &row_prefix, &ids, &valid, checkpoint);
     // Each row's first own token is predicted from the prefix's last position, token k from k - 1.
     let first = hp.narrow(1, p as i64 - 1, 1).expand([n as i64, 1, -1], false);
     let h = Tensor::cat(&[first, hs.narrow(1, 0, tc as i64 - 1)], 1);
@@ -302,12 +287,7 @@ fn padded_parts(policy: &Policy, batch: &[&LmExample], max_len: usize, checkpoin
     let mask = Tensor::from_slice(&mask).view([n, t - 1]).to_device(device);
     let positions = rollout::model::positions_from_mask(&attn);
     let key_valid = attn.to_kind(Kind::Bool);
-    let (hidden, ck) = if checkpoint {
-        let (h, ck) = policy.model.forward_hidden_checkpointed(&input, &positions, &key_valid);
-        (h, Some(ck))
-    } else {
-        (policy.model.forward_hidden(&input, &positions, &key_valid, None), None)
-    };
+    let (hidden, ck) = policy.model.forward_hidden_train(&input, &positions, &key_valid, checkpoint);
     let ntok = f64::try_from(mask.sum(Kind::Double)).unwrap_or(0.0);
     let part = HeadPart { hidden: hidden.narrow(1, 0, t - 1), targets: input.narrow(1, 1, t - 1), weights: mask };
     (vec![part], ntok, ck)

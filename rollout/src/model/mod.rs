@@ -526,6 +526,61 @@ impl CausalLm {
         (out.pop().unwrap(), ck)
     }
 
+    /// [`forward_prefixed`](Self::forward_prefixed) for a training pass: checkpointed when
+    /// `checkpoint` (then with the [`Checkpointed`] to hand to
+    /// [`backward_through`](Self::backward_through)).
+    pub fn forward_prefixed_train(
+        &self,
+        prefix_ids: &Tensor,
+        prefix_valid: &Tensor,
+        row_prefix: &Tensor,
+        ids: &Tensor,
+        valid: &Tensor,
+        checkpoint: bool,
+    ) -> (Tensor, Tensor, Option<Checkpointed>) {
+        if checkpoint {
+            let (hp, hs, ck) = self.forward_prefixed_checkpointed(prefix_ids, prefix_valid, row_prefix, ids, valid);
+            (hp, hs, Some(ck))
+        } else {
+            let (hp, hs) = self.forward_prefixed(prefix_ids, prefix_valid, row_prefix, ids, valid);
+            (hp, hs, None)
+        }
+    }
+
+    /// [`forward_hidden`](Self::forward_hidden) (no cache) for a training pass: checkpointed
+    /// when `checkpoint`.
+    pub fn forward_hidden_train(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        checkpoint: bool,
+    ) -> (Tensor, Option<Checkpointed>) {
+        if checkpoint {
+            let (h, ck) = self.forward_hidden_checkpointed(input_ids, positions, key_valid);
+            (h, Some(ck))
+        } else {
+            (self.forward_hidden(input_ids, positions, key_valid, None), None)
+        }
+    }
+
+    /// The backward of a training pass whose loss was taken apart from the layers: the
+    /// gradients of the pass's outputs (`outputs`: tensors computed from the layers'
+    /// hidden states, with theirs) go back through the layers (recomputed first when the
+    /// pass was `checkpointed`), and `extra` (a detached LM head's gradient) joins the call
+    /// that reaches the embeddings, so a tied weight gets both parts in one accumulation.
+    pub fn backward_through(&self, checkpointed: Option<Checkpointed>, outputs: &[(&Tensor, &Tensor)], extra: &[(&Tensor, &Tensor)]) {
+        match checkpointed {
+            None => {
+                backward_from(&[outputs, extra].concat());
+            }
+            Some(ck) => {
+                backward_from(outputs);
+                ck.backward(self, extra);
+            }
+        }
+    }
+
     /// Rotary tables and masks of a prefixed pass: the prefixes attend among themselves
     /// (left-padded); a row's queries see its prefix's real keys, then its own causally.
     fn prefixed_attn_inputs(&self, prefix_valid: &Tensor, row_prefix: &Tensor, valid: &Tensor) -> (AttnInputs, AttnInputs) {

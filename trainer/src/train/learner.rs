@@ -243,13 +243,8 @@ impl Trainer {
     ) -> Result<bool> {
         let model = &self.policy.model;
         let (prefix, prefix_valid, targets, valid) = self.pass_inputs(b, m);
-        let (hp, hs, checkpointed) = if self.recipe.grpo.gradient_checkpointing {
-            let (hp, hs, ck) = model.forward_prefixed_checkpointed(&prefix, &prefix_valid, &m.row_prefix, &targets, &valid);
-            (hp, hs, Some(ck))
-        } else {
-            let (hp, hs) = model.forward_prefixed(&prefix, &prefix_valid, &m.row_prefix, &targets, &valid);
-            (hp, hs, None)
-        };
+        let (hp, hs, checkpointed) =
+            model.forward_prefixed_train(&prefix, &prefix_valid, &m.row_prefix, &targets, &valid, self.recipe.grpo.gradient_checkpointing);
         let h = completion_hidden(&hp, &hs, m);
         let grads = grpo::head_backward(
             &h,
@@ -262,15 +257,7 @@ impl Trainer {
             chunk_loss,
         )?;
         let Some((gh, gw)) = grads else { return Ok(false) };
-        match checkpointed {
-            None => {
-                rollout::model::backward_from(&[(&h, &gh), (&model.lm_head, &gw)]);
-            }
-            Some(ck) => {
-                rollout::model::backward_from(&[(&h, &gh)]);
-                ck.backward(model, &[(&model.lm_head, &gw)]);
-            }
-        }
+        model.backward_through(checkpointed, &[(&h, &gh)], &[(&model.lm_head, &gw)]);
         Ok(true)
     }
 
